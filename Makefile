@@ -1,0 +1,53 @@
+# The front door. `make serve` and `make test` work on a fresh machine: they create the virtual
+# environment, install the pinned dependencies, train the default model if the store has none.
+# Each concern keeps its targets in mk/<concern>.mk.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENTOML := $(VENV)/bin/bentoml
+PORT ?= 3000
+# The BentoML model store (and built Bentos) lives in the repo, git-ignored. Override to share one.
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+INSTALLED := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
+# Debian packages that tests and tools need; each mk/*.mk adds its own.
+APT_PACKAGES :=
+
+.PHONY: help install sysdeps lock train model serve test
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
+
+$(INSTALLED): requirements.lock
+	@echo "==> creating $(VENV) and installing pinned dependencies (requirements.lock)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q uv==0.13.9
+	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(INSTALLED)  ## create .venv with the pinned dependencies
+
+lock:  ## re-pin requirements.lock from requirements.in
+	$(VENV)/bin/uv pip compile --python-version 3.11 requirements.in -o requirements.lock
+
+sysdeps:  ## install the Debian packages the tests use (only the missing ones)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+train: install  ## train the default model and register it in the store
+	$(PY) train_export.py
+
+model: install  ## train the default model only if the store has none
+	@$(BENTOML) models get xgb_classifier:latest >/dev/null 2>&1 || $(PY) train_export.py
+
+serve: model  ## serve on http://localhost:$(PORT)
+	$(BENTOML) serve service:XGBoostService --port $(PORT)
+
+test: install sysdeps  ## run every test
+	$(PY) -m pytest
+
+-include mk/*.mk
