@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             "metrics": metrics,
             "data_source": source,
             "data_sha256": digest,
+            # The training label distribution: monitoring compares the served class mix with it.
+            "class_prior": (np.bincount(y, minlength=N_CLASSES) / len(y)).round(4).tolist(),
             "training_params": {**PARAMS, "seed": args.seed, "num_boost_round": NUM_BOOST_ROUND, "test_fraction": TEST_FRACTION},
             "library_versions": library_versions(),
             "train_seconds": round(seconds, 2),
