@@ -28,8 +28,9 @@ $(INSTALLED): requirements.lock
 
 install: $(INSTALLED)  ## create .venv with the pinned dependencies
 
-lock:  ## re-pin requirements.lock from requirements.in
-	$(VENV)/bin/uv pip compile --python-version 3.11 requirements.in -o requirements.lock
+lock:  ## re-pin requirements.lock and requirements-serve.lock (the image's) from the .in files
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 requirements.in -o requirements.lock
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 requirements-serve.in -c requirements.lock -o requirements-serve.lock
 
 sysdeps:  ## install the Debian packages the tests use (only the missing ones)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

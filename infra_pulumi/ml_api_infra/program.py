@@ -1,0 +1,62 @@
+"""Wire the components together; return the stack outputs (`__main__` exports them)."""
+
+from __future__ import annotations
+
+import pulumi
+
+from .edge import Edge
+from .iam import TaskRoles
+from .network import Network
+from .observability import LogGroups, Monitoring
+from .registry import Registry
+from .scaling import Scaling
+from .secrets import ApiKeySecret
+from .service import Service
+from .settings import StackSettings
+
+
+def build(settings: StackSettings) -> dict[str, pulumi.Input]:
+    name = settings.prefix
+    network = Network(name, settings)
+    registry = Registry(name, settings)
+    logs = LogGroups(name, settings)
+    secret_arn = ApiKeySecret(name, settings).secret.arn if settings.api_key is not None else None
+    roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
+                      log_group_arn=logs.app.arn, secret_arn=secret_arn)
+    edge = Edge(name, settings, vpc_id=network.vpc.id,
+                public_subnet_ids=[s.id for s in network.public_subnets],
+                waf_log_group_arn=logs.waf.arn)
+    service = Service(
+        name, settings, vpc_id=network.vpc.id,
+        private_subnet_ids=[s.id for s in network.private_subnets],
+        image_url=pulumi.Output.concat(registry.repository.repository_url, ":", settings.image_tag),
+        log_group_name=logs.app.name, execution_role_arn=roles.execution_role.arn,
+        task_role_arn=roles.task_role.arn, target_group_arn=edge.target_group.arn,
+        alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn)
+    scaling = Scaling(name, settings, cluster_name=service.cluster.name,
+                      service_name=service.service.name,
+                      alb_arn_suffix=edge.load_balancer.arn_suffix,
+                      target_group_arn_suffix=edge.target_group.arn_suffix)
+    monitoring = Monitoring(name, settings, cluster_name=service.cluster.name,
+                            service_name=service.service.name,
+                            alb_arn_suffix=edge.load_balancer.arn_suffix,
+                            target_group_arn_suffix=edge.target_group.arn_suffix)
+    # The first five are for people; the rest let `python -m ops` find what it operates on.
+    return {
+        "url": edge.url,
+        "ecrRepositoryUrl": registry.repository.repository_url,
+        "clusterName": service.cluster.name,
+        "serviceName": service.service.name,
+        "dashboardUrl": monitoring.dashboard_url,
+        "region": settings.region,
+        "imageTag": settings.image_tag,
+        "ecrRepositoryName": registry.repository.name,
+        "logGroupName": logs.app.name,
+        "taskFamily": service.task_definition.family,
+        "albArnSuffix": edge.load_balancer.arn_suffix,
+        "targetGroupArn": edge.target_group.arn,
+        "targetGroupArnSuffix": edge.target_group.arn_suffix,
+        "scalingResourceId": scaling.target.resource_id,
+        "minCapacity": settings.min_capacity,
+        "maxCapacity": settings.max_capacity,
+    }

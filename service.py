@@ -1,0 +1,60 @@
+"""The XGBoost prediction service: the seed's API, served by BentoML.
+
+    POST /predict         one flat record  -> {"predicted_class", "confidence", "model_version", "features_used", "probabilities"}
+    POST /predict_batch   {"instances": [...]} -> {"predictions": [...]}, same order
+    GET  /healthz /livez /readyz /metrics, / (docs UI), /docs.json (OpenAPI)
+
+/predict and /predict_batch are answered by serving.fastpath (validation, auth, size limits);
+single records reach the model through BentoML's adaptive batching of `predict_rows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import bentoml
+import numpy as np
+
+from model_store import load_bundle, model_tag
+from serving import metrics
+from serving.fastpath import PredictionRoutes
+from serving.settings import SETTINGS
+
+PROCESS_SAMPLE_SECONDS = 5.0
+
+
+@bentoml.service(
+    workers=SETTINGS.workers or "cpu_count",
+    threads=1,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
+)
+class XGBoostService:
+    model_ref = bentoml.models.BentoModel(model_tag())
+
+    def __init__(self) -> None:
+        self.bundle = load_bundle(str(self.model_ref.tag))
+        metrics.publish_model(
+            self.bundle.tag, self.bundle.version, self.bundle.metadata.get("class_prior", []), self.bundle.class_names
+        )
+
+    @bentoml.on_startup
+    async def sample_process_metrics(self) -> None:
+        async def loop() -> None:
+            while True:
+                metrics.sample_process()
+                await asyncio.sleep(PROCESS_SAMPLE_SECONDS)
+
+        self._sampler = asyncio.get_running_loop().create_task(loop())
+
+    def __is_ready__(self) -> bool:
+        return self.bundle is not None
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=128, max_latency_ms=1000)
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities for raw feature rows (internal: fed by /predict's batching)."""
+        return self.bundle.predict_proba(rows)
+
+
+XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS)

@@ -1,0 +1,1 @@
+"""The serving internals behind service.py: request contract, settings, metrics, the fast path."""

@@ -1,0 +1,56 @@
+"""The one place that reaches into BentoML internals (bentoml==1.4.40, pinned in requirements.in).
+
+Why: BentoML's adaptive batching (CorkDispatcher + the bentoml_service_adaptive_batch_size metric)
+is only reachable through the HTTP route of a batchable API, whose per-request path (pydantic
+schema building, OpenTelemetry, context objects) costs more than the whole prediction. Our
+/predict fast path validates the seed's flat JSON itself and then hands the row to the *same*
+dispatcher BentoML built for the batchable `predict_rows` API, through the app factory's own
+`batch_infer`, so batching, its metric and its thread limiter are BentoML's.
+
+How: Starlette puts the app into every request scope; BentoML's API routes are
+`functools.partial(factory.api_endpoint_wrapper, api_name)`, so the route's endpoint leads to the
+factory. tests/test_bentoml_internals.py fails if an upgrade moves any of this.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Awaitable, Callable
+
+from starlette.routing import Route
+
+BENTOML_VERSION = "1.4.40"
+
+
+class BentoMLInternalsChanged(RuntimeError):
+    """BentoML no longer looks the way this module expects: re-check it against the new version."""
+
+
+def find_app_factory(app: Any, api_name: str) -> Any:
+    """The ServiceAppFactory behind a running BentoML Starlette app, found through an API route."""
+    for route in getattr(app, "routes", ()):
+        if isinstance(route, Route) and route.name == api_name:
+            endpoint = route.endpoint
+            if isinstance(endpoint, functools.partial) and hasattr(endpoint.func, "__self__"):
+                factory = endpoint.func.__self__
+                if hasattr(factory, "batch_infer") and api_name in getattr(factory, "dispatchers", {}):
+                    return factory
+    raise BentoMLInternalsChanged(
+        f"no BentoML batch dispatcher found for API {api_name!r}; this code was written for bentoml=={BENTOML_VERSION}"
+    )
+
+
+def batch_caller(factory: Any, api_name: str) -> Callable[[Any], Awaitable[Any]]:
+    """An async function sending one input through BentoML's adaptive batching for `api_name`."""
+
+    async def call(value: Any) -> Any:
+        return await factory.batch_infer(api_name, (value,), {})
+
+    return call
+
+
+def service_instance(factory: Any) -> Any:
+    instance = getattr(factory, "_service_instance", None)
+    if instance is None:
+        raise BentoMLInternalsChanged("BentoML's app factory holds no service instance")
+    return instance

@@ -1,0 +1,35 @@
+"""Runtime settings, all from environment variables (documented in the README's Configuration)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Worker processes; 0 means one per CPU.
+    workers: int = dataclasses.field(default_factory=lambda: _int("XGB_WORKERS", 0))
+    # What to do with a value outside the schema's range: count it (warn), refuse it (reject), or not look (off).
+    range_check: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_RANGE_CHECK", "warn"))
+    max_batch_records: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_RECORDS", 5000))
+    max_predict_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_PREDICT_BYTES", 64 * 1024))
+    max_batch_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_BYTES", 8 * 1024 * 1024))
+    # Optional API key for /predict*; empty means no authentication.
+    api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
+    # Comma-separated CORS origins; empty means CORS is off.
+    cors_origins: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: tuple(o.strip() for o in os.environ.get("XGB_CORS_ORIGINS", "").split(",") if o.strip())
+    )
+
+    def __post_init__(self) -> None:
+        if self.range_check not in ("warn", "reject", "off"):
+            raise ValueError(f"XGB_RANGE_CHECK must be warn, reject or off, got {self.range_check!r}")
+
+
+SETTINGS = Settings()
