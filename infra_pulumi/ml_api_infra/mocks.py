@@ -1,0 +1,103 @@
+"""Run the program under `pulumi.runtime.set_mocks` (no engine, no AWS) and record what it declares.
+
+The tests use this to check policy on the inputs the engine would receive (camelCase keys, as in
+`pulumi preview --json`), and the stack outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+import yaml
+
+from .program import build
+from .settings import load_settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+ACCOUNT_ID = "123456789012"
+REGION = "us-west-2"
+AVAILABILITY_ZONES = ["us-west-2a", "us-west-2b", "us-west-2c", "us-west-2d"]
+
+
+@dataclass
+class Declared:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+
+@dataclass
+class Program:
+    resources: list[Declared] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[Declared]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name_suffix: str = "") -> Declared:
+        found = [r for r in self.of_type(type_) if r.name.endswith(name_suffix)]
+        assert len(found) == 1, (f"expected one {type_} named *{name_suffix}, "
+                                 f"found {[r.name for r in found]}")
+        return found[0]
+
+
+def _arn(type_: str, name: str) -> str:
+    service = type_.split(":")[1].split("/")[0]
+    return f"arn:aws:{service}:{REGION}:{ACCOUNT_ID}:{type_.rsplit(':', 1)[-1].lower()}/{name}"
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Echo inputs back as state, plus the computed attributes the program reads."""
+
+    def __init__(self) -> None:
+        self.declared: list[Declared] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.declared.append(Declared(args.typ, args.name, dict(args.inputs)))
+        state = dict(args.inputs)
+        physical = state.get("name") or args.name
+        state.setdefault("arn", _arn(args.typ, physical))
+        if args.typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/{physical}"
+        if args.typ == "aws:lb/loadBalancer:LoadBalancer":
+            state["arnSuffix"] = f"app/{physical}/50dc6c495c0c9188"
+            state["dnsName"] = f"{physical}-1234567890.{REGION}.elb.amazonaws.com"
+        if args.typ == "aws:lb/targetGroup:TargetGroup":
+            state["arnSuffix"] = f"targetgroup/{physical}/73e2d6bc24d8a067"
+        if args.typ == "aws:cloudwatch/logGroup:LogGroup":
+            state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{physical}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
+                    "userId": "AIDEXAMPLE", "id": ACCOUNT_ID}, []
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": AVAILABILITY_ZONES, "zoneIds": [f"usw2-az{i}" for i in range(1, 5)],
+                    "id": REGION}, []
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+def stack_config(stack: str = "prod") -> dict[str, str]:
+    """The committed `Pulumi.<stack>.yaml` config, as the engine would pass it."""
+    loaded = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())
+    return {key: str(value) for key, value in (loaded.get("config") or {}).items()}
+
+
+def run_program(config: Optional[dict[str, str]] = None, secret_keys: Optional[list[str]] = None,
+                stack: str = "prod") -> Program:
+    """Run the program with `config` (full keys, e.g. `ml-api:minCapacity`) and record it."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_all_config(dict(config or {}), secret_keys or [])
+    pulumi.runtime.set_mocks(mocks, project="ml-api", stack=stack, preview=False)
+    program = Program(resources=mocks.declared)
+
+    @pulumi.runtime.test
+    def run():
+        return pulumi.Output.from_input(build(load_settings())).apply(program.outputs.update)
+
+    run()
+    return program
