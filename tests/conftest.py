@@ -1,0 +1,121 @@
+"""Shared fixtures: a throw-away model store with the default model, and real `bentoml serve` processes.
+
+The store is a temporary BENTOML_HOME, set before anything imports bentoml, so tests never touch
+the developer's store and every run trains from scratch (~3 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="xgb-test-bentoml-")
+os.environ.pop("MODEL_TAG", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A real `bentoml serve service:XGBoostService` on a free port, its output in a log file."""
+
+    def __init__(self, env: dict[str, str] | None = None, workers: int = 2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
+        self.env = {**os.environ, "XGB_WORKERS": str(workers), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True, timeout: float = 60) -> "ServerProcess":
+        self.proc = subprocess.Popen(
+            [BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+
+def train_default_model(*extra_args: str) -> str:
+    """Train via the real CLI into the test store; returns its output."""
+    out = subprocess.run(
+        [sys.executable, "train_export.py", *extra_args], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> str:
+    """The test store, holding the default model."""
+    import bentoml
+
+    try:
+        bentoml.models.get("xgb_classifier:latest")
+    except bentoml.exceptions.NotFound:
+        train_default_model()
+    return os.environ["BENTOML_HOME"]
+
+
+@pytest.fixture(scope="session")
+def server_factory(bentoml_home):
+    """Start extra servers with their own settings; all are stopped at the end of the session."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, workers: int = 2, wait: bool = True) -> ServerProcess:
+        server = ServerProcess(env, workers)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(server_factory) -> str:
+    """Base URL of a shared real service with default settings (2 workers)."""
+    return server_factory().url
