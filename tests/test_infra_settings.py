@@ -1,0 +1,60 @@
+"""Stack config parsing and validation: bad values fail before anything is declared."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pulumi
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra_pulumi"))
+
+from ml_api_infra.network import subnet_cidrs  # noqa: E402
+from ml_api_infra.settings import SettingsError, StackSettings, load_settings  # noqa: E402
+
+
+def settings_from(config: dict[str, str]) -> StackSettings:
+    pulumi.runtime.set_all_config(config, [])
+    try:
+        return load_settings()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
+def test_defaults_are_the_seed_values():
+    s = settings_from({})
+    assert (s.project, s.environment, s.region) == ("ml-api", "prod", "us-west-2")
+    assert (s.min_capacity, s.max_capacity, s.cpu_target, s.memory_target) == (5, 20, 70, 80)
+    assert (s.task_cpu, s.task_memory) == (1024, 2048)
+    assert s.prefix == "ml-api-prod"
+
+
+def test_overrides_are_read_from_config():
+    s = settings_from({"ml-api:environment": "staging", "ml-api:minCapacity": "1",
+                       "ml-api:maxCapacity": "3", "aws:region": "eu-west-1", "ml-api:natPerAz": "true"})
+    assert (s.environment, s.min_capacity, s.max_capacity, s.region, s.nat_per_az) == \
+        ("staging", 1, 3, "eu-west-1", True)
+    assert s.prefix == "ml-api-staging"
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"ml-api:minCapacity": "10", "ml-api:maxCapacity": "5"}, "maxCapacity"),
+    ({"ml-api:minCapacity": "0"}, "minCapacity"),
+    ({"ml-api:cpuTarget": "120"}, "cpuTarget"),
+    ({"ml-api:taskCpu": "1000"}, "taskCpu"),
+    ({"ml-api:taskMemory": "512"}, "taskMemory"),
+    ({"ml-api:rangeCheck": "maybe"}, "rangeCheck"),
+    ({"ml-api:azCount": "1"}, "azCount"),
+])
+def test_invalid_values_name_their_key(config, key):
+    with pytest.raises(SettingsError, match=f"ml-api:{key}"):
+        settings_from(config)
+
+
+def test_subnet_blocks_are_disjoint_and_sized_per_az():
+    public, private = subnet_cidrs("10.0.0.0/16", 3)
+    assert public == ["10.0.0.0/20", "10.0.16.0/20", "10.0.32.0/20"]
+    assert private == ["10.0.48.0/20", "10.0.64.0/20", "10.0.80.0/20"]
+    with pytest.raises(ValueError, match="too small"):
+        subnet_cidrs("10.0.0.0/26", 3)
