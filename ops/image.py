@@ -1,0 +1,79 @@
+"""Build the Bento, containerize it and push it to ECR, tagged with the Bento version.
+
+ECR tags are immutable, and a Bento version names exactly one build, so a tag that is already in
+the repository is not pushed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Callable
+from urllib.parse import urlparse
+
+import botocore.exceptions
+
+from ops.aws import Aws, error_code
+from ops.errors import OpsError
+from ops.runner import Runner
+from ops.stack import REPO_ROOT, Stack
+
+TAG_LINE = re.compile(r"__tag__:(\S+:\S+)")
+PLATFORM = "linux/amd64"  # Fargate runs the task definition's X86_64 platform
+
+
+def build_bento(run: Runner) -> str:
+    """`bentoml build` in the repository root; returns the Bento tag `name:version`."""
+    result = run(["bentoml", "build", "--output", "tag"], cwd=REPO_ROOT, capture=True)
+    match = TAG_LINE.search(result.stdout)
+    if not match:
+        raise OpsError(f"`bentoml build` printed no __tag__ line: {result.stdout.strip()[-500:]}")
+    return match.group(1)
+
+
+def repository_uri(aws: Aws, stack: Stack) -> str | None:
+    try:
+        repos = aws.client("ecr").describe_repositories(repositoryNames=[stack.repository])
+    except botocore.exceptions.ClientError as err:
+        if error_code(err) == "RepositoryNotFoundException":
+            return None
+        raise
+    return repos["repositories"][0]["repositoryUri"]
+
+
+def image_exists(aws: Aws, stack: Stack, tag: str) -> bool:
+    try:
+        aws.client("ecr").describe_images(repositoryName=stack.repository, imageIds=[{"imageTag": tag}])
+    except botocore.exceptions.ClientError as err:
+        if error_code(err) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            return False
+        raise
+    return True
+
+
+def docker_login(aws: Aws, run: Runner) -> None:
+    """`docker login` to ECR with a 12-hour token; the password goes through stdin, not argv."""
+    auth = aws.client("ecr").get_authorization_token()["authorizationData"][0]
+    user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)
+    registry = urlparse(auth["proxyEndpoint"]).netloc or auth["proxyEndpoint"]
+    run(["docker", "login", "--username", user, "--password-stdin", registry],
+        stdin=password, capture=True, secret_stdin=True)
+
+
+def build_and_push(aws: Aws, stack: Stack, run: Runner, repo_uri: str,
+                   echo: Callable[[str], None]) -> str:
+    """Returns the image tag now in ECR (the Bento version)."""
+    echo("==> building the Bento")
+    bento = build_bento(run)
+    tag = bento.split(":", 1)[1]
+    image = f"{repo_uri}:{tag}"
+    if image_exists(aws, stack, tag):
+        echo(f"==> {image} is already in ECR (tags are immutable): not pushing again")
+        return tag
+    echo(f"==> containerizing {bento} as {image}")
+    run(["bentoml", "containerize", bento, "--image-tag", image, "--platform", PLATFORM], cwd=REPO_ROOT)
+    echo("==> logging in to ECR")
+    docker_login(aws, run)
+    echo(f"==> pushing {image}")
+    run(["docker", "push", image])
+    return tag

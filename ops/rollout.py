@@ -1,0 +1,87 @@
+"""New task definition revisions and waiting for an ECS rolling deployment to settle.
+
+A deployment ends one of three ways: COMPLETED (all new tasks healthy, old ones drained), FAILED
+with the circuit breaker rolling back to the previous revision, or still running at our timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ops.errors import OpsError
+from ops.stack import CONTAINER_NAME
+
+# describe_task_definition returns read-only fields too; register_task_definition takes these.
+REGISTERABLE = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "containerDefinitions",
+                "volumes", "placementConstraints", "requiresCompatibilities", "cpu", "memory",
+                "runtimePlatform", "ephemeralStorage", "pidMode", "ipcMode", "proxyConfiguration")
+
+
+def register_revision(ecs: Any, current_arn: str, image: str) -> str:
+    """Register the next revision of `current_arn` with the api container on `image`."""
+    described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
+    definition = described["taskDefinition"]
+    spec = {k: definition[k] for k in REGISTERABLE if definition.get(k) not in (None, [], {})}
+    containers = [dict(c) for c in spec["containerDefinitions"]]
+    api = [c for c in containers if c["name"] == CONTAINER_NAME]
+    if not api:
+        raise OpsError(f"task definition {current_arn} has no container named {CONTAINER_NAME!r}")
+    api[0]["image"] = image
+    spec["containerDefinitions"] = containers
+    if described.get("tags"):
+        spec["tags"] = described["tags"]
+    return ecs.register_task_definition(**spec)["taskDefinition"]["taskDefinitionArn"]
+
+
+@dataclass
+class RolloutResult:
+    outcome: str  # "completed" | "rolled_back"
+    task_definition: str
+    detail: str = ""
+
+
+def describe_service(ecs: Any, cluster: str, service: str) -> dict:
+    found = ecs.describe_services(cluster=cluster, services=[service])
+    services = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
+    if not services:
+        raise OpsError(f"ECS service {service} not found in cluster {cluster}: "
+                       f"is the stack deployed? (`python -m ops deploy`)")
+    return services[0]
+
+
+def wait_for_rollout(ecs: Any, cluster: str, service: str, task_definition: str, *,
+                     echo: Callable[[str], None], timeout: float = 1200, poll: float = 15,
+                     sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> RolloutResult:
+    """Poll until the deployment of `task_definition` completes or the circuit breaker rolls back."""
+    deadline = clock() + timeout
+    last = ""
+    while True:
+        svc = describe_service(ecs, cluster, service)
+        deployments = svc["deployments"]
+        ours = next((d for d in deployments if d["taskDefinition"] == task_definition), None)
+        primary = next((d for d in deployments if d["status"] == "PRIMARY"), None)
+        if ours is None and svc["taskDefinition"] != task_definition:
+            # The circuit breaker replaced our deployment with one of the previous revision.
+            return RolloutResult("rolled_back", primary["taskDefinition"] if primary else "",
+                                 "the deployment is gone; the previous revision is primary")
+        if ours is None:  # update_service accepted, the deployment not listed yet
+            ours = {"status": "PENDING", "runningCount": 0, "desiredCount": svc["desiredCount"]}
+        state = ours.get("rolloutState", "IN_PROGRESS")
+        line = (f"  {state.lower()}: {ours['runningCount']}/{ours['desiredCount']} running, "
+                f"{ours.get('pendingCount', 0)} pending, {ours.get('failedTasks', 0)} failed; "
+                f"{len(deployments)} deployment(s)")
+        if line != last:
+            echo(line)
+            last = line
+        if state == "FAILED" or (ours["status"] == "ACTIVE" and primary is not None):
+            return RolloutResult("rolled_back", primary["taskDefinition"] if primary else "",
+                                 ours.get("rolloutStateReason", ""))
+        if state == "COMPLETED" and len(deployments) == 1 and ours["runningCount"] == ours["desiredCount"]:
+            return RolloutResult("completed", task_definition, ours.get("rolloutStateReason", ""))
+        if clock() >= deadline:
+            raise OpsError(f"service {service} still rolling out {task_definition} after {timeout:.0f} s; "
+                           f"watch it with `python -m ops status`")
+        sleep(poll)
