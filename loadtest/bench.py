@@ -1,0 +1,193 @@
+"""`make bench`: our service against the seed-style baseline, same box, same run (issue 3's goals).
+
+    python -m loadtest.bench [--rounds 3] [--goal-seconds 10] [--sweep 1,4,16,64,256] [--out loadtest/results]
+
+1. Warm start: start `bentoml serve` (model already in the store) and poll /readyz every 50 ms.
+2. Start both servers on free ports, check they serve the same model, warm both up.
+3. Goal 1: /predict at 64 keep-alive connections (wrk), interleaved ours/baseline, repeated.
+4. Concurrency sweep 1..256 for both (the plot).
+5. Goal 2: open loop, 1,000 req/s offered (hey), both (the goal applies to ours).
+6. Goal 3: /predict_batch with 1,000 records per request (wrk), ours (the seed has no batch route).
+7. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
+   is missed, 2 if the harness itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_store import EXAMPLE_RECORD
+from model_store.dataset import sample_records
+
+from . import bench_load, bench_report
+from .bench_servers import REPO, Server, ServerError, baseline, our_service
+
+EXIT_GOAL_MISSED = 1
+EXIT_HARNESS_ERROR = 2
+BATCH_RECORDS = 1000
+DISTINCT_BODIES = 200  # single records rotated by the wrk script, so no two neighbours are equal
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def write_bodies(workdir: Path) -> dict[str, Path]:
+    """Realistic records from the training distribution, as the files the generators read."""
+    rng = np.random.default_rng(3)
+    single = workdir / "records.jsonl"
+    single.write_text("".join(json.dumps(r) + "\n" for r in sample_records(rng, DISTINCT_BODIES)))
+    batch = workdir / "batches.jsonl"
+    batch.write_text("".join(json.dumps({"instances": sample_records(rng, BATCH_RECORDS)}) + "\n" for _ in range(3)))
+    example = workdir / "example.json"
+    example.write_text(json.dumps(EXAMPLE_RECORD))
+    return {"single": single, "batch": batch, "example": example}
+
+
+def post_json(url: str, body: Any) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def same_model_check(servers: dict[str, Server]) -> dict[str, Any]:
+    """Both servers must give the seed's example the same answer, or the comparison is meaningless."""
+    answers = {name: post_json(f"{s.url}/predict", EXAMPLE_RECORD) for name, s in servers.items()}
+    ours, base = answers["ours"], answers["baseline"]
+    same = (
+        ours["predicted_class"] == base["predicted_class"]
+        and abs(ours["confidence"] - base["confidence"]) < 1e-4
+        and ours["model_version"] == base["model_version"]
+    )
+    if not same:
+        raise ServerError(f"ours and the baseline answer the seed's example differently: {answers}")
+    return {"same_answer": same, "answers": answers}
+
+
+def closed_loop(server: Server, bodies: Path, connections: int, seconds: float) -> dict[str, Any]:
+    result = bench_load.wrk(f"{server.url}/predict", bodies, connections, seconds, server.cpu_seconds)
+    log(f"  {server.name:<8} {connections:>3} conns: {result.rps:8.0f} req/s  p50 {result.latency_ms['p50']:6.1f} ms  "
+        f"p99 {result.latency_ms['p99']:6.1f} ms  errors {result.errors}  (wrk CPU {result.generator_cpu_share:.0%} of box)")  # fmt: skip
+    return result.as_dict()
+
+
+def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
+    """Alternate who goes first each round, so drift on the box (heat, caches) hits both alike."""
+    names = list(servers)
+    return [[servers[n] for n in (names if r % 2 == 0 else names[::-1])] for r in range(rounds)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="xgb-bench-"))
+    bodies = write_bodies(workdir)
+    results: dict[str, Any] = {"machine": bench_report.machine_info(), "settings": vars(args)}
+
+    log(f"warm start: {args.warm_starts} start(s) of `bentoml serve` to /readyz 200 (model already in the store)")
+    starts = []
+    for i in range(args.warm_starts):
+        probe = our_service()
+        starts.append(round(probe.start(), 3))
+        probe.stop()
+        log(f"  start {i + 1}: {starts[-1]:.2f} s")
+
+    servers = {"ours": our_service(), "baseline": baseline()}
+    try:
+        for name, server in servers.items():
+            seconds = server.start()
+            log(f"{name} ready at {server.url} in {seconds:.2f} s")
+            if name == "ours":
+                starts.append(round(seconds, 3))
+        results["warm_start"] = {"ours_seconds": starts, "poll_interval_s": 0.05}
+        results["same_model"] = same_model_check(servers)
+
+        log(f"warm-up: {args.warmup_seconds:g} s at 16 connections each (discarded)")
+        for server in servers.values():
+            bench_load.wrk(f"{server.url}/predict", bodies["single"], 16, args.warmup_seconds)
+
+        log(f"goal 1: /predict at 64 connections, {args.rounds} interleaved round(s) of {args.goal_seconds:g} s")
+        closed: dict[str, list] = {name: [] for name in servers}
+        for order in interleaved(servers, args.rounds):
+            for server in order:
+                closed[server.name].append(closed_loop(server, bodies["single"], 64, args.goal_seconds))
+        results["closed_loop_64"] = closed
+
+        log(f"concurrency sweep {args.sweep}, {args.sweep_seconds:g} s each")
+        sweep: dict[str, list] = {name: [] for name in servers}
+        for i, connections in enumerate(args.sweep):
+            for server in interleaved(servers, len(args.sweep))[i]:
+                sweep[server.name].append(closed_loop(server, bodies["single"], connections, args.sweep_seconds))
+        results["sweep"] = sweep
+
+        log(f"goal 2: open loop, {args.open_rate:g} req/s offered for {args.goal_seconds:g} s (hey, 50 workers)")
+        results["open_loop"] = {}
+        for server in interleaved(servers, 1)[0]:
+            r = bench_load.hey(f"{server.url}/predict", bodies["example"], args.open_rate, args.goal_seconds,
+                               server_cpu_seconds=server.cpu_seconds)  # fmt: skip
+            log(f"  {server.name:<8} achieved {r.rps:.0f} req/s  p50 {r.latency_ms['p50']:.1f} ms  p99 {r.latency_ms['p99']:.1f} ms  "
+                f"errors {r.errors}  (hey CPU {r.generator_cpu_share:.0%} of box)")  # fmt: skip
+            results["open_loop"][server.name] = r.as_dict()
+
+        log(f"goal 3: /predict_batch with {BATCH_RECORDS} records per request, 4 connections, {args.goal_seconds:g} s")
+        ours = servers["ours"]
+        batch = bench_load.wrk(f"{ours.url}/predict_batch", bodies["batch"], 4, args.goal_seconds, ours.cpu_seconds).as_dict()
+        batch["records_per_request"] = BATCH_RECORDS
+        batch["rows_per_s"] = round(batch["rps"] * BATCH_RECORDS)
+        log(f"  ours     {batch['rows_per_s']:,} rows/s  p99 {batch['latency_ms']['p99']:.1f} ms  errors {batch['errors']}")
+        results["batch"] = {"ours": batch}
+
+        results["memory"] = {name: s.memory() for name, s in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    shares = [r["generator_cpu_share"] for runs in (*closed.values(), *sweep.values()) for r in runs]
+    shares += [r["generator_cpu_share"] for r in results["open_loop"].values()] + [batch["generator_cpu_share"]]
+    results["generator_cpu_share"] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}
+    results["goals"] = bench_report.evaluate(results)
+    results["all_goals_met"] = all(v["met"] for v in results["goals"])
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(REPO / "loadtest" / "results"), help="directory for bench.json and bench.png")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 64-connection run")
+    p.add_argument("--goal-seconds", type=float, default=10, help="length of each goal run")
+    p.add_argument("--sweep", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16, 64, 256], help="connection counts")
+    p.add_argument("--sweep-seconds", type=float, default=5, help="length of each sweep run")
+    p.add_argument("--warmup-seconds", type=float, default=5)
+    p.add_argument("--open-rate", type=float, default=1000, help="offered req/s of the open-loop run")
+    p.add_argument("--warm-starts", type=int, default=2, help="extra measured starts before the main one")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        results = run(args)
+    except (ServerError, bench_load.GeneratorError) as exc:
+        print(f"bench: harness error: {exc}", file=sys.stderr)
+        return EXIT_HARNESS_ERROR
+    results["bench_seconds"] = round(time.monotonic() - started, 1)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    bench_report.plot(results, out_dir / "bench.png")
+    print(bench_report.table(results))
+    log(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'} ({results['bench_seconds']:.0f} s)")
+    return 0 if results["all_goals_met"] else EXIT_GOAL_MISSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The benchmark's outputs: machine info, goal verdicts, the printed table and the PNG plot."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .bench_servers import REPO
+
+# Issue 3's goals.
+MIN_RATIO = 3.0
+MAX_P99_CLOSED_MS = 50.0
+MAX_P99_OPEN_MS = 20.0
+MIN_ACHIEVED_SHARE = 0.95  # the open-loop run must really deliver ~the offered rate
+MIN_BATCH_ROWS_PER_S = 100_000
+MAX_WARM_START_S = 5.0
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {name: importlib.import_module(name).__version__ for name in ("bentoml", "xgboost", "fastapi", "uvicorn", "numpy")}
+    git_dirty = bool(_first_line(["git", "status", "--porcelain", "--", "service.py", "serving"]) not in ("", "unknown"))
+    return {
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "packages": versions,
+        "wrk": _first_line(["wrk", "--version"]),
+        "hey": "hey (Debian package)",
+        "git_commit": _first_line(["git", "rev-parse", "--short", "HEAD"]),
+        "service_uncommitted_changes": git_dirty,
+    }
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One verdict per goal, each with the measured value and the target."""
+    closed = results["closed_loop_64"]
+    ours_rps = statistics.median(r["rps"] for r in closed["ours"])
+    base_rps = statistics.median(r["rps"] for r in closed["baseline"])
+    ours_p99 = statistics.median(r["latency_ms"]["p99"] for r in closed["ours"])
+    ours_errors = sum(r["errors"] for r in closed["ours"])
+    ratio = ours_rps / base_rps if base_rps else float("inf")
+    open_loop = results["open_loop"]["ours"]
+    batch = results["batch"]["ours"]
+    starts = results["warm_start"]["ours_seconds"]
+    return [
+        {"goal": "1. /predict @64 conns: req/s ratio vs baseline", "value": round(ratio, 2), "target": f">= {MIN_RATIO}", "met": ratio >= MIN_RATIO},
+        {"goal": "1. /predict @64 conns: p99 ms", "value": round(ours_p99, 1), "target": f"<= {MAX_P99_CLOSED_MS:g}", "met": ours_p99 <= MAX_P99_CLOSED_MS},
+        {"goal": "1. /predict @64 conns: errors (non-2xx + socket)", "value": ours_errors, "target": "0", "met": ours_errors == 0},
+        {"goal": "2. open loop: p99 ms", "value": round(open_loop["latency_ms"]["p99"], 1), "target": f"<= {MAX_P99_OPEN_MS:g}",
+         "met": open_loop["latency_ms"]["p99"] <= MAX_P99_OPEN_MS},
+        {"goal": "2. open loop: achieved / offered req/s", "value": f"{open_loop['rps']:.0f} / {open_loop['offered_rps']:.0f}",
+         "target": f">= {MIN_ACHIEVED_SHARE:.0%} delivered, 0 errors",
+         "met": open_loop["rps"] >= MIN_ACHIEVED_SHARE * open_loop["offered_rps"] and open_loop["errors"] == 0},
+        {"goal": "3. /predict_batch x1000: rows/s", "value": round(batch["rows_per_s"]), "target": f">= {MIN_BATCH_ROWS_PER_S:,}",
+         "met": batch["rows_per_s"] >= MIN_BATCH_ROWS_PER_S and batch["errors"] == 0},
+        {"goal": "4. warm start to /readyz 200: s (worst)", "value": round(max(starts), 2), "target": f"<= {MAX_WARM_START_S:g}",
+         "met": max(starts) <= MAX_WARM_START_S},
+    ]  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> str:
+    closed = results["closed_loop_64"]
+    lines = ["", "/predict, 64 keep-alive connections (wrk), per round:",
+             f"  {'round':<7}{'ours req/s':>12}{'p99 ms':>9}{'errors':>8}  |{'baseline req/s':>16}{'p99 ms':>9}{'errors':>8}  |{'ratio':>7}"]  # fmt: skip
+    for i, (o, b) in enumerate(zip(closed["ours"], closed["baseline"]), 1):
+        lines.append(f"  {i:<7}{o['rps']:>12.0f}{o['latency_ms']['p99']:>9.1f}{o['errors']:>8}  |"
+                     f"{b['rps']:>16.0f}{b['latency_ms']['p99']:>9.1f}{b['errors']:>8}  |{o['rps'] / max(b['rps'], 1e-9):>7.2f}")  # fmt: skip
+    lines += ["", "concurrency sweep (wrk):", f"  {'conns':<7}{'ours req/s':>12}{'p50':>8}{'p99':>8}  |{'baseline req/s':>16}{'p50':>8}{'p99':>8}"]
+    for o, b in zip(results["sweep"]["ours"], results["sweep"]["baseline"]):
+        lines.append(f"  {o['connections']:<7}{o['rps']:>12.0f}{o['latency_ms']['p50']:>8.1f}{o['latency_ms']['p99']:>8.1f}  |"
+                     f"{b['rps']:>16.0f}{b['latency_ms']['p50']:>8.1f}{b['latency_ms']['p99']:>8.1f}")  # fmt: skip
+    lines += ["", "open loop (hey), offered req/s -> achieved, p50/p99 ms, errors:"]
+    for name, r in results["open_loop"].items():
+        lines.append(f"  {name:<9}{r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")
+    gen = results["generator_cpu_share"]
+    lines += ["", f"generator CPU share of the box: mean {gen['mean']:.0%}, max {gen['max']:.0%} (wrk/hey on the same cores)",
+              f"memory after load (whole process tree): ours {results['memory']['ours']}, baseline {results['memory']['baseline']}", "",
+              "goals:"]  # fmt: skip
+    for v in results["goals"]:
+        lines.append(f"  [{'PASS' if v['met'] else 'FAIL'}] {v['goal']}: {v['value']} (target {v['target']})")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {"ours": "tab:blue", "baseline": "tab:orange"}
+    for name, runs in results["sweep"].items():
+        conns = [r["connections"] for r in runs]
+        ax_rps.plot(conns, [r["rps"] for r in runs], "o-", color=colours[name], label=name)
+        ax_lat.plot(conns, [r["latency_ms"]["p50"] for r in runs], "o--", color=colours[name], label=f"{name} p50")
+        ax_lat.plot(conns, [r["latency_ms"]["p99"] for r in runs], "s-", color=colours[name], label=f"{name} p99")
+    for ax in (ax_rps, ax_lat):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent keep-alive connections")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ax_rps.set_ylabel("req/s (2xx)")
+    ax_rps.set_title("POST /predict throughput")
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("latency, ms")
+    ax_lat.set_title("POST /predict latency")
+    info = results["machine"]
+    fig.suptitle(f"ours (BentoML service) vs seed-style FastAPI baseline, same box: {info['cpu_count']} cores, {info['cpu_model']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
