@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import botocore.exceptions
-
-from ops.aws import error_code
 from ops.context import Context
 from ops.errors import OpsError
 from ops.rollout import describe_service
@@ -18,10 +15,6 @@ def images_in_use(ctx: Context) -> set[str]:
         svc = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)
     except OpsError:  # no service yet (or already destroyed): nothing is in use
         return set()
-    except botocore.exceptions.ClientError as err:
-        if error_code(err) == "ClusterNotFoundException":
-            return set()
-        raise
     tags = set()
     for task_def in {d["taskDefinition"] for d in svc["deployments"]} | {svc["taskDefinition"]}:
         for c in ecs.describe_task_definition(taskDefinition=task_def)["taskDefinition"]["containerDefinitions"]:

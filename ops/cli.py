@@ -1,7 +1,4 @@
 """`python -m ops <verb>`: argument parsing and error reporting; the verbs live in their modules."""
-
-DESCRIPTION = "Operate the ml-api deployment on AWS (ECS Fargate, managed by the Pulumi program)."
-
 from __future__ import annotations
 
 import argparse
@@ -18,6 +15,8 @@ from ops.context import Context
 from ops.errors import OpsError
 from ops.runner import Runner
 from ops.stack import INFRA_DIR, load_stack
+
+DESCRIPTION = "Operate the ml-api deployment on AWS (ECS Fargate, managed by the Pulumi program)."
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import botocore.exceptions
+
+from ops.aws import error_code
 from ops.errors import OpsError
 from ops.stack import CONTAINER_NAME
 
@@ -43,7 +46,12 @@ class RolloutResult:
 
 
 def describe_service(ecs: Any, cluster: str, service: str) -> dict:
-    found = ecs.describe_services(cluster=cluster, services=[service])
+    try:
+        found = ecs.describe_services(cluster=cluster, services=[service])
+    except botocore.exceptions.ClientError as err:
+        if error_code(err) != "ClusterNotFoundException":
+            raise
+        found = {}
     services = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
     if not services:
         raise OpsError(f"ECS service {service} not found in cluster {cluster}: "
