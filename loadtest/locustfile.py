@@ -1,0 +1,211 @@
+"""Locust load test of the XGBoost prediction service.
+
+User classes (pick one on the command line; `make loadtest` and `make stress` do):
+    ApiUser      realistic traffic: /predict (80 %), /predict_batch of 2-64 records (10 %), health checks (10 %)
+    HealthUser   the liveness and readiness endpoints only
+    ExampleUser  one /predict with the seed's example record; prints the answer (headless: ends the run)
+
+Each user sends --user-rps requests per second (constant throughput), so the offered load is
+users x user-rps whatever the latency: 30 users at 10 req/s each = 300 req/s. When the test stops,
+the SLO verdict (loadtest/slo.py) is printed and a missed objective makes Locust exit with 1.
+
+    locust -f loadtest/locustfile.py --host http://localhost:3000 ApiUser            # web UI on :8089
+    locust -f loadtest/locustfile.py --host http://localhost:3000 --headless -u 30 -r 300 -t 60s \
+        --target-rps 300 ApiUser                                                     # what `make stress MODE=stress` runs
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import gevent
+import orjson
+from locust import FastHttpUser, constant_throughput, events, task
+from locust.exception import StopUser
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store and loadtest, from any cwd
+
+from loadtest import slo  # noqa: E402
+from loadtest.traffic import EXAMPLE_BODY, RequestPool, check_batch, check_prediction  # noqa: E402
+
+BATCH_SIZES = (2, 64)
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("XGBoost service load test")
+    group.add_argument("--user-rps", type=float, default=10.0, help="requests per second each user sends (default 10)")
+    group.add_argument("--target-rps", type=float, default=0.0, help="rate objective in req/s; 0 = none (default 0)")
+    group.add_argument("--slo-p99-ms", type=float, default=100.0, help="p99 latency objective in ms (default 100)")
+    group.add_argument("--slo-max-failures", type=int, default=0, help="failed requests allowed (default 0)")
+
+
+def _headers(json_body: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"} if json_body else {}
+    if api_key := os.environ.get("XGB_API_KEY"):
+        headers["X-API-Key"] = api_key
+    return headers
+
+
+class _PacedUser(FastHttpUser):
+    """A user sending --user-rps requests per second, its phase random so users do not fire in step."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        rate = self.environment.parsed_options.user_rps
+        self._pace = constant_throughput(rate)
+        # Users are spawned within a fraction of a second; without a random phase they would all
+        # fire at the same instant every period, a burst the service would see as a spike.
+        gevent.sleep(random.random() / rate)
+        self._cp_last_run = time.perf_counter()  # constant_throughput's clock: start it after the phase delay
+
+    def wait_time(self) -> float:
+        return self._pace(self)
+
+    def get_health(self, path: str) -> None:
+        with self.client.get(path, name=path, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code} from {path}: {(resp.text or '')[:200]}")
+
+
+class ApiUser(_PacedUser):
+    """Realistic traffic: records drawn from the training data's distribution."""
+
+    # One pool per Locust process, shared by its users: building it takes ~0.1 s.
+    pool: RequestPool | None = None
+
+    def on_start(self) -> None:
+        if ApiUser.pool is None:
+            ApiUser.pool = RequestPool()
+        super().on_start()
+
+    @task(16)
+    def predict(self) -> None:
+        with self.client.post(
+            "/predict", data=self.pool.record_body(), headers=_headers(True), name="/predict", catch_response=True
+        ) as resp:
+            _judge(resp, check_prediction)
+
+    @task(2)
+    def predict_batch(self) -> None:
+        size = random.randint(*BATCH_SIZES)
+        with self.client.post(
+            "/predict_batch", data=self.pool.batch_body(size), headers=_headers(True), name="/predict_batch", catch_response=True
+        ) as resp:
+            _judge(resp, lambda body: check_batch(body, size))
+
+    @task(2)
+    def health(self) -> None:
+        self.get_health(random.choice(HEALTH_PATHS))
+
+
+class HealthUser(_PacedUser):
+    """Liveness and readiness checks, one endpoint per request, in turn."""
+
+    def on_start(self) -> None:
+        self._paths = itertools.cycle(HEALTH_PATHS)
+        super().on_start()
+
+    @task
+    def health(self) -> None:
+        self.get_health(next(self._paths))
+
+
+class ExampleUser(FastHttpUser):
+    """The seed's `single` mode: one prediction for the seed's example record, printed."""
+
+    @task
+    def predict_example(self) -> None:
+        with self.client.post(
+            "/predict", data=EXAMPLE_BODY, headers=_headers(True), name="/predict (seed example)", catch_response=True
+        ) as resp:
+            _judge(resp, check_prediction)
+            print(f"\nPOST {self.host}/predict (seed example) -> HTTP {resp.status_code}\n{_pretty(resp.text)}\n", flush=True)
+        if self.environment.parsed_options.headless:
+            self.environment.runner.quit()  # `make stress MODE=single`: the run is this one request
+        else:
+            raise StopUser()  # in the web UI, end this user only, not the UI
+
+
+def _judge(resp, check) -> None:
+    """Mark the response failed unless it is a 200 whose JSON body passes `check`."""
+    if resp.status_code != 200:
+        resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+        return
+    try:
+        body = orjson.loads(resp.content)
+    except orjson.JSONDecodeError as exc:
+        resp.failure(f"body is not JSON ({exc}): {(resp.text or '')[:200]}")
+        return
+    if reason := check(body):
+        resp.failure(reason)
+
+
+def _pretty(text: str | None) -> str:
+    try:
+        return json.dumps(json.loads(text or ""), indent=2)
+    except ValueError:
+        return text or "(empty body)"
+
+
+@events.init.add_listener
+def refresh_event_loop_clock(**_) -> None:
+    # gevent's loop caches "now" at its last iteration, which was before this file's imports (~0.5 s
+    # of numpy and model_store): --run-time, scheduled next with spawn_later, would end a run that
+    # much early. Refreshing the clock here makes a 10 s run last 10 s.
+    gevent.get_hub().loop.update_now()
+
+
+@events.init.add_listener
+def report_slo_verdict(environment, **_) -> None:
+    """Judge every test as it stops; the master (or the only process) judges, workers see only a share."""
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    opts = environment.parsed_options
+    verdicts: list[slo.Verdict] = []
+
+    @environment.events.test_stop.add_listener
+    def judge(**_) -> None:
+        # Read the objectives now: the web UI may have changed them for this test.
+        objectives = slo.Objectives(max_failures=opts.slo_max_failures, p99_ms=opts.slo_p99_ms, target_rps=opts.target_rps)
+        verdicts.append(slo.judge(environment.stats, objectives))
+        # None lets Locust apply its own rules (e.g. an exception in a task -> exit code 1).
+        environment.process_exit_code = None if verdicts[-1].passed else 1
+        if not opts.headless:  # web UI: report each test when it is stopped
+            print(verdicts[-1].report(), flush=True)
+
+    @environment.events.test_start.add_listener
+    def start_progress(**_) -> None:
+        if opts.headless:  # --only-summary silences Locust's tables; one line per period says it is alive
+            gevent.spawn(_print_progress, environment)
+
+    @environment.events.quit.add_listener
+    def print_last(**_) -> None:
+        if opts.headless and verdicts:  # after Locust's own tables, so the verdict is the last word
+            print(verdicts[-1].report(), flush=True)
+
+
+PROGRESS_SECONDS = 10
+
+
+def _print_progress(environment) -> None:
+    started = time.monotonic()
+    while True:
+        gevent.sleep(PROGRESS_SECONDS)
+        if environment.runner.state not in (STATE_SPAWNING, STATE_RUNNING):
+            return
+        total = environment.stats.total
+        print(
+            f"[{time.monotonic() - started:4.0f} s] {total.num_requests} requests, {total.num_failures} failures, "
+            f"{total.current_rps:.0f} req/s now, p99 so far {total.get_response_time_percentile(0.99) or 0:.0f} ms",
+            flush=True,
+        )
