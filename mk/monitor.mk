@@ -1,0 +1,13 @@
+# Monitoring (issue 5): the no-Docker local stack. `make monitor` runs Prometheus (:9090),
+# Alertmanager (:9093), node exporter (:9100) and the alert logger (:5001) in the foreground,
+# scraping the service at TARGET (start it first with `make serve`). Ctrl-C stops them all.
+# Configs, data and logs: .build/monitor/. The docker-compose stack: monitoring/docker-compose.yml.
+APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter
+TARGET ?= 127.0.0.1:$(PORT)
+
+.PHONY: monitor dashboards
+monitor: install sysdeps  ## local Prometheus + Alertmanager scraping TARGET (default 127.0.0.1:$(PORT)); Ctrl-C stops
+	$(PY) -m monitoring.localstack --target $(TARGET) --workdir .build/monitor
+
+dashboards: install  ## regenerate monitoring/grafana/dashboards/*.json from monitoring/dashboards.py
+	$(PY) -m monitoring.dashboards

@@ -1,0 +1,294 @@
+"""Grafana dashboards as code: plain Python building Grafana's JSON model.
+
+    python -m monitoring.dashboards          # (re)write monitoring/grafana/dashboards/*.json
+
+The JSON files are committed (Grafana provisioning loads them: grafana/provisioning/); a test
+checks that they match this generator, and the live test runs every query against a real
+Prometheus scraping a real service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "grafana" / "dashboards"
+# The provisioned datasource (grafana/provisioning/datasources/prometheus.yml)
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+RATE = "$__rate_interval"
+SVC = 'job="xgb-service"'
+# BentoML's internal batched API: /predict feeds it, it is not client traffic
+CLIENT_ENDPOINTS = f'{SVC},endpoint!="/predict_rows"'
+REQUESTS = "bentoml_service_request_total"
+DURATION = "bentoml_service_request_duration_seconds"
+BATCH = "bentoml_service_adaptive_batch_size"
+PREDICT_OK = f'{SVC},endpoint="/predict",http_response_code="200"'
+BATCHING = f'{SVC},method_name="predict_rows"'
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: str = "timeseries"  # timeseries | stat | heatmap
+    description: str = ""
+    width: int = 12
+    threshold: float | None = None  # drawn as a red line / turns a stat red
+    show_legend_text: bool = False  # stat panels: show the legend (e.g. a version) instead of the value
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    title: str
+    panels: tuple[Panel, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    rows: tuple[Row, ...]
+    tags: tuple[str, ...] = ("xgb-service",)
+
+    def queries(self) -> list[tuple[str, Query]]:
+        """(panel title, query) for every query on the dashboard."""
+        return [(p.title, q) for row in self.rows for p in row.panels for q in p.queries]
+
+
+def _quantiles(metric: str, selector: str, quantiles: tuple[float, ...], by: str = "le") -> tuple[Query, ...]:
+    return tuple(
+        Query(f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{round(q * 100)}")
+        for q in quantiles
+    )
+
+
+def _ratio_percent(numerator_selector: str, denominator_selector: str) -> str:
+    # `or vector(0)`: no matching requests means 0%, not "no data"
+    return (
+        f"100 * (sum(rate({REQUESTS}{{{numerator_selector}}}[{RATE}])) or vector(0))"
+        f" / sum(rate({REQUESTS}{{{denominator_selector}}}[{RATE}]))"
+    )
+
+
+PREDICT_ENDPOINTS = f'{SVC},endpoint=~"/predict|/predict_batch"'
+
+SERVICE = Dashboard(
+    uid="xgb-service",
+    title="XGBoost service",
+    rows=(
+        Row("Traffic and errors", (
+            Panel("Request rate by endpoint and status", (
+                Query(f"sum by (endpoint, http_response_code) (rate({REQUESTS}{{{CLIENT_ENDPOINTS}}}[{RATE}]))",
+                      "{{endpoint}} {{http_response_code}}"),
+            ), unit="reqps"),
+            Panel("Error % (5xx except overload 503)", (
+                Query(_ratio_percent(f'{PREDICT_ENDPOINTS},http_response_code=~"5..",http_response_code!="503"', PREDICT_ENDPOINTS),
+                      "5xx %"),
+            ), unit="percent", threshold=1, description="Alert XGBHighErrorRatio: over 1% for 5 minutes."),
+            Panel("Overload: shed requests % (429/503)", (
+                Query(_ratio_percent(f'{PREDICT_ENDPOINTS},http_response_code=~"429|503"', PREDICT_ENDPOINTS), "shed %"),
+            ), unit="percent", threshold=5, description="Alert XGBOverloaded: over 5% for 5 minutes."),
+            Panel("Server errors and shed requests by endpoint", (
+                Query(f'sum by (endpoint, http_response_code) (rate({REQUESTS}{{{CLIENT_ENDPOINTS},http_response_code=~"5..|429"}}[{RATE}]))',
+                      "{{endpoint}} {{http_response_code}}"),
+            ), unit="reqps"),
+            Panel("Rejected requests by reason", (
+                Query(f"sum by (reason) (rate(xgb_rejected_requests_total{{{SVC}}}[{RATE}]))", "{{reason}}"),
+            ), unit="reqps", description="Refused before the model: invalid input, too large, unauthorized, overloaded."),
+            Panel("In-flight requests", (
+                Query(f"sum by (endpoint) (bentoml_service_request_in_progress{{{CLIENT_ENDPOINTS}}})", "{{endpoint}}"),
+            )),
+        )),
+        Row("Latency", (
+            Panel("/predict latency p50 / p95 / p99", _quantiles(DURATION, PREDICT_OK, (0.5, 0.95, 0.99)), unit="s",
+                  threshold=0.1, description="SLO: p99 under 100 ms (alert XGBLatencySLOBreach)."),
+            Panel("p99 latency by endpoint", (
+                Query(f'histogram_quantile(0.99, sum by (le, endpoint) (rate({DURATION}_bucket{{{CLIENT_ENDPOINTS},http_response_code="200"}}[{RATE}])))',
+                      "{{endpoint}}"),
+            ), unit="s"),
+            Panel("/predict requests within the 100 ms SLO", (
+                Query(f'100 * sum(rate({DURATION}_bucket{{{PREDICT_OK},le="0.1"}}[{RATE}])) / sum(rate({DURATION}_count{{{PREDICT_OK}}}[{RATE}]))',
+                      "within SLO %"),
+            ), unit="percent", kind="stat", width=6),
+            Panel("Service up", (Query(f"up{{{SVC}}}", "{{instance}}"),), kind="stat", width=6),
+        )),
+        Row("Adaptive batching (max batch size 128)", (
+            Panel("Adaptive batch size distribution", (
+                Query(f"sum by (le) (increase({BATCH}_bucket{{{BATCHING}}}[{RATE}]))", "{{le}}"),
+            ), kind="heatmap", description="Records per model call that BentoML's adaptive batching formed."),
+            Panel("Batch size: mean and p99", (
+                Query(f"sum(rate({BATCH}_sum{{{BATCHING}}}[{RATE}])) / sum(rate({BATCH}_count{{{BATCHING}}}[{RATE}]))", "mean"),
+                *_quantiles(BATCH, BATCHING, (0.99,)),
+            ), threshold=96, description="Alert XGBBatchingSaturated: mean over 96 for 10 minutes."),
+            Panel("Model calls per second by worker", (
+                Query(f"sum by (worker_index) (rate({BATCH}_count{{{BATCHING}}}[{RATE}]))", "worker {{worker_index}}"),
+            ), unit="ops"),
+        )),
+        Row("Model", (
+            Panel("Model version", (
+                Query(f"max by (model_tag, model_version) (xgb_model_info{{{SVC}}})", "{{model_version}}"),
+            ), kind="stat", show_legend_text=True, description="The model tag being served (xgb_model_info)."),
+            Panel("Predictions per second by class", (
+                Query(f"sum by (predicted_class) (rate(xgb_predictions_total{{{SVC}}}[{RATE}]))", "class {{predicted_class}}"),
+            ), unit="ops"),
+            Panel("Predicted class share (last hour) vs training prior", (
+                Query(f"sum by (predicted_class) (increase(xgb_predictions_total{{{SVC}}}[1h]))"
+                      f" / scalar(sum(increase(xgb_predictions_total{{{SVC}}}[1h])))", "class {{predicted_class}}"),
+                Query(f"max by (predicted_class) (xgb_class_prior{{{SVC}}})", "prior {{predicted_class}}"),
+            ), unit="percentunit", description="Alert XGBPredictionDrift: a share 15 points away from its prior."),
+            Panel("Prediction confidence p10 / p50 / mean", (
+                *_quantiles("xgb_prediction_confidence", SVC, (0.1, 0.5)),
+                Query(f"sum(rate(xgb_prediction_confidence_sum{{{SVC}}}[{RATE}]))"
+                      f" / sum(rate(xgb_prediction_confidence_count{{{SVC}}}[{RATE}]))", "mean"),
+            ), unit="percentunit"),
+            Panel("Confidence distribution", (
+                Query(f"sum by (le) (increase(xgb_prediction_confidence_bucket{{{SVC}}}[{RATE}]))", "{{le}}"),
+            ), kind="heatmap"),
+            Panel("Out-of-range input values by feature", (
+                Query(f"sum by (feature) (rate(xgb_input_out_of_range_total{{{SVC}}}[{RATE}]))", "{{feature}}"),
+            ), unit="ops", description="Values outside the schema's range (alert XGBInputOutOfRange)."),
+        )),
+        Row("Resources", (
+            Panel("Service CPU (cores, all workers)", (
+                Query(f"sum(rate(xgb_process_cpu_seconds_total{{{SVC}}}[{RATE}]))", "cores"),
+            )),
+            Panel("Service memory (resident, all workers)", (
+                Query(f"sum(xgb_process_resident_memory_bytes{{{SVC}}})", "resident"),
+            ), unit="bytes", threshold=1.6e9),
+            Panel("Host CPU busy", (
+                Query(f'100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{{job="node",mode="idle"}}[{RATE}])))',
+                      "{{instance}}"),
+            ), unit="percent", threshold=90),
+            Panel("Host memory available", (
+                Query('100 * node_memory_MemAvailable_bytes{job="node"} / node_memory_MemTotal_bytes{job="node"}',
+                      "{{instance}}"),
+            ), unit="percent"),
+        )),
+    ),
+)  # fmt: skip
+
+EDGE = Dashboard(
+    uid="xgb-edge",
+    title="XGBoost service: edge and host",
+    rows=(
+        Row("nginx (docker-compose stack)", (
+            Panel("nginx up", (Query('nginx_up{job="nginx"}', "{{instance}}"),), kind="stat", width=6),
+            Panel("nginx requests per second", (
+                Query(f'sum(rate(nginx_http_requests_total{{job="nginx"}}[{RATE}]))', "requests"),
+            ), unit="reqps", width=9),
+            Panel("nginx connections", (
+                Query('nginx_connections_active{job="nginx"}', "active"),
+                Query('nginx_connections_waiting{job="nginx"}', "waiting"),
+            ), width=9),
+        )),
+        Row("Host (node exporter)", (
+            Panel("Load average", (
+                Query('node_load1{job="node"}', "1m {{instance}}"),
+                Query('node_load5{job="node"}', "5m {{instance}}"),
+            )),
+            Panel("CPU by mode", (
+                Query(f'sum by (mode) (rate(node_cpu_seconds_total{{job="node",mode!="idle"}}[{RATE}]))', "{{mode}}"),
+            ), description="Cores busy per mode."),
+            Panel("Network traffic", (
+                Query(f'sum by (instance) (rate(node_network_receive_bytes_total{{job="node",device!="lo"}}[{RATE}]))', "in {{instance}}"),
+                Query(f'sum by (instance) (rate(node_network_transmit_bytes_total{{job="node",device!="lo"}}[{RATE}]))', "out {{instance}}"),
+            ), unit="Bps"),
+            Panel("Scrape targets up", (Query("up", "{{job}} {{instance}}"),), kind="stat"),
+        )),
+    ),
+)  # fmt: skip
+
+DASHBOARDS = (SERVICE, EDGE)
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
+    targets = []
+    for ref, query in zip("ABCDEFGH", panel.queries):
+        target = {"refId": ref, "datasource": DATASOURCE, "expr": query.expr, "legendFormat": query.legend, "range": True}
+        if panel.kind == "heatmap":
+            target["format"] = "heatmap"
+        targets.append(target)
+    steps = [{"color": "green", "value": None}]
+    if panel.threshold is not None:
+        steps.append({"color": "red", "value": panel.threshold})
+    defaults: dict = {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": steps}}
+    if panel.kind == "timeseries" and panel.threshold is not None:
+        defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
+    options: dict = {}
+    if panel.kind == "stat":
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "textMode": "name" if panel.show_legend_text else "auto", "colorMode": "background"}
+    elif panel.kind == "heatmap":
+        options = {"calculate": False, "yAxis": {"axisPlacement": "left"}, "color": {"mode": "scheme", "scheme": "Oranges"}}
+    elif panel.kind == "timeseries":
+        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}}
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def to_json(dashboard: Dashboard) -> dict:
+    """Grafana's dashboard JSON model (schema 39, Grafana 10/11)."""
+    panels = []
+    y = 0
+    for row in dashboard.rows:
+        panels.append({"id": len(panels) + 1, "type": "row", "title": row.title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})  # fmt: skip
+        y += 1
+        x = 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y = 0, y + 8
+            panels.append(_panel_json(panel, len(panels) + 1, x, y))
+            x += panel.width
+        y += 8
+    return {
+        "uid": dashboard.uid,
+        "title": dashboard.title,
+        "tags": list(dashboard.tags),
+        "timezone": "browser",
+        "editable": True,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "annotations": {"list": []},
+        "templating": {"list": []},
+        "panels": panels,
+    }
+
+
+def render(dashboard: Dashboard) -> str:
+    return json.dumps(to_json(dashboard), indent=2) + "\n"
+
+
+def path_of(dashboard: Dashboard) -> Path:
+    return DASHBOARD_DIR / f"{dashboard.uid}.json"
+
+
+def main() -> None:
+    DASHBOARD_DIR.mkdir(parents=True, exist_ok=True)
+    for dashboard in DASHBOARDS:
+        path_of(dashboard).write_text(render(dashboard))
+        print(f"wrote {path_of(dashboard)} ({len(dashboard.queries())} queries)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
