@@ -1,0 +1,305 @@
+"""Monitoring configs checked by the real tools (promtool, amtool) and for consistency with each
+other: alert rules and their unit tests, Alertmanager routing, the dashboards generator, the local
+stack's derived configs and the docker-compose stack (which cannot run here: checked structurally).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from monitoring import dashboards, localstack
+
+MON = Path(localstack.MONITORING_DIR)
+RULE_TESTS = sorted((MON / "tests").glob("*.yml"))
+PORTS = localstack.Ports(prometheus=19090, alertmanager=19093, node_exporter=19100, alert_logger=15001)
+
+
+def run_tool(*argv: str, cwd: Path = MON) -> subprocess.CompletedProcess:
+    if shutil.which(argv[0]) is None:
+        pytest.fail(f"{argv[0]} not installed: run `make sysdeps` (APT_PACKAGES in mk/monitor.mk)")
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load((MON / "alert_rules.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+# --- Prometheus: config, rules, rule unit tests ----------------------------------------------
+
+
+def test_promtool_check_config_docker_and_local(tmp_path):
+    assert_ok(run_tool("promtool", "check", "config", "prometheus.yml"))
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(localstack.local_prometheus_config("127.0.0.1:3000", PORTS)))
+    assert_ok(run_tool("promtool", "check", "config", str(local)))
+
+
+def test_promtool_check_rules():
+    result = run_tool("promtool", "check", "rules", "alert_rules.yml")
+    assert_ok(result)
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+def test_promtool_rule_unit_tests_pass():
+    assert RULE_TESTS, "no rule unit tests in monitoring/tests/"
+    assert_ok(run_tool("promtool", "test", "rules", *(p.name for p in RULE_TESTS), cwd=MON / "tests"))
+
+
+# A rule unit test suite must notice a broken rule: each mutation here has to fail it.
+MUTATIONS = {
+    "drift threshold": ("> 0.15", "> 0.5"),
+    "no-traffic ignores never-seen series": ("or on() vector(0)) == 0", ") == 0"),
+    "error ratio counts overload": ('http_response_code!="503"', 'http_response_code!="599"'),
+    "latency SLO on every endpoint": ('endpoint="/predict",http_response_code="200"}[5m]', 'http_response_code="200"}[5m]'),
+    "service down without absent()": (' or absent(up{job="xgb-service"})', ""),
+    "batching threshold": ("> 96", "> 128"),
+}
+
+
+@pytest.mark.parametrize("name", MUTATIONS)
+def test_rule_unit_tests_catch_a_broken_rule(name, tmp_path):
+    old, new = MUTATIONS[name]
+    rules = (MON / "alert_rules.yml").read_text()
+    assert old in rules, f"mutation {name!r} no longer applies: update MUTATIONS"
+    (tmp_path / "alert_rules.yml").write_text(rules.replace(old, new))
+    (tmp_path / "tests").mkdir()
+    for test_file in RULE_TESTS:
+        shutil.copy(test_file, tmp_path / "tests")
+    result = run_tool("promtool", "test", "rules", *(p.name for p in RULE_TESTS), cwd=tmp_path / "tests")
+    assert result.returncode != 0, f"the rule unit tests did not notice: {name}"
+
+
+def test_every_rule_has_a_firing_and_a_quiet_unit_test():
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for test_file in RULE_TESTS:
+        for case in yaml.safe_load(test_file.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - fires == set(), "rules without a test where they fire"
+    assert names - quiet == set(), "rules without a test where they must not fire"
+
+
+def test_every_rule_is_documented_and_routable():
+    runbook = (MON / "runbook.md").read_text()
+    sections = {m.lower() for m in re.findall(r"^## (\w+)$", runbook, re.M)}
+    required = {"XGBServiceDown", "XGBHighErrorRatio", "XGBLatencySLOBreach", "XGBOverloaded", "XGBBatchingSaturated",
+                "XGBNoTraffic", "XGBServiceHighCPU", "XGBServiceHighMemory", "XGBPredictionDrift", "XGBInputOutOfRange"}  # fmt: skip
+    assert required <= {rule["alert"] for rule in alert_rules()}
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys(), name
+        assert rule["annotations"]["runbook_url"] == f"monitoring/runbook.md#{name.lower()}", name
+        assert name.lower() in sections, f"runbook.md has no section for {name}"
+        # XGBServiceDown inhibits the others through this label (alertmanager.yml)
+        if "xgb_" in rule["expr"] or 'job="xgb-service"' in rule["expr"]:
+            assert rule["labels"].get("service") == "xgb-service", name
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+
+def test_amtool_check_config_docker_and_local(tmp_path):
+    assert_ok(run_tool("amtool", "check-config", "alertmanager.yml"))
+    local = tmp_path / "alertmanager.yml"
+    local.write_text(yaml.safe_dump(localstack.local_alertmanager_config(PORTS)))
+    assert_ok(run_tool("amtool", "check-config", str(local)))
+
+
+@pytest.mark.parametrize(
+    "labels, receiver",
+    [
+        (["alertname=XGBServiceDown", "severity=critical", "service=xgb-service"], "webhook-critical"),
+        (["alertname=XGBNoTraffic", "severity=warning", "service=xgb-service"], "webhook-warning"),
+        (["alertname=Unlabelled"], "webhook-warning"),
+    ],
+)
+def test_alertmanager_routes_by_severity(labels, receiver):
+    result = run_tool("amtool", "config", "routes", "test", "--config.file=alertmanager.yml", *labels)
+    assert_ok(result)
+    assert result.stdout.strip() == receiver
+
+
+def test_service_down_inhibits_the_other_service_alerts():
+    config = yaml.safe_load((MON / "alertmanager.yml").read_text())
+    inhibit = [r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="XGBServiceDown"']]
+    assert len(inhibit) == 1 and inhibit[0]["equal"] == ["service"]
+    assert inhibit[0]["target_matchers"] == ['alertname!="XGBServiceDown"']
+
+
+# --- Grafana ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dashboard", dashboards.DASHBOARDS, ids=lambda d: d.uid)
+def test_committed_dashboard_json_matches_the_generator(dashboard):
+    path = dashboards.path_of(dashboard)
+    assert path.exists(), f"{path} missing: run `make dashboards`"
+    assert path.read_text() == dashboards.render(dashboard), f"{path} is stale: run `make dashboards` and commit"
+
+
+@pytest.mark.parametrize("dashboard", dashboards.DASHBOARDS, ids=lambda d: d.uid)
+def test_dashboard_panels_are_well_formed(dashboard):
+    model = json.loads(dashboards.path_of(dashboard).read_text())
+    datasource_uid = yaml.safe_load((MON / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]["uid"]
+    panels = model["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not area & cells, f"panel {panel['title']!r} overlaps another"
+        cells |= area
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource_uid, panel["title"]
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+
+
+def test_dashboards_cover_what_the_issue_asks_for():
+    exprs = " ".join(q.expr for _, q in dashboards.SERVICE.queries())
+    for needed in ("bentoml_service_request_total", "histogram_quantile(0.99", "histogram_quantile(0.5",
+                   "histogram_quantile(0.95", "bentoml_service_request_in_progress",
+                   "bentoml_service_adaptive_batch_size_bucket", "xgb_predictions_total", "xgb_prediction_confidence",
+                   "xgb_input_out_of_range_total", "xgb_model_info", "xgb_class_prior", "xgb_process_cpu_seconds_total",
+                   "xgb_process_resident_memory_bytes"):  # fmt: skip
+        assert needed in exprs, f"no dashboard query uses {needed}"
+
+
+# --- the local stack's configs vs the docker-compose ones ------------------------------------
+
+
+def test_local_prometheus_config_differs_only_in_addresses():
+    docker = yaml.safe_load((MON / "prometheus.yml").read_text())
+    local = localstack.local_prometheus_config("127.0.0.1:3123", PORTS)
+    assert local["global"] == docker["global"]
+    assert [Path(p).name for p in local["rule_files"]] == docker["rule_files"]
+    assert all(Path(p).is_file() for p in local["rule_files"])
+    docker_jobs = {job["job_name"]: job for job in docker["scrape_configs"]}
+    local_jobs = {job["job_name"]: job for job in local["scrape_configs"]}
+    assert set(docker_jobs) - set(local_jobs) == {"nginx"}  # no nginx in front of `make serve`
+    for name, job in local_jobs.items():
+        assert {k: v for k, v in job.items() if k != "static_configs"} == {
+            k: v for k, v in docker_jobs[name].items() if k != "static_configs"
+        }
+    assert local_jobs["xgb-service"]["static_configs"] == [{"targets": ["127.0.0.1:3123"]}]
+    assert local_jobs["node"]["static_configs"] == [{"targets": ["127.0.0.1:19100"]}]
+    assert local["alerting"]["alertmanagers"][0]["static_configs"] == [{"targets": ["127.0.0.1:19093"]}]
+
+
+def test_local_alertmanager_config_differs_only_in_webhook_address():
+    docker = yaml.safe_load((MON / "alertmanager.yml").read_text())
+    local = localstack.local_alertmanager_config(PORTS)
+    urls = [w["url"] for r in local["receivers"] for w in r["webhook_configs"]]
+    assert urls and all(u == "http://127.0.0.1:15001/alerts" for u in urls)
+    for receiver in local["receivers"] + docker["receivers"]:
+        receiver.pop("webhook_configs")
+    assert local == docker
+
+
+def test_an_unknown_docker_address_is_a_clear_error(tmp_path, monkeypatch):
+    config = yaml.safe_load((MON / "prometheus.yml").read_text())
+    config["scrape_configs"].append({"job_name": "new", "static_configs": [{"targets": ["new-exporter:9999"]}]})
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(localstack, "PROMETHEUS_CONFIG", tmp_path / "prometheus.yml")
+    with pytest.raises(KeyError, match="new-exporter:9999.*no local counterpart"):
+        localstack.local_prometheus_config("127.0.0.1:3000", PORTS)
+
+
+# --- docker-compose (structure only: no Docker engine here) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((MON / "docker-compose.yml").read_text())
+
+
+def container_ports(service: dict) -> set[int]:
+    ports = {int(p) for p in service.get("expose", [])}
+    ports |= {int(str(p).rsplit(":", 1)[-1]) for p in service.get("ports", [])}
+    return ports
+
+
+def assert_address_in_compose(compose: dict, address: str, what: str) -> None:
+    host, port = address.rsplit(":", 1)
+    assert host in compose["services"], f"{what}: {address} is not a docker-compose service"
+    assert int(port) in container_ports(compose["services"][host]), f"{what}: {host} does not expose port {port}"
+
+
+def test_compose_has_the_whole_stack(compose):
+    assert {"xgb-service", "nginx", "prometheus", "grafana", "alertmanager", "node-exporter", "nginx-exporter",
+            "alert-logger"} <= compose["services"].keys()  # fmt: skip
+
+
+def test_compose_bind_mounts_exist_and_match_the_configs(compose):
+    mounts = {}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("./"):
+                assert (MON / source).exists(), f"{name} mounts {source}, which does not exist"
+                mounts[target] = MON / source
+            else:
+                assert source.startswith("/") or source in compose["volumes"], f"{name}: undeclared volume {source}"
+    # Prometheus loads the rule file next to its config; Grafana's provider reads the mounted dashboards
+    assert mounts["/etc/prometheus/prometheus.yml"] == MON / "prometheus.yml"
+    rules = yaml.safe_load((MON / "prometheus.yml").read_text())["rule_files"]
+    assert all(mounts[f"/etc/prometheus/{r}"] == MON / r for r in rules)
+    provider = yaml.safe_load((MON / "grafana/provisioning/dashboards/dashboards.yml").read_text())["providers"][0]
+    assert mounts[provider["options"]["path"]] == dashboards.DASHBOARD_DIR
+    assert mounts["/etc/grafana/provisioning"] == MON / "grafana/provisioning"
+    assert mounts["/app/alert_logger.py"] == MON / "alert_logger.py"
+    assert mounts["/etc/alertmanager/alertmanager.yml"] == MON / "alertmanager.yml"
+    assert mounts["/etc/nginx/nginx.conf"] == MON / "nginx.conf"
+
+
+def test_prometheus_targets_are_compose_services(compose):
+    config = yaml.safe_load((MON / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                if target.startswith("localhost:"):  # Prometheus itself
+                    assert int(target.split(":")[1]) in container_ports(compose["services"]["prometheus"])
+                else:
+                    assert_address_in_compose(compose, target, f"job {job['job_name']}")
+    for target in config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]:
+        assert_address_in_compose(compose, target, "alerting")
+
+
+def test_other_addresses_are_compose_services(compose):
+    for receiver in yaml.safe_load((MON / "alertmanager.yml").read_text())["receivers"]:
+        for webhook in receiver["webhook_configs"]:
+            assert_address_in_compose(compose, urlparse(webhook["url"]).netloc, f"webhook {receiver['name']}")
+    datasource = yaml.safe_load((MON / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert_address_in_compose(compose, urlparse(datasource["url"]).netloc, "grafana datasource")
+    nginx = (MON / "nginx.conf").read_text()
+    for upstream in re.findall(r"^\s*server\s+([\w.-]+:\d+)", nginx, re.M):
+        assert_address_in_compose(compose, upstream, "nginx upstream")
+    scrape_uri = next(a for a in compose["services"]["nginx-exporter"]["command"] if a.startswith("--nginx.scrape-uri="))
+    url = urlparse(scrape_uri.split("=", 1)[1])
+    assert_address_in_compose(compose, url.netloc, "nginx-exporter scrape uri")
+    assert re.search(rf"listen {url.port};\s*location = {re.escape(url.path)} \{{\s*stub_status;", nginx)
+
+
+def test_grafana_password_comes_from_the_environment(compose):
+    env = compose["services"]["grafana"]["environment"]
+    password = env["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), "the password must be required from the environment"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
