@@ -8,7 +8,7 @@ import copy
 import datetime as dt
 
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from ops import deploy
