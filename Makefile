@@ -13,7 +13,7 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 INSTALLED := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
 # Debian packages that tests and tools need; each mk/*.mk adds its own.
-APT_PACKAGES :=
+APT_PACKAGES := hey
 
 .PHONY: help install sysdeps lock train model serve test
 help:  ## list the targets

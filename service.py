@@ -14,13 +14,20 @@ import asyncio
 
 import bentoml
 import numpy as np
+from starlette.middleware.cors import CORSMiddleware
 
-from model_store import load_bundle, model_tag
+from model_store import load_bundle, stored_model
 from serving import metrics
 from serving.fastpath import PredictionRoutes
 from serving.settings import SETTINGS
 
 PROCESS_SAMPLE_SECONDS = 5.0
+
+# Resolved and fully loaded when the service is imported, so a missing, corrupt or mismatched
+# model stops `bentoml serve` (and `bentoml build`) with a message naming the tag and the fix,
+# instead of workers failing one by one behind an open port.
+MODEL = stored_model()
+BUNDLE = load_bundle(str(MODEL.tag))
 
 
 @bentoml.service(
@@ -31,10 +38,10 @@ PROCESS_SAMPLE_SECONDS = 5.0
     tracing={"excluded_urls": ["/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
 )
 class XGBoostService:
-    model_ref = bentoml.models.BentoModel(model_tag())
+    model_ref = MODEL  # what makes `bentoml build` pack the model into the Bento
 
     def __init__(self) -> None:
-        self.bundle = load_bundle(str(self.model_ref.tag))
+        self.bundle = BUNDLE
         metrics.publish_model(
             self.bundle.tag, self.bundle.version, self.bundle.metadata.get("class_prior", []), self.bundle.class_names
         )
@@ -51,10 +58,16 @@ class XGBoostService:
     def __is_ready__(self) -> bool:
         return self.bundle is not None
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=128, max_latency_ms=1000)
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
+    )
+    async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities for raw feature rows (internal: fed by /predict's batching)."""
         return self.bundle.predict_proba(rows)
 
 
+if SETTINGS.cors_origins:  # outside the prediction routes, so their answers carry CORS headers too
+    XGBoostService.add_asgi_middleware(
+        CORSMiddleware, allow_origins=list(SETTINGS.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type", "X-API-Key"]
+    )
 XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS)

@@ -73,6 +73,28 @@ def save_bundle(booster: Any, scaler: Any, *, labels: dict[str, str], metadata: 
     return model
 
 
+def stored_model(tag: str | None = None):
+    """The store entry for `tag` (default: the tag policy), checked against the schema, without loading it.
+
+    Returns a bentoml.models.BentoModel reference, which is also what makes `bentoml build`
+    pack the model into the Bento.
+    """
+    import bentoml
+
+    tag = tag or model_tag()
+    ref = bentoml.models.BentoModel(tag)
+    stored = ref.stored
+    if stored is None:
+        home = os.environ.get("BENTOML_HOME", "~/bentoml")
+        raise ModelContractError(f"model {tag!r} is not in the BentoML store ({home}/models); {TRAIN_HINT}")
+    if stored.info.metadata.get("feature_schema") != schema_fingerprint():
+        raise ModelContractError(
+            f"model {str(stored.tag)!r} was trained on a different feature schema than model_store/schema.py; "
+            f"{TRAIN_HINT}, or pin a matching model with {MODEL_TAG_ENV}"
+        )
+    return bentoml.models.BentoModel(str(stored.tag))
+
+
 def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     """Load and check a bundle; ModelContractError names the tag and the fix when it cannot be served."""
     import bentoml

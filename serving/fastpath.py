@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from bentoml.exceptions import ServiceUnavailable
 
-from . import bentoml_internals, metrics
+from . import bentoml_internals, metrics, openapi
 from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, prediction_bodies, range_error
 from .settings import Settings
 
@@ -39,24 +39,32 @@ class PredictionRoutes:
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
         }
+        self.openapi_document = openapi.document(settings)
+        self.inflight = 0
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if route is None:
+            if scope["type"] == "http" and scope["path"] == "/docs.json":
+                return await respond(send, 200, self.openapi_document)
             if scope["type"] == "http" and scope["path"] == f"/{BATCHED_API}":
                 # Internal: reachable only through /predict, which validates what it sends.
                 return await respond(send, 404, InputError(404, "not found").body())
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send_with_security_headers(send))
         if self._service is None:
             factory = bentoml_internals.find_app_factory(scope["app"], BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
+            bentoml_internals.bind_api_once(self._service, BATCHED_API)
         handler, max_bytes = route
+        self.inflight += 1
         try:
             self.check_request(scope)
             body = await read_body(receive, max_bytes, scope)
+            if self.inflight > self.settings.max_inflight:
+                raise ServiceUnavailable("too many predictions in flight")
             payload = await handler(body)
         except InputError as exc:
             metrics.rejected.labels(reason=_reason(exc.status)).inc()
@@ -72,6 +80,8 @@ class PredictionRoutes:
             logger.exception("prediction failed")
             body = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
             return await respond(send, 500, body)
+        finally:
+            self.inflight -= 1
         await respond(send, 200, payload)
 
     def check_request(self, scope: dict[str, Any]) -> None:
@@ -139,6 +149,17 @@ async def read_body(receive: Callable, max_bytes: int, scope: dict[str, Any]) ->
     if not body:
         raise InputError(400, "empty body: send a JSON object")
     return body
+
+
+def send_with_security_headers(send: Callable) -> Callable:
+    """BentoML's own routes (probes, metrics, docs UI) get the same security headers as ours."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *_SECURITY_HEADERS]
+        await send(message)
+
+    return wrapped
 
 
 async def respond(send: Callable, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -20,6 +20,13 @@ class Settings:
     max_batch_records: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_RECORDS", 5000))
     max_predict_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_PREDICT_BYTES", 64 * 1024))
     max_batch_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_BYTES", 8 * 1024 * 1024))
+    # Overload protection, per worker: predictions in flight beyond this get 503 + Retry-After at once.
+    # The benchmark's 64 connections put ~32 in flight per worker; 4x that leaves room for bursts.
+    max_inflight: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_INFLIGHT", 128))
+    # BentoML adaptive batching of single records: rows per model call, and the latency budget the
+    # dispatcher plans batches for (it sheds with 503 when a request would wait longer).
+    batch_max_size: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_SIZE", 128))
+    batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 500))
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
     # Comma-separated CORS origins; empty means CORS is off.

@@ -1,0 +1,125 @@
+"""The OpenAPI document served at /docs.json (read by the docs UI at / and by schemathesis).
+
+Generated from the same pydantic types that validate requests, so the documented contract and
+the enforced one cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict
+
+from model_store.schema import EXAMPLE_RECORD, FEATURES, N_CLASSES
+
+from .contract import Record, make_batch_adapter
+from .settings import Settings
+
+
+class Prediction(TypedDict):
+    predicted_class: int
+    confidence: float
+    model_version: str
+    features_used: int
+    probabilities: list[float]
+
+
+class BatchResponse(TypedDict):
+    predictions: list[Prediction]
+
+
+class ErrorDetail(TypedDict):
+    loc: list[Any]
+    msg: str
+    type: str
+
+
+class Error(TypedDict):
+    error: str
+    detail: list[ErrorDetail]
+
+
+REF = "#/components/schemas/{model}"
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for name, adapter in {
+        "Record": TypeAdapter(Record),
+        "BatchRequest": make_batch_adapter(settings.max_batch_records),
+        "Prediction": TypeAdapter(Prediction),
+        "BatchResponse": TypeAdapter(BatchResponse),
+        "Error": TypeAdapter(Error),
+    }.items():
+        schema = adapter.json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    for feature in FEATURES:
+        prop = schemas["Record"]["properties"][feature.name]
+        prop["description"] = f"{feature.description}; expected range {feature.minimum:g}..{feature.maximum:g}"
+    schemas["Prediction"]["properties"]["probabilities"].update(minItems=N_CLASSES, maxItems=N_CLASSES)
+    return schemas
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=schema)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON or empty body",
+        401: "Missing or wrong API key (only when XGB_API_KEY is set)",
+        405: "Method not allowed",
+        413: "Body over the size limit",
+        415: "Content type is not application/json",
+        422: "Invalid input: the detail names each field and problem",
+        503: "Overloaded or not ready; retry after the Retry-After header's seconds",
+    }
+    return {str(c): {"description": text[c], "content": _json("Error")} for c in codes}
+
+
+def _probe(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "503": {"description": "Not ready"}}}}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    errors = _errors(400, 401, 405, 413, 415, 422, 503)
+    body = {"required": True, "content": _json("Record")}
+    body["content"]["application/json"]["example"] = EXAMPLE_RECORD
+    return {
+        "openapi": "3.0.2",
+        "info": {
+            "title": "XGBoost prediction API",
+            "version": "1",
+            "description": "The seed's /predict contract, served by BentoML with adaptive micro-batching.",
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Predict one record",
+                    "operationId": "predict",
+                    "requestBody": body,
+                    "responses": {"200": {"description": "The prediction", "content": _json("Prediction")}, **errors},
+                }
+            },
+            "/predict_batch": {
+                "post": {
+                    "summary": f"Predict up to {settings.max_batch_records} records, answered in order",
+                    "operationId": "predict_batch",
+                    "requestBody": {"required": True, "content": _json("BatchRequest")},
+                    "responses": {"200": {"description": "One prediction per record", "content": _json("BatchResponse")}, **errors},
+                }
+            },
+            "/healthz": _probe("Liveness (alias of /livez)"),
+            "/livez": _probe("Liveness: the process answers"),
+            "/readyz": _probe("Readiness: the model is loaded"),
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}},
+        },
+        "components": {"schemas": _schemas(settings)},
+    }
+
+
+def document(settings: Settings) -> bytes:
+    return orjson.dumps(build(settings))
