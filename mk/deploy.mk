@@ -1,0 +1,41 @@
+# AWS deployment (issue 6): the Pulumi program (infra_pulumi/) and the ops tool (python -m ops).
+# The aws-* targets need AWS credentials; aws-deploy/aws-destroy/infra-preview also need the Pulumi
+# CLI and Docker (see docs/deployment.md). test-deploy needs neither: Pulumi runs under mocks and
+# AWS under moto (~60 s).
+OPS_STACK ?= prod
+OPS := $(PY) -m ops --stack $(OPS_STACK)
+
+.PHONY: test-deploy infra-preview aws-deploy aws-update aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
+test-deploy: install  ## Pulumi program policy tests (mocks) and ops tests (moto/Stubber)
+	$(PY) -m pytest tests/test_infra_program.py tests/test_infra_settings.py tests/test_ops_*.py
+
+infra-preview: install  ## pulumi preview of stack OPS_STACK (default prod)
+	cd infra_pulumi && pulumi preview --stack $(OPS_STACK)
+
+aws-deploy: model  ## build + push the image, pulumi up, wait until the service is stable
+	$(OPS) deploy
+
+aws-update: model  ## roll out a new image (IMAGE_TAG=... to reuse one already in ECR)
+	$(OPS) update $(if $(IMAGE_TAG),--image-tag $(IMAGE_TAG))
+
+aws-status: install  ## service, tasks, deployments
+	$(OPS) status
+
+aws-report: install  ## status + target health + CloudWatch metrics over MINUTES (default 60)
+	$(OPS) report --minutes $(or $(MINUTES),60)
+
+aws-health: install  ## /livez and /readyz through the ALB, target health; non-zero if unhealthy
+	$(OPS) health
+
+aws-logs: install  ## service logs since SINCE (default 10m); FOLLOW=1 to tail
+	$(OPS) logs --since $(or $(SINCE),10m) $(if $(FOLLOW),--follow)
+
+aws-cleanup: install  ## delete ECR images beyond the newest KEEP (default 10), never those in use
+	$(OPS) cleanup --keep $(or $(KEEP),10)
+
+aws-scale: install  ## set the desired task count: make aws-scale N=8
+	@test -n "$(N)" || { echo "usage: make aws-scale N=<tasks>" >&2; exit 2; }
+	$(OPS) scale $(N)
+
+aws-destroy: install  ## empty the ECR repository and pulumi destroy (asks for the stack name)
+	$(OPS) destroy
