@@ -1,13 +1,17 @@
 """Build the Bento, containerize it and push it to ECR, tagged with the Bento version.
 
 ECR tags are immutable, and a Bento version names exactly one build, so a tag that is already in
-the repository is not pushed again.
+the repository is not pushed again. The image is built by the repository's
+`container/containerize.sh` (the same build as `make container`), then re-tagged for ECR.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
+import sys
+from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
@@ -19,12 +23,26 @@ from ops.runner import Runner
 from ops.stack import REPO_ROOT, Stack
 
 TAG_LINE = re.compile(r"__tag__:(\S+:\S+)")
-PLATFORM = "linux/amd64"  # Fargate runs the task definition's X86_64 platform
+CONTAINERIZE = "container/containerize.sh"
+# The task definition runs X86_64; without this an ARM laptop would push an image Fargate can't start.
+PLATFORM = "linux/amd64"
+
+
+def bentoml_executable() -> str:
+    """The bentoml next to this Python (the repo's .venv) even when the venv is not activated."""
+    beside = Path(sys.executable).parent / "bentoml"
+    return str(beside) if beside.exists() else "bentoml"
+
+
+def bentoml_env() -> dict[str, str]:
+    # The model store lives in the repository unless the caller chose another (as the Makefile does).
+    return {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO_ROOT / ".bentoml"))}
 
 
 def build_bento(run: Runner) -> str:
     """`bentoml build` in the repository root; returns the Bento tag `name:version`."""
-    result = run(["bentoml", "build", "--output", "tag"], cwd=REPO_ROOT, capture=True)
+    result = run([bentoml_executable(), "build", "--output", "tag"], cwd=REPO_ROOT, capture=True,
+                 env=bentoml_env())
     match = TAG_LINE.search(result.stdout)
     if not match:
         raise OpsError(f"`bentoml build` printed no __tag__ line: {result.stdout.strip()[-500:]}")
@@ -70,8 +88,11 @@ def build_and_push(aws: Aws, stack: Stack, run: Runner, repo_uri: str,
     if image_exists(aws, stack, tag):
         echo(f"==> {image} is already in ECR (tags are immutable): not pushing again")
         return tag
-    echo(f"==> containerizing {bento} as {image}")
-    run(["bentoml", "containerize", bento, "--image-tag", image, "--platform", PLATFORM], cwd=REPO_ROOT)
+    echo(f"==> containerizing {bento}")
+    run([CONTAINERIZE], cwd=REPO_ROOT,
+        env={**bentoml_env(), "BENTO_TAG": bento, "CONTAINER_BACKEND": "docker",
+             "BENTOML": bentoml_executable(), "DOCKER_DEFAULT_PLATFORM": PLATFORM})
+    run(["docker", "tag", bento, image])
     echo("==> logging in to ECR")
     docker_login(aws, run)
     echo(f"==> pushing {image}")

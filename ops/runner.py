@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ INSTALL_HINTS = {
     "pulumi": "install the Pulumi CLI: https://www.pulumi.com/docs/install/",
     "docker": "install Docker and start the daemon (bentoml containerize and the push need it)",
     "bentoml": "run `make install` and use the repository's .venv",
+    "container/containerize.sh": "run ops from the repository root",
 }
 
 
@@ -30,10 +32,13 @@ class Runner:
         self.echo = echo
 
     def __call__(self, cmd: Sequence[str], *, cwd: Optional[Path] = None, stdin: Optional[str] = None,
-                 capture: bool = False, check: bool = True, secret_stdin: bool = False) -> Completed:
-        self.echo(f"$ {shlex.join(cmd)}" + (" < (secret)" if secret_stdin else ""))
+                 capture: bool = False, check: bool = True, secret_stdin: bool = False,
+                 env: Optional[dict[str, str]] = None) -> Completed:
+        shown_env = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+        self.echo(f"$ {shown_env}{shlex.join(cmd)}" + (" < (secret)" if secret_stdin else ""))
         try:
             proc = subprocess.run(list(cmd), cwd=cwd, input=stdin, text=True,
+                                  env={**os.environ, **env} if env else None,
                                   stdout=subprocess.PIPE if capture else None,
                                   stderr=subprocess.PIPE if capture else None)
         except FileNotFoundError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import boto3
@@ -94,18 +95,21 @@ def create_stack(session: boto3.session.Session, stack: Stack, image_tag: str,
 
 @dataclass
 class FakeRunner:
-    """Records every command line; `effects` maps a command prefix to what it does / prints."""
+    """Records every command; `effects` maps a command-line prefix (program name without its
+    directory) to a function that applies its effect and may return its output."""
 
     effects: dict[str, Callable[[list[str]], Optional[Completed]]] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)
     stdins: list[Optional[str]] = field(default_factory=list)
+    envs: list[Optional[dict]] = field(default_factory=list)
 
     def __call__(self, cmd: Sequence[str], *, cwd=None, stdin=None, capture=False, check=True,
-                 secret_stdin=False) -> Completed:
+                 secret_stdin=False, env=None) -> Completed:
         cmd = list(cmd)
         self.commands.append(cmd)
         self.stdins.append(stdin)
-        line = shlex.join(cmd)
+        self.envs.append(env)
+        line = self.line(cmd)
         for prefix, effect in self.effects.items():
             if line.startswith(prefix):
                 result = effect(cmd) or Completed(0)
@@ -114,8 +118,13 @@ class FakeRunner:
                 return result
         return Completed(0)
 
+    @staticmethod
+    def line(cmd: Sequence[str]) -> str:
+        """The command line with the program's directory dropped: `.venv/bin/bentoml x` -> `bentoml x`."""
+        return shlex.join([Path(cmd[0]).name, *cmd[1:]])
+
     def lines(self) -> list[str]:
-        return [shlex.join(c) for c in self.commands]
+        return [self.line(c) for c in self.commands]
 
 
 def make_context(session: boto3.session.Session, runner: FakeRunner, stack_name: str = "prod",

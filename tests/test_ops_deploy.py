@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import os
+from pathlib import Path
 
 import pytest
 from botocore.stub import Stubber
@@ -14,6 +16,7 @@ from moto import mock_aws
 from ops import deploy
 from ops.cli import main
 from ops.errors import OpsError
+from ops.image import bentoml_executable
 from ops.rollout import register_revision, wait_for_rollout
 from ops.runner import Completed
 from ops.testing import (BENTO_TAG, FakeRunner, create_registry, create_stack, make_context,
@@ -25,6 +28,7 @@ CLUSTER = SERVICE = "ml-api-prod"
 TD1 = "arn:aws:ecs:us-west-2:123456789012:task-definition/ml-api-prod:1"
 TD2 = "arn:aws:ecs:us-west-2:123456789012:task-definition/ml-api-prod:2"
 REPO_URI = "123456789012.dkr.ecr.us-west-2.amazonaws.com/ml-api-prod"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -62,9 +66,9 @@ def test_first_deploy_creates_registry_pushes_then_brings_up_the_stack(session):
         ["pulumi", "stack", "select", "prod", "--cwd", infra, "--non-interactive", "--create"],
         ["pulumi", "up", "--yes", "--skip-preview", "--target",
          "urn:pulumi:prod::ml-api::ml-api:registry:Registry::ml-api-prod", *scope],
-        ["bentoml", "build", "--output", "tag"],
-        ["bentoml", "containerize", BENTO_TAG, "--image-tag", f"{REPO_URI}:{VERSION}",
-         "--platform", "linux/amd64"],
+        [bentoml_executable(), "build", "--output", "tag"],
+        ["container/containerize.sh"],
+        ["docker", "tag", BENTO_TAG, f"{REPO_URI}:{VERSION}"],
         ["docker", "login", "--username", "AWS", "--password-stdin", registry_host],
         ["docker", "push", f"{REPO_URI}:{VERSION}"],
         ["pulumi", "config", "set", "ml-api:imageTag", VERSION, *scope],
@@ -73,7 +77,11 @@ def test_first_deploy_creates_registry_pushes_then_brings_up_the_stack(session):
     # The ECR password goes to docker through stdin, never on a command line.
     token = session.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
     password = base64.b64decode(token).decode().split(":", 1)[1]
-    assert runner.stdins[4] == password and not any(password in line for line in runner.lines())
+    assert runner.stdins[5] == password and not any(password in line for line in runner.lines())
+    # The image is the repository's own build (make container), for the platform Fargate runs.
+    assert runner.envs[3] == {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO / ".bentoml")),
+                              "BENTO_TAG": BENTO_TAG, "CONTAINER_BACKEND": "docker",
+                              "BENTOML": bentoml_executable(), "DOCKER_DEFAULT_PLATFORM": "linux/amd64"}
     service = session.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     image = session.client("ecs").describe_task_definition(
         taskDefinition=service["taskDefinition"])["taskDefinition"]["containerDefinitions"][0]["image"]
@@ -91,7 +99,7 @@ def test_redeploy_of_the_same_bento_skips_registry_and_push(session):
     ctx, printed = make_context(session, runner)
 
     assert deploy.deploy(ctx).outcome == "completed"
-    verbs = [" ".join(c[:3]) for c in runner.commands]
+    verbs = [" ".join(line.split()[:3]) for line in runner.lines()]
     assert verbs == ["pulumi stack select", "bentoml build --output", "pulumi config set", "pulumi up --yes"]
     assert any("already in ECR" in line for line in printed), printed
 
