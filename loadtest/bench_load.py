@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 LUA_SCRIPT = Path(__file__).with_name("bench_post.lua")
 WRK_TIMEOUT = "30s"  # long enough that slow answers are measured as latency, not dropped as timeouts
 _WRK_MARKER = "BENCH_JSON "
@@ -47,6 +49,7 @@ class LoadResult:
     generator_cpu_seconds: float = 0.0
     generator_cpu_share: float = 0.0  # of the whole box (all cores)
     server_cpu_share: float | None = None  # of the whole box, the server's process tree
+    background_cpu_share: float | None = None  # of the whole box, everything else (other jobs on the box)
 
     @property
     def errors(self) -> int:
@@ -130,16 +133,32 @@ def hey_result(url: str, workers: int, offered_rps: float, summary: dict[str, An
     )
 
 
-def run_generator(cmd: list[str], server_cpu_seconds: Callable[[], float] | None = None) -> tuple[str, float, float, float | None]:
-    """Run a generator to completion: (stdout, wall seconds, its CPU seconds, server CPU seconds or None)."""
+def _busy_cpu_seconds() -> float:
+    """CPU seconds the whole box has spent busy since boot (all cores)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+@dataclasses.dataclass
+class CpuUse:
+    wall: float
+    generator: float
+    server: float | None
+    box: float  # busy CPU seconds of the whole box during the run
+
+
+def run_generator(cmd: list[str], server_cpu_seconds: Callable[[], float] | None = None) -> tuple[str, CpuUse]:
+    """Run a generator to completion: its stdout, and the CPU it, the server and the whole box used."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         server_before = server_cpu_seconds() if server_cpu_seconds else None
+        box_before = _busy_cpu_seconds()
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         # wait4 reaps the process and hands back its own rusage: the generator's exact CPU time.
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
+        box_used = _busy_cpu_seconds() - box_before
         server_used = server_cpu_seconds() - server_before if server_cpu_seconds and server_before is not None else None
         out.seek(0)
         err.seek(0)
@@ -147,14 +166,16 @@ def run_generator(cmd: list[str], server_cpu_seconds: Callable[[], float] | None
         stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise GeneratorError(f"{cmd[0]} exited with {proc.returncode}: {stderr.strip()[-2000:]}")
-    return stdout, wall, usage.ru_utime + usage.ru_stime, server_used
+    return stdout, CpuUse(wall, usage.ru_utime + usage.ru_stime, server_used, box_used)
 
 
-def _shares(result: LoadResult, wall: float, gen_cpu: float, server_cpu: float | None) -> LoadResult:
-    cores = os.cpu_count() or 1
-    result.generator_cpu_seconds = round(gen_cpu, 3)
-    result.generator_cpu_share = round(gen_cpu / (wall * cores), 4)
-    result.server_cpu_share = None if server_cpu is None else round(server_cpu / (wall * cores), 4)
+def _shares(result: LoadResult, cpu: CpuUse) -> LoadResult:
+    box = cpu.wall * (os.cpu_count() or 1)
+    result.generator_cpu_seconds = round(cpu.generator, 3)
+    result.generator_cpu_share = round(cpu.generator / box, 4)
+    if cpu.server is not None:
+        result.server_cpu_share = round(cpu.server / box, 4)
+        result.background_cpu_share = round(max(0.0, cpu.box - cpu.server - cpu.generator) / box, 4)
     return result
 
 
@@ -163,8 +184,8 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float, server_cpu_sec
     threads = max(1, min(os.cpu_count() or 1, connections))
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", WRK_TIMEOUT,
            "-s", str(LUA_SCRIPT), url, "--", str(bodies)]  # fmt: skip
-    stdout, wall, gen_cpu, server_cpu = run_generator(cmd, server_cpu_seconds)
-    return _shares(wrk_result(url, connections, parse_wrk(stdout)), wall, gen_cpu, server_cpu)
+    stdout, cpu = run_generator(cmd, server_cpu_seconds)
+    return _shares(wrk_result(url, connections, parse_wrk(stdout)), cpu)
 
 
 def hey(url: str, body: Path, rate: float, seconds: float, workers: int = 50, server_cpu_seconds: Callable[[], float] | None = None) -> LoadResult:
@@ -172,5 +193,5 @@ def hey(url: str, body: Path, rate: float, seconds: float, workers: int = 50, se
     per_worker = rate / workers
     cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{per_worker:g}", "-m", "POST",
            "-T", "application/json", "-D", str(body), url]  # fmt: skip
-    stdout, wall, gen_cpu, server_cpu = run_generator(cmd, server_cpu_seconds)
-    return _shares(hey_result(url, workers, per_worker * workers, parse_hey(stdout)), wall, gen_cpu, server_cpu)
+    stdout, cpu = run_generator(cmd, server_cpu_seconds)
+    return _shares(hey_result(url, workers, per_worker * workers, parse_hey(stdout)), cpu)

@@ -101,7 +101,10 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["open_loop"].items():
         lines.append(f"  {name:<9}{r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")
     gen = results["generator_cpu_share"]
+    other = results["background_cpu_share"]
     lines += ["", f"generator CPU share of the box: mean {gen['mean']:.0%}, max {gen['max']:.0%} (wrk/hey on the same cores)",
+              f"other jobs' CPU share of the box during the runs: mean {other['mean']:.0%}, max {other['max']:.0%}"
+              + ("  <- the box was busy: numbers are pessimistic" if other["mean"] > 0.1 else ""),
               f"memory after load (whole process tree): ours {results['memory']['ours']}, baseline {results['memory']['baseline']}", "",
               "goals:"]  # fmt: skip
     for v in results["goals"]:
