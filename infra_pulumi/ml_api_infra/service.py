@@ -21,10 +21,11 @@ TMP_VOLUME = "tmp"
 
 
 def liveness_command(port: int = CONTAINER_PORT) -> list[str]:
-    # BentoML images ship Python but not curl; /livez is cheap (no model call).
+    # The image has Python but not curl (python3 exists on both the slim and the Debian base);
+    # /livez is cheap (no model call).
     probe = (f"import urllib.request; "
              f"urllib.request.urlopen('http://127.0.0.1:{port}{LIVENESS_PATH}', timeout=4)")
-    return ["CMD-SHELL", f'python -c "{probe}" || exit 1']
+    return ["CMD-SHELL", f'python3 -c "{probe}" || exit 1']
 
 
 def container_definitions(settings: StackSettings, image: str, log_group: str,
