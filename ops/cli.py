@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None, context: Optional[Context] = None
         if context is None:
             stack = load_stack(args.stack, args.infra_dir)
             if args.region:
-                stack = type(stack)(stack.name, args.region, stack.prefix, stack.infra_dir)
+                stack = dataclasses.replace(stack, region=args.region)
             context = Context(stack=stack, aws=Aws(stack.region), run=Runner())
         return dispatch(context, args)
     except OpsError as err:

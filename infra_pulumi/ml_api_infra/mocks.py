@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import pulumi
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 
 from .program import build
 from .settings import load_settings
@@ -33,6 +34,7 @@ class Declared:
 class Program:
     resources: list[Declared] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    urns: list[str] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Declared]:
         return [r for r in self.resources if r.type == type_]
@@ -91,8 +93,9 @@ def run_program(config: Optional[dict[str, str]] = None, secret_keys: Optional[l
                 stack: str = "prod") -> Program:
     """Run the program with `config` (full keys, e.g. `ml-api:minCapacity`) and record it."""
     mocks = RecordingMocks()
+    monitor = MockMonitor(mocks)
     pulumi.runtime.set_all_config(dict(config or {}), secret_keys or [])
-    pulumi.runtime.set_mocks(mocks, project="ml-api", stack=stack, preview=False)
+    pulumi.runtime.set_mocks(mocks, project="ml-api", stack=stack, preview=False, monitor=monitor)
     program = Program(resources=mocks.declared)
 
     @pulumi.runtime.test
@@ -100,4 +103,7 @@ def run_program(config: Optional[dict[str, str]] = None, secret_keys: Optional[l
         return pulumi.Output.from_input(build(load_settings())).apply(program.outputs.update)
 
     run()
+    # The engine leaves the root stack's type out of its children's URNs (`...::ml-api::ml-api:
+    # registry:Registry::ml-api-prod`); MockMonitor.make_urn keeps it, so drop it here.
+    program.urns = [urn.replace("::pulumi:pulumi:Stack$", "::", 1) for urn in monitor.resources]
     return program
