@@ -1,0 +1,230 @@
+"""Build the service image offline with `bentoml containerize`, run it, and check it from outside.
+
+`make test-container` runs this once `make container-base` has put the local Debian base image
+into buildah's storage. No registry is contacted: the image is built FROM that base with buildah
+(pip still reaches PyPI for the pinned requirements), and run with podman.
+
+  1. container/containerize.sh: `bentoml build`, then `bentoml containerize --backend buildah`;
+  2. `podman run` with the image's own entrypoint and user, on a free port of the host network;
+  3. wait for /readyz, POST the seed's example to /predict, compare with the model in-process;
+  4. read the uid of every process of the container from /proc;
+  5. stop it with SIGTERM (as ECS does) and print the image size.
+
+The last line printed is `RESULT {json}` (tests/test_container.py reads it). Exit status 1 when
+a check fails, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from model_store import load_bundle  # noqa: E402
+from model_store.schema import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
+
+CONTAINERIZE = REPO / "container" / "containerize.sh"
+LOG_DIR = REPO / ".build" / "container"
+SIZE_GOAL_MB = 600
+READY_TIMEOUT_S = 180
+# Answers are rounded to 6 decimals by the service.
+PROBABILITY_TOLERANCE = 2e-6
+
+# podman as root on this kind of host: crun 1.8 refuses a hybrid cgroup v1/v2 layout (runc does
+# not), there is no systemd to manage cgroups, and podman's default rlimits (nofile 1048576) are
+# above the host's hard limits, which a process without CAP_SYS_RESOURCE cannot raise.
+PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def podman(*args: str, check: bool = True) -> str:
+    result = subprocess.run([*PODMAN, *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def build_image(base_image: str) -> tuple[str, float, str]:
+    """containerize.sh with buildah FROM base_image; returns (image, seconds, log path)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / "containerize.log"
+    env = {**os.environ, "CONTAINER_BACKEND": "buildah", "BASE_IMAGE": base_image,
+           "BENTOML": str(Path(sys.executable).parent / "bentoml")}
+    started = time.monotonic()
+    image = ""
+    with log_path.open("w") as out:
+        proc = subprocess.Popen([str(CONTAINERIZE)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            # Progress: our own steps and buildah's STEP lines, not pip's output.
+            if line.startswith(("==>", "IMAGE ")) or "STEP " in line:
+                log("    " + line.rstrip()[:160])
+            if line.startswith("IMAGE "):
+                image = line.split()[1]
+        returncode = proc.wait()
+    seconds = time.monotonic() - started
+    if returncode != 0 or not image:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"containerize.sh failed ({returncode}); log {log_path}:\n{tail}")
+    return f"localhost/{image}", seconds, str(log_path)
+
+
+def rlimit_options() -> list[str]:
+    options = []
+    for name, kind, cap in (("nofile", resource.RLIMIT_NOFILE, 16384), ("nproc", resource.RLIMIT_NPROC, 4096)):
+        _, hard = resource.getrlimit(kind)
+        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+        options += ["--ulimit", f"{name}={value}:{value}"]
+    return options
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def process_uids(pid: int) -> list[dict]:
+    processes = []
+    for p in descendants(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        real, effective = (int(v) for v in re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M).groups())
+        processes.append({"pid": p, "uid": real, "euid": effective, "cmd": cmdline[:120]})
+    return processes
+
+
+def wait_ready(name: str, url: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT_S:
+        if podman("inspect", "--format", "{{.State.Running}}", name) != "true":
+            raise RuntimeError(f"the container exited before it was ready:\n{podman('logs', name, check=False)[-3000:]}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"/readyz not 200 after {READY_TIMEOUT_S} s:\n{podman('logs', name, check=False)[-3000:]}")
+
+
+def run_and_check(image: str) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    name = f"xgb-smoke-{os.getpid()}"
+    log(f"==> podman run {image} (its entrypoint and user; port {port})")
+    podman("run", "--detach", "--name", name, "--network", "host", *rlimit_options(),
+           "--env", f"PORT={port}", "--env", "XGB_WORKERS=1", image)
+    try:
+        ready_s = wait_ready(name, url)
+        log(f"    ready in {ready_s:.1f} s")
+        response = requests.post(f"{url}/predict", json=EXAMPLE_RECORD, timeout=10)
+        log(f"==> POST /predict -> {response.status_code} {response.text[:200]}")
+        pid = int(podman("inspect", "--format", "{{.State.Pid}}", name))
+        processes = process_uids(pid)
+        log("==> processes: " + ", ".join(f"pid {p['pid']} uid {p['uid']}" for p in processes))
+        logs = podman("logs", name, check=False)
+    finally:
+        stop_started = time.monotonic()
+        podman("stop", "--time", "30", name, check=False)
+        stop_s = time.monotonic() - stop_started
+        exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
+        podman("rm", "--force", name, check=False)
+    log(f"==> stopped in {stop_s:.1f} s, exit code {exit_code}")
+    return {"port": port, "ready_seconds": round(ready_s, 1), "status_code": response.status_code,
+            "response": response.json() if response.ok else response.text, "processes": processes,
+            "stop_seconds": round(stop_s, 1), "exit_code": int(exit_code) if exit_code.isdigit() else exit_code,
+            "log_tail": logs[-2000:]}
+
+
+def expected_prediction() -> dict:
+    """The same model, loaded in this process, on the same record."""
+    bundle = load_bundle()
+    proba = bundle.predict_proba(np.array([[EXAMPLE_RECORD[f] for f in FEATURE_NAMES]], dtype=np.float64))[0]
+    return {"model_version": bundle.version, "predicted_class": int(np.argmax(proba)),
+            "probabilities": [float(p) for p in proba]}
+
+
+def failures(result: dict) -> list[str]:
+    problems = []
+    if "Successfully built Bento container" not in Path(result["build_log"]).read_text(errors="replace"):
+        problems.append("the build log has no `bentoml containerize` success line")
+    answer, expected = result["response"], result["expected"]
+    if result["status_code"] != 200 or not isinstance(answer, dict):
+        problems.append(f"/predict answered {result['status_code']}: {answer}")
+    else:
+        if answer.get("model_version") != expected["model_version"]:
+            problems.append(f"model {answer.get('model_version')} in the image, {expected['model_version']} in the store")
+        if answer.get("predicted_class") != expected["predicted_class"]:
+            problems.append(f"predicted class {answer.get('predicted_class')}, expected {expected['predicted_class']}")
+        if not np.allclose(answer.get("probabilities", []), expected["probabilities"], atol=PROBABILITY_TOLERANCE):
+            problems.append(f"probabilities {answer.get('probabilities')} differ from {expected['probabilities']}")
+    if not result["processes"] or any(p["uid"] == 0 or p["euid"] == 0 for p in result["processes"]):
+        problems.append(f"a process runs as root (or none was found): {result['processes']}")
+    if result["size_mb"] > SIZE_GOAL_MB:
+        problems.append(f"image is {result['size_mb']} MB, goal <= {SIZE_GOAL_MB} MB")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-image", required=True, help="local base image in buildah's storage")
+    args = parser.parse_args()
+
+    image, build_s, build_log = build_image(args.base_image)
+    inspect = json.loads(podman("image", "inspect", image))[0]
+    size = int(inspect["Size"])
+    result = {"image": image, "build_seconds": round(build_s, 1), "build_log": build_log,
+              "size_bytes": size, "size_mb": round(size / 1e6, 1),
+              "user": inspect["Config"].get("User"), "entrypoint": inspect["Config"].get("Entrypoint"),
+              **run_and_check(image), "expected": expected_prediction()}
+    problems = failures(result)
+    log(f"==> image {image}: {result['size_mb']} MB (goal <= {SIZE_GOAL_MB} MB), built in {result['build_seconds']} s")
+    for problem in problems:
+        log(f"FAIL: {problem}")
+    if not problems:
+        log("==> OK: built by bentoml containerize, /predict matches the model in-process, no process runs as root")
+    log("RESULT " + json.dumps({**result, "failures": problems}))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
