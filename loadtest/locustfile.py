@@ -9,9 +9,11 @@ Each user sends --user-rps requests per second (constant throughput), so the off
 users x user-rps whatever the latency: 30 users at 10 req/s each = 300 req/s. When the test stops,
 the SLO verdict (loadtest/slo.py) is printed and a missed objective makes Locust exit with 1.
 
-    locust -f loadtest/locustfile.py --host http://localhost:3000 ApiUser            # web UI on :8089
-    locust -f loadtest/locustfile.py --host http://localhost:3000 --headless -u 30 -r 300 -t 60s \
-        --target-rps 300 ApiUser                                                     # what `make stress MODE=stress` runs
+    # the web UI on :8089 (`make loadtest`)
+    locust -f loadtest/locustfile.py --host http://localhost:3000 ApiUser
+    # 300 req/s for 60 s, judged (`make stress MODE=stress` runs this, plus reports)
+    locust -f loadtest/locustfile.py --host http://localhost:3000 --headless -u 30 -r 100 -t 60s \
+        --user-rps 10 --target-rps 300 ApiUser
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import orjson
 from locust import FastHttpUser, constant_throughput, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store and loadtest, from any cwd
 
@@ -48,11 +51,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--slo-max-failures", type=int, default=0, help="failed requests allowed (default 0)")
 
 
-def _headers(json_body: bool) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"} if json_body else {}
-    if api_key := os.environ.get("XGB_API_KEY"):
-        headers["X-API-Key"] = api_key
-    return headers
+JSON_HEADERS = {"Content-Type": "application/json"}
+if os.environ.get("XGB_API_KEY"):  # the service's optional API key, from the same variable
+    JSON_HEADERS["X-API-Key"] = os.environ["XGB_API_KEY"]
 
 
 class _PacedUser(FastHttpUser):
@@ -80,18 +81,14 @@ class _PacedUser(FastHttpUser):
 class ApiUser(_PacedUser):
     """Realistic traffic: records drawn from the training data's distribution."""
 
-    # One pool per Locust process, shared by its users: building it takes ~0.1 s.
-    pool: RequestPool | None = None
-
-    def on_start(self) -> None:
-        if ApiUser.pool is None:
-            ApiUser.pool = RequestPool()
-        super().on_start()
+    # One pool per Locust process, shared by its users, built at import (~0.2 s) so that the
+    # first users do not start late.
+    pool = RequestPool()
 
     @task(16)
     def predict(self) -> None:
         with self.client.post(
-            "/predict", data=self.pool.record_body(), headers=_headers(True), name="/predict", catch_response=True
+            "/predict", data=self.pool.record_body(), headers=JSON_HEADERS, name="/predict", catch_response=True
         ) as resp:
             _judge(resp, check_prediction)
 
@@ -99,7 +96,7 @@ class ApiUser(_PacedUser):
     def predict_batch(self) -> None:
         size = random.randint(*BATCH_SIZES)
         with self.client.post(
-            "/predict_batch", data=self.pool.batch_body(size), headers=_headers(True), name="/predict_batch", catch_response=True
+            "/predict_batch", data=self.pool.batch_body(size), headers=JSON_HEADERS, name="/predict_batch", catch_response=True
         ) as resp:
             _judge(resp, lambda body: check_batch(body, size))
 
@@ -126,7 +123,7 @@ class ExampleUser(FastHttpUser):
     @task
     def predict_example(self) -> None:
         with self.client.post(
-            "/predict", data=EXAMPLE_BODY, headers=_headers(True), name="/predict (seed example)", catch_response=True
+            "/predict", data=EXAMPLE_BODY, headers=JSON_HEADERS, name="/predict (seed example)", catch_response=True
         ) as resp:
             _judge(resp, check_prediction)
             print(f"\nPOST {self.host}/predict (seed example) -> HTTP {resp.status_code}\n{_pretty(resp.text)}\n", flush=True)
@@ -167,31 +164,62 @@ def refresh_event_loop_clock(**_) -> None:
 
 @events.init.add_listener
 def report_slo_verdict(environment, **_) -> None:
-    """Judge every test as it stops; the master (or the only process) judges, workers see only a share."""
+    """Judge each test; the master (or the only process) judges, workers see only their share.
+
+    Headless runs are judged when Locust quits, on the same final numbers as its CSV report, and
+    the verdict is printed after Locust's own tables; in the web UI, each test when it is stopped.
+    """
     if isinstance(environment.runner, WorkerRunner):
         return
     opts = environment.parsed_options
     verdicts: list[slo.Verdict] = []
 
-    @environment.events.test_stop.add_listener
-    def judge(**_) -> None:
+    def judge() -> slo.Verdict:
         # Read the objectives now: the web UI may have changed them for this test.
         objectives = slo.Objectives(max_failures=opts.slo_max_failures, p99_ms=opts.slo_p99_ms, target_rps=opts.target_rps)
-        verdicts.append(slo.judge(environment.stats, objectives))
+        stats = environment.stats
+        endpoints = [_row(e, f"{e.method} {e.name}") for e in sorted(stats.entries.values(), key=lambda e: (e.name, e.method))]
+        verdict = slo.judge(_row(stats.total, "all requests"), endpoints, objectives)
         # None lets Locust apply its own rules (e.g. an exception in a task -> exit code 1).
-        environment.process_exit_code = None if verdicts[-1].passed else 1
-        if not opts.headless:  # web UI: report each test when it is stopped
+        environment.process_exit_code = None if verdict.passed else 1
+        return verdict
+
+    @environment.events.test_stop.add_listener
+    def judge_stopped_test(**_) -> None:
+        if not opts.headless:
+            print(judge().report(), flush=True)
+
+    @environment.events.quitting.add_listener
+    def judge_headless_run(**_) -> None:
+        if opts.headless:
+            verdicts.append(judge())
+            if opts.csv_prefix:
+                # Locust rewrites the CSV stats every CSV_STATS_INTERVAL_SEC and not at exit, so
+                # they could miss the last second; one more interval makes them the final numbers.
+                gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.1)
+
+    @environment.events.quit.add_listener
+    def print_verdict(**_) -> None:
+        if verdicts:
             print(verdicts[-1].report(), flush=True)
 
     @environment.events.test_start.add_listener
     def start_progress(**_) -> None:
-        if opts.headless:  # --only-summary silences Locust's tables; one line per period says it is alive
+        if opts.headless:  # --only-summary silences Locust's periodic tables; one line per period says it is alive
             gevent.spawn(_print_progress, environment)
 
-    @environment.events.quit.add_listener
-    def print_last(**_) -> None:
-        if opts.headless and verdicts:  # after Locust's own tables, so the verdict is the last word
-            print(verdicts[-1].report(), flush=True)
+
+def _row(entry, name: str) -> slo.Row:
+    return slo.Row(
+        name=name,
+        requests=entry.num_requests,
+        failures=entry.num_failures,
+        rps=entry.total_rps,
+        p50_ms=entry.get_response_time_percentile(0.50) or 0.0,
+        p95_ms=entry.get_response_time_percentile(0.95) or 0.0,
+        p99_ms=entry.get_response_time_percentile(0.99) or 0.0,
+        max_ms=entry.max_response_time or 0.0,
+    )
 
 
 PROGRESS_SECONDS = 10

@@ -1,4 +1,7 @@
-"""The SLO verdict of a load test, from Locust's own statistics.
+"""The SLO verdict of a load test, from Locust's statistics (the locustfile turns them into Rows).
+
+Plain data, no Locust import: importing Locust monkey-patches the process with gevent, which
+only a Locust process should have.
 
 Our objectives are stricter than the seed's (> 90-95 % success, average < 1 s): no failed request
 at all, a 99th-percentile latency under 100 ms, and, when a target rate was set, an achieved rate
@@ -8,8 +11,6 @@ within 10 % of it (a run that could not generate its load proves nothing about t
 from __future__ import annotations
 
 import dataclasses
-
-from locust.stats import RequestStats, StatsEntry
 
 RATE_TOLERANCE = 0.10
 
@@ -33,19 +34,6 @@ class Row:
     p95_ms: float
     p99_ms: float
     max_ms: float
-
-    @classmethod
-    def of(cls, entry: StatsEntry, name: str | None = None) -> "Row":
-        return cls(
-            name=name or f"{entry.method} {entry.name}",
-            requests=entry.num_requests,
-            failures=entry.num_failures,
-            rps=entry.total_rps,
-            p50_ms=entry.get_response_time_percentile(0.50) or 0.0,
-            p95_ms=entry.get_response_time_percentile(0.95) or 0.0,
-            p99_ms=entry.get_response_time_percentile(0.99) or 0.0,
-            max_ms=entry.max_response_time or 0.0,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +68,7 @@ class Verdict:
         return "\n".join(lines)
 
 
-def judge(stats: RequestStats, objectives: Objectives) -> Verdict:
-    total = Row.of(stats.total, name="all requests")
-    endpoints = [Row.of(e) for e in sorted(stats.entries.values(), key=lambda e: (e.name, e.method))]
+def judge(total: Row, endpoints: list[Row], objectives: Objectives) -> Verdict:
     violations = []
     if total.requests == 0:
         violations.append("no request was made")

@@ -50,9 +50,9 @@ MODES = {
 }
 
 
-def locust_command(mode_name: str, mode: Mode, host: str, extra: list[str]) -> list[str]:
+def locust_command(mode_name: str, mode: Mode, host: str, reports: Path, extra: list[str]) -> list[str]:
     users = max(1, math.ceil(mode.rate / MAX_USER_RPS))
-    report = REPORTS / mode_name
+    report = reports / mode_name
     command = [
         str(Path(sys.executable).parent / "locust"),
         "-f", str(LOCUSTFILE),
@@ -81,12 +81,13 @@ def check_reachable(host: str) -> None:
         sys.exit(f"cannot reach the service at {host} ({exc}): start it with `make serve` or pass HOST=...")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--host", default="http://localhost:3000", help="service base URL (default http://localhost:3000)")
     parser.add_argument("--rate", type=float, help="override the mode's request rate (req/s)")
     parser.add_argument("--duration", type=float, help="override the mode's duration (seconds)")
+    parser.add_argument("--reports", type=Path, default=REPORTS, help=f"folder for the CSV and HTML reports (default {REPORTS})")
     args, extra = parser.parse_known_args(argv)
     if not args.host.startswith(("http://", "https://")):
         parser.error(f"--host must be a URL like http://localhost:3000, got {args.host!r}")
@@ -94,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode != "single":
         mode = dataclasses.replace(mode, rate=args.rate or mode.rate, duration_s=args.duration or mode.duration_s)
     check_reachable(args.host)
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    command = locust_command(args.mode, mode, args.host, extra)
+    args.reports.mkdir(parents=True, exist_ok=True)
+    command = locust_command(args.mode, mode, args.host, args.reports, extra)
     what = mode.description if (args.rate, args.duration) == (None, None) else f"{mode.user_class} at {mode.rate:g} req/s for {mode.duration_s:g} s"
     print(f"==> {args.mode}: {what} against {args.host}\n    {' '.join(command)}", flush=True)
     os.execv(command[0], command)  # Locust's exit code is ours: 1 when an SLO is missed
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
