@@ -50,6 +50,7 @@ class LoadResult:
     generator_cpu_share: float = 0.0  # of the whole box (all cores)
     server_cpu_share: float | None = None  # of the whole box, the server's process tree
     background_cpu_share: float | None = None  # of the whole box, everything else (other jobs on the box)
+    status_counts: dict[str, float] | None = None  # per HTTP status: hey's own; for wrk, the server's /metrics
 
     @property
     def errors(self) -> int:
@@ -130,6 +131,7 @@ def hey_result(url: str, workers: int, offered_rps: float, summary: dict[str, An
         rps=ok / summary["seconds"] if summary["seconds"] else 0.0,
         latency_ms={"p50": pct.get(50, float("nan")), "p90": pct.get(90, float("nan")), "p99": pct.get(99, float("nan"))},
         offered_rps=offered_rps,
+        status_counts={str(code): n for code, n in statuses.items()},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import math
 import os
 import platform
 import statistics
@@ -50,6 +51,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "packages": versions,
         "wrk": _first_line(["wrk", "--version"]),
@@ -57,6 +59,44 @@ def machine_info() -> dict[str, Any]:
         "git_commit": _first_line(["git", "rev-parse", "--short", "HEAD"]),
         "service_uncommitted_changes": git_dirty,
     }
+
+
+# Fargate capacity math (docs/performance.md): the seed's task size and us-west-2 on-demand prices (Linux/x86).
+FARGATE_VCPU_HOUR_USD = 0.04048
+FARGATE_GB_HOUR_USD = 0.004445
+TASK_VCPU = 1
+TASK_GB = 2
+TARGET_UTILISATION = 0.7  # the autoscaling target: headroom for bursts and for a task starting up
+CAPACITY_TARGETS_RPS = (300, 10_000)
+
+
+def capacity(results: dict[str, Any]) -> dict[str, Any]:
+    """req/s per fully used core from the 64-connection runs -> 1-vCPU Fargate tasks and cost per million.
+
+    A core's worth is the served req/s divided by the CPU the server's process tree actually used
+    (the load generator and other jobs take the rest of this box), so it transfers to a task whose
+    single vCPU the service has to itself. A Fargate vCPU is one hyperthread, usually slower than a
+    core here: treat the result as an upper bound and check it on a real task.
+    """
+    cores = results["machine"]["cpu_count"]
+    task_usd_per_hour = TASK_VCPU * FARGATE_VCPU_HOUR_USD + TASK_GB * FARGATE_GB_HOUR_USD
+    out: dict[str, Any] = {
+        "assumptions": {
+            "task": f"{TASK_VCPU} vCPU / {TASK_GB} GB", "region": "us-west-2",
+            "usd_per_vcpu_hour": FARGATE_VCPU_HOUR_USD, "usd_per_gb_hour": FARGATE_GB_HOUR_USD,
+            "task_usd_per_hour": round(task_usd_per_hour, 5), "target_cpu_utilisation": TARGET_UTILISATION,
+        },
+    }  # fmt: skip
+    for name, runs in results["closed_loop_64"].items():
+        per_core = statistics.median(r["rps"] / (r["server_cpu_share"] * cores) for r in runs if r["server_cpu_share"])
+        per_task = per_core * TASK_VCPU * TARGET_UTILISATION
+        out[name] = {
+            "rps_per_core": round(per_core),
+            "rps_per_task_at_target": round(per_task),
+            "tasks_needed": {str(t): math.ceil(t / per_task) for t in CAPACITY_TARGETS_RPS},
+            "usd_per_million_predictions": round(task_usd_per_hour / (per_task * 3600) * 1e6, 4),
+        }
+    return out
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -100,6 +140,13 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "open loop (hey), offered req/s -> achieved, p50/p99 ms, errors:"]
     for name, r in results["open_loop"].items():
         lines.append(f"  {name:<9}{r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")
+    cap = results["capacity"]
+    lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
+              f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
+    for name in ("ours", "baseline"):
+        c = cap[name]
+        tasks = ", ".join(f"{n} tasks for {int(t):,} req/s" for t, n in c["tasks_needed"].items())
+        lines.append(f"  {name:<9}{c['rps_per_core']:>6} req/s per core -> {tasks}; ${c['usd_per_million_predictions']:.4f} per million")
     gen = results["generator_cpu_share"]
     other = results["background_cpu_share"]
     lines += ["", f"generator CPU share of the box: mean {gen['mean']:.0%}, max {gen['max']:.0%} (wrk/hey on the same cores)",
@@ -125,8 +172,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax_rps.plot(conns, [r["rps"] for r in runs], "o-", color=colours[name], label=name)
         ax_lat.plot(conns, [r["latency_ms"]["p50"] for r in runs], "o--", color=colours[name], label=f"{name} p50")
         ax_lat.plot(conns, [r["latency_ms"]["p99"] for r in runs], "s-", color=colours[name], label=f"{name} p99")
+    levels = [r["connections"] for r in results["sweep"]["ours"]]
     for ax in (ax_rps, ax_lat):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_xlabel("concurrent keep-alive connections")
         ax.grid(True, alpha=0.3)
         ax.legend()

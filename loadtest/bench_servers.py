@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 READY_POLL_SECONDS = 0.05
+_REQUEST_TOTAL = re.compile(r"^bentoml_service_request_total\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
 class ServerError(RuntimeError):
@@ -42,6 +44,7 @@ class Server:
     command: list[str]
     ready_path: str
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics_path: str | None = None  # Prometheus text with bentoml_service_request_total, if the server has it
     port: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -78,6 +81,20 @@ class Server:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+    def status_counts(self, endpoint: str = "/predict") -> dict[str, float]:
+        """The server's own count of answers per HTTP status for `endpoint` (empty without metrics)."""
+        if self.metrics_path is None:
+            return {}
+        with urllib.request.urlopen(self.url + self.metrics_path, timeout=5) as response:
+            text = response.read().decode()
+        counts: dict[str, float] = {}
+        for labels, value in _REQUEST_TOTAL.findall(text):
+            if f'endpoint="{endpoint}"' in labels:
+                code = re.search(r'http_response_code="(\d+)"', labels)
+                if code:
+                    counts[code.group(1)] = counts.get(code.group(1), 0.0) + float(value)
+        return counts
 
     def processes(self) -> list[psutil.Process]:
         if self.proc is None:
@@ -132,6 +149,7 @@ def our_service(workers: int | None = None) -> Server:
         command=[str(VENV_BIN / "bentoml"), "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", "{port}"],
         ready_path="/readyz",
         env=env,
+        metrics_path="/metrics",
     )
 
 

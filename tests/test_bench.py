@@ -66,7 +66,7 @@ def test_hey_counts_socket_errors_when_nothing_listens(bodies):
 def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     out = tmp_path / "results"
     args = ["--rounds", "1", "--goal-seconds", "2", "--sweep", "1,4", "--sweep-seconds", "1", "--warmup-seconds", "1",
-            "--warm-starts", "0", "--open-rate", "100", "--out", str(out)]  # fmt: skip
+            "--warm-starts", "0", "--open-rate", "100", "--quiet-wait", "0", "--out", str(out)]  # fmt: skip
     run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (0, EXIT_GOAL_MISSED), run.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
@@ -77,6 +77,9 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     ours, base = results["closed_loop_64"]["ours"], results["closed_loop_64"]["baseline"]
     assert len(ours) == len(base) == 1 and ours[0]["connections"] == base[0]["connections"] == 64
     assert ours[0]["ok"] > 0 and base[0]["ok"] > 0
+    # The server's own count (its /metrics) matches wrk's, give or take the requests in flight at the end.
+    assert abs(sum(ours[0]["status_counts"].values()) - ours[0]["requests"]) <= 64
+    assert base[0]["status_counts"] is None  # the seed-style app has no metrics
     assert [r["connections"] for r in results["sweep"]["ours"]] == [r["connections"] for r in results["sweep"]["baseline"]] == [1, 4]
     assert results["open_loop"]["ours"]["offered_rps"] == pytest.approx(100)
     batch = results["batch"]["ours"]
@@ -84,6 +87,12 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert len(results["warm_start"]["ours_seconds"]) == 1 and results["warm_start"]["ours_seconds"][0] > 0
     assert results["memory"]["ours"]["processes"] >= 2 and results["memory"]["ours"]["pss_mib"] > 0
     assert 0 <= results["generator_cpu_share"]["mean"] <= results["generator_cpu_share"]["max"] < 1
+
+    cap = results["capacity"]
+    for name in ("ours", "baseline"):
+        assert cap[name]["rps_per_core"] > 0
+        assert 1 <= cap[name]["tasks_needed"]["300"] <= cap[name]["tasks_needed"]["10000"]
+    assert cap["assumptions"]["task_usd_per_hour"] == pytest.approx(0.04048 + 2 * 0.004445)
 
     goals = {g["goal"]: g for g in results["goals"]}
     assert len(goals) == 7
