@@ -11,3 +11,7 @@ monitor: install sysdeps  ## local Prometheus + Alertmanager scraping TARGET (de
 
 dashboards: install  ## regenerate monitoring/grafana/dashboards/*.json from monitoring/dashboards.py
 	$(PY) -m monitoring.dashboards
+
+.PHONY: monitor-check
+monitor-check: install  ## run every dashboard query against `make monitor`'s Prometheus; report which return data
+	$(PY) -m monitoring.check_dashboards --prometheus http://127.0.0.1:9090

@@ -20,7 +20,8 @@ Sink = Callable[[dict], None]
 def format_alert(alert: dict) -> str:
     labels = alert.get("labels", {})
     summary = alert.get("annotations", {}).get("summary", "")
-    return f"[{alert.get('status', '?').upper()}] {labels.get('alertname', '?')} ({labels.get('severity', '-')}): {summary}"
+    line = f"[{alert.get('status', '?').upper()}] {labels.get('alertname', '?')} ({labels.get('severity', '-')})"
+    return f"{line}: {summary}" if summary else line
 
 
 def make_server(host: str, port: int, sink: Sink | None = None) -> ThreadingHTTPServer:

@@ -14,6 +14,7 @@ import argparse
 import copy
 import dataclasses
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -142,7 +143,10 @@ class LocalStack:
         if shutil.which(argv[0]) is None:
             raise RuntimeError(f"{argv[0]} not found: run `make sysdeps` (Debian packages in mk/monitor.mk)")
         log = self.workdir / f"{name}.log"
-        proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Own session: Ctrl-C reaches only the supervisor, which stops the processes in order.
+        proc = subprocess.Popen(
+            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self.procs.append(proc)
         return proc, log
 
@@ -205,20 +209,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run Prometheus + Alertmanager + node exporter locally (Ctrl-C stops).")
     parser.add_argument("--target", default="127.0.0.1:3000", help="the service's host:port (default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path(".build/monitor"), help="configs, data and logs")
+    for field in dataclasses.fields(Ports):
+        parser.add_argument(f"--{field.name.replace('_', '-')}-port", type=int, default=field.default, dest=field.name)
     args = parser.parse_args(argv)
-    stack = LocalStack(args.workdir, args.target)
+    ports = Ports(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Ports)})
+    # Ctrl-C and `kill PID` both stop the stack cleanly (SIGINT may be ignored in background jobs).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    stack = LocalStack(args.workdir, args.target, ports)
     print(f"==> starting Prometheus, Alertmanager, node exporter (configs, data, logs: {args.workdir}/)", flush=True)
-    with stack:
+    try:
+        stack.start()
+    except (RuntimeError, OSError) as exc:  # e.g. a port already in use: the log tail says so
+        sys.exit(f"could not start the monitoring stack: {exc}")
+    try:
         print(f"Prometheus   {stack.prometheus_url}  (scraping the service at {args.target})", flush=True)
         print(f"Alertmanager {stack.alertmanager_url}", flush=True)
         print("Alerts sent to the webhook are printed below. Ctrl-C stops everything.", flush=True)
-        try:
-            while all(proc.poll() is None for proc in stack.procs):
-                time.sleep(1)
-            dead = [proc.args[0] for proc in stack.procs if proc.poll() is not None]
-            sys.exit(f"{', '.join(dead)} exited; see the logs in {args.workdir}/")
-        except KeyboardInterrupt:
-            print("\n==> stopping", flush=True)
+        while all(proc.poll() is None for proc in stack.procs):
+            time.sleep(1)
+        dead = [proc.args[0] for proc in stack.procs if proc.poll() is not None]
+        sys.exit(f"{', '.join(dead)} exited; see the logs in {args.workdir}/")
+    except KeyboardInterrupt:
+        print("\n==> stopping", flush=True)
+    finally:
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import requests
 import yaml
+from conftest import free_port
 
-from monitoring import dashboards, localstack
+from monitoring import alert_logger, dashboards, localstack
 
 MON = Path(localstack.MONITORING_DIR)
 RULE_TESTS = sorted((MON / "tests").glob("*.yml"))
@@ -303,3 +306,29 @@ def test_grafana_password_comes_from_the_environment(compose):
     password = env["GF_SECURITY_ADMIN_PASSWORD"]
     assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), "the password must be required from the environment"
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+# --- the webhook receiver --------------------------------------------------------------------
+
+
+def test_alert_logger_prints_each_alert_and_refuses_garbage(capsys):
+    received: list[dict] = []
+    port = free_port()
+    server = alert_logger.make_server("127.0.0.1", port, received.append)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        payload = {"status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "XGBServiceDown", "severity": "critical"},
+             "annotations": {"summary": "XGBoost service is not answering /metrics on svc:3000"}},
+            {"status": "resolved", "labels": {"alertname": "XGBNoTraffic", "severity": "warning"}, "annotations": {}},
+        ]}  # fmt: skip
+        assert requests.post(f"http://127.0.0.1:{port}/alerts", json=payload, timeout=5).status_code == 200
+        assert requests.post(f"http://127.0.0.1:{port}/alerts", data=b"{nope", timeout=5).status_code == 400
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received == [payload]
+    assert capsys.readouterr().out.splitlines() == [
+        "[FIRING] XGBServiceDown (critical): XGBoost service is not answering /metrics on svc:3000",
+        "[RESOLVED] XGBNoTraffic (warning)",
+    ]

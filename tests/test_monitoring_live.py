@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,10 +27,8 @@ import yaml
 from conftest import free_port
 
 from model_store.dataset import sample_records
-from monitoring import dashboards, localstack
+from monitoring import check_dashboards, localstack
 
-# What Grafana's $__rate_interval becomes with the production scrape interval (4 x 15 s).
-RATE_INTERVAL = "1m"
 # Dashboard queries that have nothing to show on a healthy service, listed rather than skipped:
 NEEDS_ERRORS = {"Server errors and shed requests by endpoint"}  # 5xx or 429 responses
 NEEDS_NGINX = {"nginx up", "nginx requests per second", "nginx connections"}  # docker-compose only
@@ -125,17 +126,14 @@ def test_every_dashboard_query_returns_data(scraped):
     stack, totals, before, sent = scraped
     wait_for(lambda: scalar(stack, totals[0]) == before[0] + sent["predictions"], 15, "the traffic to be scraped")
     time.sleep(2)  # two more scrapes: gauges and node exporter rates settle
-    queries = [(d, title, q) for d in dashboards.DASHBOARDS for title, q in d.queries()]
+    results = check_dashboards.evaluate(stack.prometheus_url)
     listed = NEEDS_ERRORS | NEEDS_NGINX
-    assert listed <= {title for _, title, _ in queries}, "NEEDS_* lists a panel that no longer exists"
-    empty = []
-    for dashboard, title, q in queries:
-        result = query(stack, q.expr.replace("$__rate_interval", RATE_INTERVAL))  # every query must at least parse
-        has_data = any(math.isfinite(float(series["value"][1])) for series in result)
-        if title not in listed and not has_data:
-            empty.append(f"{dashboard.uid} / {title}: {q.expr}")
-    with_data = len(queries) - len(empty) - sum(1 for _, title, _ in queries if title in listed)
-    print(f"{with_data} of {len(queries)} dashboard queries return data ({100 * with_data / len(queries):.0f} %)")
+    assert listed <= {r.panel for r in results}, "NEEDS_* lists a panel that no longer exists"
+    failed = [f"{r.dashboard} / {r.panel}: {r.error}" for r in results if r.error]
+    assert not failed, "dashboard queries Prometheus refused:\n" + "\n".join(failed)
+    empty = [f"{r.dashboard} / {r.panel}: {r.expr}" for r in results if not r.has_data and r.panel not in listed]
+    with_data = sum(r.has_data for r in results)
+    print(f"{with_data} of {len(results)} dashboard queries return data ({100 * with_data / len(results):.0f} %)")
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
 
@@ -193,3 +191,30 @@ def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, bentom
         print(f"delivered {time.monotonic() - stopped:.1f} s after the stop: {delivered[0]['annotations']['summary']}")
         assert delivered[0]["labels"]["severity"] == "critical"
         assert delivered[0]["annotations"]["runbook_url"] == "monitoring/runbook.md#xgbservicedown"
+
+
+def test_make_monitor_entry_point_starts_and_stops_cleanly(tmp_path):
+    """`make monitor`'s command: prints where things run, and SIGTERM (like Ctrl-C) stops every process."""
+    ports = new_ports()
+    argv = [sys.executable, "-m", "monitoring.localstack", "--target", f"127.0.0.1:{free_port()}", "--workdir", str(tmp_path)]
+    argv += [f"--{name.replace('_', '-')}-port={port}" for name, port in vars(ports).items()]
+    proc = subprocess.Popen(argv, cwd=localstack.MONITORING_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not any("Ctrl-C stops everything" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "the stack exited before it was up:\n" + "".join(lines)
+            lines.append(line)
+        for url in (f"http://127.0.0.1:{ports.prometheus}/-/ready", f"http://127.0.0.1:{ports.alertmanager}/-/ready",
+                    f"http://127.0.0.1:{ports.node_exporter}/metrics"):  # fmt: skip
+            assert requests.get(url, timeout=5).status_code == 200, url
+        config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+        assert config["rule_files"] == [str(localstack.ALERT_RULES)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for port in (ports.prometheus, ports.alertmanager, ports.node_exporter, ports.alert_logger):
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=2)
