@@ -1,0 +1,91 @@
+"""The service image, built and run for real: `make test-container` (container/smoke_test.py).
+
+It builds the image with `bentoml containerize` (buildah, FROM a local debootstrap base, no registry),
+runs it with podman under its own entrypoint and user, and reports what it saw on its last line
+(`RESULT {json}`). These tests check that report against the model store of this test session.
+Takes ~3.5 min on a clean clone (debootstrap ~75 s, pip install in the build ~60 s), ~1 min when
+.build/container holds the base image and the build's layer cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_store import load_bundle
+from model_store.schema import EXAMPLE_RECORD, FEATURE_NAMES, N_FEATURES
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE_GOAL_MB = 600
+BENTOML_ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
+
+pytestmark = pytest.mark.timeout(1500)
+
+
+@pytest.fixture(scope="module")
+def smoke(bentoml_home) -> dict:
+    """Runs `make test-container` once against this session's model store; returns its report."""
+    proc = subprocess.run(["make", "--no-print-directory", "test-container"], cwd=REPO,
+                          env={**os.environ, "BENTOML_HOME": bentoml_home},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sys.stdout.write(proc.stdout)  # shown by pytest when a test fails
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"make test-container printed no RESULT line (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
+    return {**json.loads(lines[-1][len("RESULT "):]), "returncode": proc.returncode, "output": proc.stdout}
+
+
+def test_make_target_passes(smoke):
+    assert smoke["failures"] == [] and smoke["returncode"] == 0, smoke["output"][-4000:]
+
+
+def test_image_was_built_by_bentoml_containerize_from_this_store(smoke):
+    import bentoml
+
+    build_log = Path(smoke["build_log"]).read_text(errors="replace")
+    bento_tag = smoke["image"].removeprefix("localhost/")
+    assert "bentoml containerize --backend buildah" in build_log
+    assert f'Successfully built Bento container for "{bento_tag}"' in build_log
+    # Tagged with the version of a Bento that `bentoml build` put into this session's store.
+    assert str(bentoml.bentos.get(bento_tag).tag) == bento_tag
+    assert smoke["entrypoint"] == [BENTOML_ENTRYPOINT]
+
+
+def test_predict_inside_the_container_matches_the_model_in_process(smoke):
+    assert smoke["status_code"] == 200, smoke["response"]
+    answer = smoke["response"]
+    bundle = load_bundle()
+    proba = bundle.predict_proba(np.array([[EXAMPLE_RECORD[f] for f in FEATURE_NAMES]], dtype=np.float64))[0]
+    assert answer["model_version"] == bundle.version
+    assert answer["predicted_class"] == int(np.argmax(proba))
+    assert answer["probabilities"] == pytest.approx(proba.tolist(), abs=2e-6)
+    assert answer["confidence"] == pytest.approx(float(proba.max()), abs=2e-6)
+    assert answer["features_used"] == N_FEATURES
+
+
+def test_the_service_does_not_run_as_root(smoke):
+    assert smoke["user"] == "bentoml"
+    processes = smoke["processes"]
+    # The server (the entrypoint exec's `bentoml serve`) and its worker.
+    assert len(processes) >= 2, processes
+    assert any("bentoml" in p["cmd"] or "_bentoml_impl" in p["cmd"] for p in processes), processes
+    assert all(p["uid"] != 0 and p["euid"] != 0 for p in processes), processes
+
+
+def test_image_size_is_printed_and_within_the_goal(smoke):
+    printed = re.search(r"==> image \S+: ([\d.]+) MB", smoke["output"])
+    assert printed, "no image size line in the output"
+    assert float(printed.group(1)) == smoke["size_mb"] == round(smoke["size_bytes"] / 1e6, 1)
+    assert smoke["size_mb"] <= SIZE_GOAL_MB
+
+
+def test_container_stops_cleanly_on_sigterm(smoke):
+    # ECS stops tasks with SIGTERM; the server must drain and exit 0 well before SIGKILL.
+    assert smoke["exit_code"] == 0, smoke["log_tail"]
+    assert smoke["stop_seconds"] < 30
