@@ -1,13 +1,15 @@
 # AWS deployment (issue 6): the Pulumi program (infra_pulumi/) and the ops tool (python -m ops).
 # The aws-* targets need AWS credentials; aws-deploy/aws-destroy/infra-preview also need the Pulumi
-# CLI and Docker (see docs/deployment.md). test-deploy needs neither: Pulumi runs under mocks and
-# AWS under moto (~60 s).
+# CLI and Docker (see docs/deployment.md). test-deploy needs neither: Pulumi runs under mocks, AWS
+# under moto, and the service under the task definition's read-only root in a mount namespace.
+# tests/test_infra_container_contract.py runs the real service in a read-only mount namespace.
+APT_PACKAGES += util-linux
 OPS_STACK ?= prod
 OPS := $(PY) -m ops --stack $(OPS_STACK)
 
 .PHONY: test-deploy infra-preview aws-deploy aws-update aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
 test-deploy: install  ## Pulumi program policy tests (mocks) and ops tests (moto/Stubber)
-	$(PY) -m pytest tests/test_infra_program.py tests/test_infra_settings.py tests/test_ops_*.py
+	$(PY) -m pytest tests/test_infra_*.py tests/test_ops_*.py
 
 infra-preview: install  ## pulumi preview of stack OPS_STACK (default prod)
 	cd infra_pulumi && pulumi preview --stack $(OPS_STACK)

@@ -1,0 +1,111 @@
+"""The task definition's promises, checked on a real `bentoml serve` run the way Fargate runs it.
+
+The program declares a read-only root filesystem with one writable volume at /tmp, a read-only
+model store, the environment the service reads, a `/livez` container health check and a stop
+timeout. Here a private mount namespace gives the server exactly that (`/` remounted read-only,
+a tmpfs on /tmp, the model store bind-mounted read-only), with the environment taken from the
+program's container definition. Runs as root: the Python here lives under /root (mode 700), so
+the image's uid 1034 can't be emulated; the read-only mounts stop root's writes all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "infra_pulumi"))
+
+from ml_api_infra.mocks import run_program, stack_config  # noqa: E402
+from model_store.schema import EXAMPLE_RECORD  # noqa: E402
+
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+MODEL_STORE_MOUNT = "/mnt"  # where the namespace shows the store, read-only (the image's BENTOML_HOME)
+
+
+@pytest.fixture(scope="module")
+def container() -> dict:
+    program = run_program(stack_config("prod"))
+    task = program.one("aws:ecs/taskDefinition:TaskDefinition")
+    [definition] = json.loads(task.inputs["containerDefinitions"])
+    return definition
+
+
+@pytest.fixture(scope="module")
+def fargate_like_server(container, bentoml_home, tmp_path_factory):
+    port = free_port()
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    [tmp_mount] = [m["containerPath"] for m in container["mountPoints"]]
+    assert container["readonlyRootFilesystem"] is True
+    setup = " && ".join([
+        "mount --make-rprivate /",
+        f"mount --bind {shlex.quote(bentoml_home)} {MODEL_STORE_MOUNT}",
+        f"mount -o remount,bind,ro {MODEL_STORE_MOUNT}",
+        "mount -o remount,bind,ro /",
+        f"mount -t tmpfs -o mode=1777 tmpfs {tmp_mount}",
+        f"cd {shlex.quote(str(REPO))}",
+        "exec " + shlex.join(["env", *(f"{k}={v}" for k, v in env.items()),
+                              f"BENTOML_HOME={MODEL_STORE_MOUNT}",
+                              BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1",
+                              "--port", str(port)]),
+    ])
+    log = tmp_path_factory.mktemp("fargate-like") / "serve.log"
+    proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", setup], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode} on a read-only root:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"not ready after 90 s on a read-only root:\n{log.read_text()[-3000:]}")
+    yield {"url": url, "port": port, "proc": proc, "log": log}
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_serves_predictions_with_a_read_only_root(fargate_like_server):
+    url = fargate_like_server["url"]
+    response = requests.post(f"{url}/predict", json=EXAMPLE_RECORD, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["features_used"] == 36
+    # Prometheus multiprocess files must land somewhere writable (the /tmp volume).
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    assert "xgb_predictions_total" in metrics
+
+
+def test_container_health_check_command_passes(container, fargate_like_server):
+    kind, command = container["healthCheck"]["command"]
+    assert kind == "CMD-SHELL"
+    # Same command, pointed at this server's port instead of the container's 3000.
+    local = command.replace(":3000/", f":{fargate_like_server['port']}/")
+    assert local != command
+    assert subprocess.run(["sh", "-c", local], timeout=30).returncode == 0
+    broken = command.replace(":3000/", f":{free_port()}/")
+    assert subprocess.run(["sh", "-c", broken], timeout=30, capture_output=True).returncode != 0
+
+
+def test_stops_on_sigterm_within_the_stop_timeout(container, fargate_like_server):
+    proc = fargate_like_server["proc"]
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(container["stopTimeout"])
+    assert time.monotonic() - started < container["stopTimeout"]
