@@ -2,8 +2,7 @@
 # The aws-* targets need AWS credentials; aws-deploy/aws-destroy/infra-preview also need the Pulumi
 # CLI and Docker (see docs/deployment.md). test-deploy needs neither: Pulumi runs under mocks, AWS
 # under moto, and the service under the task definition's read-only root in a mount namespace.
-# tests/test_infra_container_contract.py runs the real service in a read-only mount namespace.
-APT_PACKAGES += util-linux
+APT_PACKAGES += util-linux  # unshare, for that mount namespace
 OPS_STACK ?= prod
 OPS := $(PY) -m ops --stack $(OPS_STACK)
 
