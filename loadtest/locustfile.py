@@ -6,14 +6,14 @@ User classes (pick one on the command line; `make loadtest` and `make stress` do
     ExampleUser  one /predict with the seed's example record; prints the answer (headless: ends the run)
 
 Each user sends --user-rps requests per second (constant throughput), so the offered load is
-users x user-rps whatever the latency: 30 users at 10 req/s each = 300 req/s. When the test stops,
+users x user-rps as long as answers take less than 1 / user-rps: 60 users at 5 req/s each = 300 req/s. When the test stops,
 the SLO verdict (loadtest/slo.py) is printed and a missed objective makes Locust exit with 1.
 
     # the web UI on :8089 (`make loadtest`)
     locust -f loadtest/locustfile.py --host http://localhost:3000 ApiUser
     # 300 req/s for 60 s, judged (`make stress MODE=stress` runs this, plus reports)
-    locust -f loadtest/locustfile.py --host http://localhost:3000 --headless -u 30 -r 100 -t 60s \
-        --user-rps 10 --target-rps 300 ApiUser
+    locust -f loadtest/locustfile.py --host http://localhost:3000 --headless -u 60 -r 100 -t 60s \
+        --user-rps 5 --target-rps 300 ApiUser
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("XGBoost service load test")
-    group.add_argument("--user-rps", type=float, default=10.0, help="requests per second each user sends (default 10)")
+    group.add_argument("--user-rps", type=float, default=5.0, help="requests per second each user sends (default 5)")
     group.add_argument("--target-rps", type=float, default=0.0, help="rate objective in req/s; 0 = none (default 0)")
     group.add_argument("--slo-p99-ms", type=float, default=100.0, help="p99 latency objective in ms (default 100)")
     group.add_argument("--slo-max-failures", type=int, default=0, help="failed requests allowed (default 0)")

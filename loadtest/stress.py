@@ -26,9 +26,10 @@ from pathlib import Path
 LOADTEST = Path(__file__).resolve().parent
 LOCUSTFILE = LOADTEST / "locustfile.py"
 REPORTS = LOADTEST / "reports"
-# A Locust user paces itself with gevent sleeps; 10 req/s each leaves it far from that limit and
-# spreads the load over enough connections for the service's workers.
-MAX_USER_RPS = 10.0
+# A user waits for each answer before its next request, so it can hold its rate only while
+# answers take less than 1 / its rate: at 5 req/s a user keeps pace up to 200 ms, twice the p99
+# objective, so a slow service shows up as latency rather than as a generator falling short.
+MAX_USER_RPS = 5.0
 # Spawning users fast (each then waits a random phase) keeps the ramp-up from eating into the
 # achieved rate of a short run; Locust warns above 100 users/s.
 MAX_SPAWN_RATE = 100
