@@ -2,7 +2,8 @@
 # Alertmanager (:9093), node exporter (:9100) and the alert logger (:5001) in the foreground,
 # scraping the service at TARGET (start it first with `make serve`). Ctrl-C stops them all.
 # Configs, data and logs: .build/monitor/. The docker-compose stack: monitoring/docker-compose.yml.
-APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter
+# docker-compose (v1) only validates monitoring/docker-compose.yml in the tests: no engine needed.
+APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter docker-compose
 TARGET ?= 127.0.0.1:$(PORT)
 
 .PHONY: monitor dashboards
