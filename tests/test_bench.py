@@ -114,11 +114,12 @@ def test_depends_design_drops_calls_only_without_the_session_fix(bentoml_home, b
     server.start()
     try:
         r = bench_load.wrk(f"{server.url}/predict", bodies["single"], connections=64, seconds=3)
-        client_errors = sum(bench_depends.log_errors(server.log_tail(chars=10**9)).values())
+        dropped = bench_depends.connection_errors(bench_depends.log_errors(server.log_tail(chars=10**9)))
     finally:
         server.stop()
-    assert r.ok > 0
+    assert r.ok > 0 and sum(r.socket_errors.values()) == 0
+    # (A saturated box can still make the model service shed calls with 503s; those are not drops.)
     if fixed:
-        assert r.errors == 0 and client_errors == 0
+        assert dropped == 0
     else:
-        assert r.non_2xx > 0 and client_errors > 0
+        assert r.non_2xx > 0 and dropped > 0
