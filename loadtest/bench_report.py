@@ -189,3 +189,70 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(results: dict[str, Any]) -> dict[str, str]:
+    """The README's tables (docs/performance.md) from a bench.json: {"results": ..., "capacity": ...}."""
+    closed = results["closed_loop_64"]
+    med = {n: {k: statistics.median(f(r) for r in runs) for k, f in
+               (("rps", lambda r: r["rps"]), ("p50", lambda r: r["latency_ms"]["p50"]), ("p99", lambda r: r["latency_ms"]["p99"]))}
+           for n, runs in closed.items()}  # fmt: skip
+    errors = {n: sum(r["errors"] for r in runs) for n, runs in closed.items()}
+    o, b = results["open_loop"]["ours"], results["open_loop"]["baseline"]
+    m, info = results["memory"], results["machine"]
+    other = results["background_cpu_share"]
+    lines = [
+        f"Run {info['timestamp_utc']} at commit `{info['git_commit']}` on {info['cpu_count']} cores ({info['cpu_model']}), "
+        f"{info['memory_gib']} GiB; load generator on the same cores. Generator CPU: mean {results['generator_cpu_share']['mean']:.0%}, "
+        f"max {results['generator_cpu_share']['max']:.0%} of the box; other jobs on the box: mean {other['mean']:.0%}, max {other['max']:.0%}.",
+        "",
+        "| | ours | seed-style baseline | goal |",
+        "|---|---|---|---|",
+        f"| 1. `/predict`, 64 connections: req/s (median of {len(closed['ours'])}) | **{med['ours']['rps']:,.0f}** | {med['baseline']['rps']:,.0f} | "
+        f"ratio **{med['ours']['rps'] / med['baseline']['rps']:.2f}×** (≥ 3.0×) |",
+        f"| 1. p50 / p99 ms | {med['ours']['p50']:.1f} / **{med['ours']['p99']:.1f}** | {med['baseline']['p50']:.1f} / {med['baseline']['p99']:.1f} | p99 ≤ 50 |",
+        f"| 1. errors (non-2xx + socket) | {errors['ours']} | {errors['baseline']} | 0 |",
+        f"| 2. open loop {o['offered_rps']:,.0f} req/s offered: achieved, p50 / p99 ms, errors | {o['rps']:,.0f}, {o['latency_ms']['p50']:.1f} / "
+        f"**{o['latency_ms']['p99']:.1f}**, {o['errors']} | {b['rps']:,.0f}, {b['latency_ms']['p50']:.1f} / {b['latency_ms']['p99']:.1f}, {b['errors']} | p99 ≤ 20, 0 errors |",
+        f"| 3. `/predict_batch` ×1,000 records: rows/s | **{results['batch']['ours']['rows_per_s']:,}** | (no batch route) | ≥ 100,000 |",
+        f"| 4. warm start to ready, s (all starts) | **{max(results['warm_start']['ours_seconds']):.2f}** worst of "
+        f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
+        f"| memory after load, whole process tree: PSS (RSS sum), MiB | {m['ours']['pss_mib']:.0f} ({m['ours']['rss_mib']:.0f}), "
+        f"{m['ours']['processes']} processes | {m['baseline']['pss_mib']:.0f} ({m['baseline']['rss_mib']:.0f}), {m['baseline']['processes']} processes | reported |",
+        "",
+        "Goals: " + "; ".join(f"{'✅' if g['met'] else '❌'} {g['goal']}" for g in results["goals"]),
+    ]  # fmt: skip
+    cap = results["capacity"]
+    cap_lines = ["| | req/s per core | req/s per 1-vCPU task at 70 % | tasks for 300 req/s | tasks for 10,000 req/s | $ per million predictions |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in ("ours", "baseline"):
+        c = cap[name]
+        cap_lines.append(f"| {name} | {c['rps_per_core']:,} | {c['rps_per_task_at_target']:,} | {c['tasks_needed']['300']} | "
+                         f"{c['tasks_needed']['10000']} | ${c['usd_per_million_predictions']:.4f} |")  # fmt: skip
+    return {"results": "\n".join(lines), "capacity": "\n".join(cap_lines)}
+
+
+def alternatives_markdown(alt: dict[str, Any]) -> str:
+    """The depends-design table from an alternatives.json."""
+    lines = [f"Run {alt['machine']['timestamp_utc']}, {alt['seconds_per_run']:g} s per run:", "",
+             "| design | connections | req/s | p99 ms | non-2xx | socket errors | dropped calls in log | shed (CancelledError) | mean batch |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, d in alt["designs"].items():
+        for r in d["runs"]:
+            logged = r["server_log_errors"]
+            dropped = sum(n for k, n in logged.items() if k != "CancelledError")
+            lines.append(f"| {name} | {r['connections']} | {r['rps']:,.0f} | {r['latency_ms']['p99']:.1f} | {r['non_2xx']} | "
+                         f"{sum(r['socket_errors'].values())} | {dropped} | {logged.get('CancelledError', 0)} | {d['mean_adaptive_batch_size'] or '-'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m loadtest.bench_report [results dir]: print the README tables from the latest results.
+    import json
+    import sys
+
+    results_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "loadtest" / "results"
+    tables = markdown(json.loads((results_dir / "bench.json").read_text()))
+    print(tables["results"], "", tables["capacity"], sep="\n")
+    if (results_dir / "alternatives.json").exists():
+        print("", alternatives_markdown(json.loads((results_dir / "alternatives.json").read_text())), sep="\n")
