@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra_pulumi"))
 
+from ml_api_infra.mocks import RecordingMocks  # noqa: E402
 from ml_api_infra.network import subnet_cidrs  # noqa: E402
 from ml_api_infra.settings import SettingsError, StackSettings, load_settings  # noqa: E402
 
 
 def settings_from(config: dict[str, str]) -> StackSettings:
+    # The `ml-api:` namespace is the project's name, which the runtime settings carry.
+    pulumi.runtime.set_mocks(RecordingMocks(), project="ml-api", stack="prod", preview=False)
     pulumi.runtime.set_all_config(config, [])
     try:
         return load_settings()
@@ -58,3 +62,33 @@ def test_subnet_blocks_are_disjoint_and_sized_per_az():
     assert private == ["10.0.48.0/20", "10.0.64.0/20", "10.0.80.0/20"]
     with pytest.raises(ValueError, match="too small"):
         subnet_cidrs("10.0.0.0/26", 3)
+
+
+@pytest.mark.parametrize("stack", ["prod"])
+def test_stack_config_has_no_unknown_keys(stack):
+    """Pulumi ignores config nobody reads: a typo like `ml-api:maxCapacty` would deploy the default."""
+    from ml_api_infra.mocks import PROJECT_DIR, stack_config
+    from ml_api_infra.settings import CONFIG_KEYS, SECRET_KEYS
+
+    project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())["name"]
+    known = {f"{project}:{k}" for k in (*CONFIG_KEYS, *SECRET_KEYS)} | {"aws:region"}
+    unknown = set(stack_config(stack)) - known
+    assert unknown == set(), f"Pulumi.{stack}.yaml sets keys the program never reads: {sorted(unknown)}"
+
+
+def test_every_config_key_sets_its_field():
+    from ml_api_infra.settings import CONFIG_KEYS
+
+    samples = {"get": "x-1", "get_int": "3", "get_float": "55.5", "get_bool": "true"}
+    fields = {f: getter for f, getter in CONFIG_KEYS.values()}
+    assert len(fields) == len(CONFIG_KEYS), "two keys write the same field"
+    pulumi.runtime.set_mocks(RecordingMocks(), project="ml-api", stack="prod", preview=False)
+    pulumi.runtime.set_all_config({f"ml-api:{k}": samples[g] for k, (_f, g) in CONFIG_KEYS.items()}, [])
+    try:
+        cfg = pulumi.Config()
+        read = {f: getattr(cfg, g)(k) for k, (f, g) in CONFIG_KEYS.items()}
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    assert set(read.values()) == {"x-1", 3, 55.5, True}
+    assert set(fields) <= set(StackSettings.__dataclass_fields__), \
+        f"unknown fields {set(fields) - set(StackSettings.__dataclass_fields__)}"

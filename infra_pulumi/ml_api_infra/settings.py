@@ -103,43 +103,49 @@ class StackSettings:
         return self
 
 
+# `ml-api:<key>` in the stack config -> (StackSettings field, pulumi.Config getter). `apiKey` is
+# read as a secret separately. Pulumi ignores keys nobody reads, so the tests check every key in
+# Pulumi.<stack>.yaml against this table: a typo fails instead of silently using a default.
+CONFIG_KEYS = {
+    "project": ("project", "get"),
+    "environment": ("environment", "get"),
+    "minCapacity": ("min_capacity", "get_int"),
+    "maxCapacity": ("max_capacity", "get_int"),
+    "cpuTarget": ("cpu_target", "get_float"),
+    "memoryTarget": ("memory_target", "get_float"),
+    "requestsPerTarget": ("requests_per_target", "get_int"),
+    "scaleOutCooldown": ("scale_out_cooldown", "get_int"),
+    "scaleInCooldown": ("scale_in_cooldown", "get_int"),
+    "taskCpu": ("task_cpu", "get_int"),
+    "taskMemory": ("task_memory", "get_int"),
+    "imageTag": ("image_tag", "get"),
+    "xgbWorkers": ("xgb_workers", "get_int"),
+    "rangeCheck": ("range_check", "get"),
+    "corsOrigins": ("cors_origins", "get"),
+    "modelTag": ("model_tag", "get"),
+    "certificateArn": ("certificate_arn", "get"),
+    "wafRateLimit": ("waf_rate_limit", "get_int"),
+    "vpcCidr": ("vpc_cidr", "get"),
+    "azCount": ("az_count", "get_int"),
+    "natPerAz": ("nat_per_az", "get_bool"),
+    "imagesToKeep": ("images_to_keep", "get_int"),
+    "logRetentionDays": ("log_retention_days", "get_int"),
+    "alarmEmail": ("alarm_email", "get"),
+    "p99LatencyThreshold": ("p99_latency_threshold_seconds", "get_float"),
+    "forceDeleteImages": ("force_delete_images", "get_bool"),
+}
+SECRET_KEYS = ("apiKey",)
+
+
 def load_settings() -> StackSettings:
     """Read `ml-api:*` (and `aws:region`) stack config, falling back to the defaults above."""
     cfg = pulumi.Config()
-    aws_cfg = pulumi.Config("aws")
-    d = StackSettings()
-
-    def pick(value, default):
-        return default if value is None else value
-
-    return StackSettings(
-        project=pick(cfg.get("project"), d.project),
-        environment=pick(cfg.get("environment"), d.environment),
-        region=pick(aws_cfg.get("region"), d.region),
-        min_capacity=pick(cfg.get_int("minCapacity"), d.min_capacity),
-        max_capacity=pick(cfg.get_int("maxCapacity"), d.max_capacity),
-        cpu_target=pick(cfg.get_float("cpuTarget"), d.cpu_target),
-        memory_target=pick(cfg.get_float("memoryTarget"), d.memory_target),
-        requests_per_target=pick(cfg.get_int("requestsPerTarget"), d.requests_per_target),
-        scale_out_cooldown=pick(cfg.get_int("scaleOutCooldown"), d.scale_out_cooldown),
-        scale_in_cooldown=pick(cfg.get_int("scaleInCooldown"), d.scale_in_cooldown),
-        task_cpu=pick(cfg.get_int("taskCpu"), d.task_cpu),
-        task_memory=pick(cfg.get_int("taskMemory"), d.task_memory),
-        image_tag=pick(cfg.get("imageTag"), d.image_tag),
-        xgb_workers=pick(cfg.get_int("xgbWorkers"), d.xgb_workers),
-        range_check=pick(cfg.get("rangeCheck"), d.range_check),
-        cors_origins=pick(cfg.get("corsOrigins"), d.cors_origins),
-        model_tag=pick(cfg.get("modelTag"), d.model_tag),
-        api_key=cfg.get_secret("apiKey"),
-        certificate_arn=pick(cfg.get("certificateArn"), d.certificate_arn),
-        waf_rate_limit=pick(cfg.get_int("wafRateLimit"), d.waf_rate_limit),
-        vpc_cidr=pick(cfg.get("vpcCidr"), d.vpc_cidr),
-        az_count=pick(cfg.get_int("azCount"), d.az_count),
-        nat_per_az=pick(cfg.get_bool("natPerAz"), d.nat_per_az),
-        images_to_keep=pick(cfg.get_int("imagesToKeep"), d.images_to_keep),
-        log_retention_days=pick(cfg.get_int("logRetentionDays"), d.log_retention_days),
-        alarm_email=pick(cfg.get("alarmEmail"), d.alarm_email),
-        p99_latency_threshold_seconds=pick(cfg.get_float("p99LatencyThreshold"),
-                                           d.p99_latency_threshold_seconds),
-        force_delete_images=pick(cfg.get_bool("forceDeleteImages"), d.force_delete_images),
-    ).validate()
+    values = {}
+    for key, (field_name, getter) in CONFIG_KEYS.items():
+        value = getattr(cfg, getter)(key)
+        if value is not None:
+            values[field_name] = value
+    region = pulumi.Config("aws").get("region")
+    if region is not None:
+        values["region"] = region
+    return StackSettings(**values, api_key=cfg.get_secret("apiKey")).validate()
