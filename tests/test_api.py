@@ -1,0 +1,99 @@
+"""The seed's API contract against a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+
+from model_store import CLASS_NAMES, EXAMPLE_RECORD, FEATURE_NAMES, load_bundle
+from model_store.dataset import sample_records
+
+SEED_KEYS = {"predicted_class", "confidence", "model_version", "features_used"}
+
+
+def predict(url: str, record: dict) -> requests.Response:
+    return requests.post(f"{url}/predict", json=record, timeout=10)
+
+
+def test_seed_example_gets_the_seed_response_shape(live_server):
+    response = predict(live_server, EXAMPLE_RECORD)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert SEED_KEYS <= body.keys()
+    assert isinstance(body["predicted_class"], int) and body["predicted_class"] in range(len(CLASS_NAMES))
+    assert body["features_used"] == 36
+    assert body["model_version"] == load_bundle().version
+    assert len(body["probabilities"]) == len(CLASS_NAMES)
+    assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert body["confidence"] == pytest.approx(max(body["probabilities"]), abs=1e-6)
+    assert body["predicted_class"] == int(np.argmax(body["probabilities"]))
+
+
+def test_predictions_equal_the_in_process_model(live_server):
+    records = sample_records(np.random.default_rng(7), 25)
+    expected = load_bundle().predict_proba(np.array([[r[f] for f in FEATURE_NAMES] for r in records]))
+    for record, want in zip(records, expected):
+        got = predict(live_server, record).json()
+        np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
+        assert got["predicted_class"] == int(np.argmax(want))
+
+
+def test_batch_answers_in_request_order(live_server):
+    records = sample_records(np.random.default_rng(11), 60)
+    response = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(records)
+    singles = [predict(live_server, r).json() for r in records]
+    assert [p["probabilities"] for p in predictions] == [s["probabilities"] for s in singles]
+    assert len({p["predicted_class"] for p in predictions}) > 1, "sampled records should not all get one class"
+
+
+def test_batch_of_the_documented_maximum_is_accepted(live_server):
+    records = sample_records(np.random.default_rng(3), 5000)
+    response = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["predictions"]) == 5000
+
+
+@pytest.mark.parametrize(
+    "path,status",
+    [("/healthz", 200), ("/livez", 200), ("/readyz", 200), ("/metrics", 200), ("/docs.json", 200), ("/", 200)],
+)
+def test_probes_docs_and_metrics_answer(live_server, path, status):
+    response = requests.get(f"{live_server}{path}", timeout=10)
+    assert response.status_code == status
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_openapi_documents_both_prediction_routes_with_the_feature_schema(live_server):
+    spec = requests.get(f"{live_server}/docs.json", timeout=10).json()
+    assert {"/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"} <= spec["paths"].keys()
+    record = spec["components"]["schemas"]["Record"]
+    assert list(record["properties"]) == list(FEATURE_NAMES)
+    assert sorted(record["required"]) == sorted(FEATURE_NAMES)
+    assert record["additionalProperties"] is False
+    assert "/predict_rows" not in spec["paths"], "the internal batching API must not be documented"
+
+
+def test_internal_batching_api_is_not_reachable(live_server):
+    response = requests.post(f"{live_server}/predict_rows", json=[[float("1")] * 36], timeout=10)
+    assert response.status_code == 404
+
+
+def test_metrics_expose_bentoml_and_model_series(live_server):
+    predict(live_server, EXAMPLE_RECORD)
+    text = requests.get(f"{live_server}/metrics", timeout=10).text
+    for name in (
+        "bentoml_service_request_total",
+        "bentoml_service_request_duration_seconds_bucket",
+        "bentoml_service_adaptive_batch_size_bucket",
+        "xgb_predictions_total",
+        "xgb_prediction_confidence_bucket",
+        "xgb_model_info",
+        "xgb_class_prior",
+        "xgb_process_resident_memory_bytes",
+    ):
+        assert f"\n{name}" in text, f"{name} missing from /metrics"
+    assert f'model_version="{load_bundle().version}"' in text

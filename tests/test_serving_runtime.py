@@ -1,0 +1,100 @@
+"""How the service runs: uvloop + httptools in every worker, adaptive batching under concurrency,
+BentoML internals still where serving/bentoml_internals.py expects them, and `bentoml build`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import bentoml
+import pytest
+import requests
+
+from conftest import BENTOML, REPO
+from model_store import EXAMPLE_RECORD, load_bundle
+from serving import bentoml_internals
+
+
+def worker_pids(server) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_every_worker_runs_uvloop_and_httptools(server_factory):
+    server = server_factory(workers=2)
+    # httptools' parser is loaded with the first connection a worker accepts: give both some.
+    subprocess.run(["hey", "-n", "400", "-c", "16", f"{server.url}/livez"], capture_output=True, timeout=120, check=True)
+    pids = worker_pids(server)
+    assert len(pids) == 2, f"expected 2 workers, found {pids}"
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert re.search(r"uvloop/loop\.cpython", maps), f"worker {pid} has not loaded uvloop"
+        assert re.search(r"httptools/parser/parser\.cpython", maps), f"worker {pid} has not loaded httptools"
+
+
+def test_worker_count_follows_the_env_override(server_factory):
+    server = server_factory(workers=1)
+    assert len(worker_pids(server)) == 1
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+            count += float(line.split()[-1])
+    return total, count
+
+
+def test_concurrent_single_records_are_batched_with_zero_errors(live_server, tmp_path):
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(EXAMPLE_RECORD))
+    sum0, count0 = batch_stats(live_server)
+    result = subprocess.run(
+        ["hey", "-n", "4000", "-c", "32", "-m", "POST", "-T", "application/json", "-D", str(body), f"{live_server}/predict"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert "[200]\t4000 responses" in result.stdout, result.stdout
+    assert "Error distribution" not in result.stdout, result.stdout
+    sum1, count1 = batch_stats(live_server)
+    assert sum1 - sum0 == 4000, "every request must pass through BentoML's batch dispatcher"
+    mean_batch = (sum1 - sum0) / (count1 - count0)
+    print(f"mean adaptive batch size under 32 connections: {mean_batch:.1f}")
+    assert mean_batch > 1.5
+
+
+def test_bentoml_internals_are_where_the_fast_path_expects_them(bentoml_home):
+    assert bentoml.__version__ == bentoml_internals.BENTOML_VERSION, (
+        "BentoML changed version: re-check serving/bentoml_internals.py against it, then update BENTOML_VERSION"
+    )
+    from service import XGBoostService
+
+    app = XGBoostService.to_asgi()
+    factory = bentoml_internals.find_app_factory(app, "predict_rows")
+    assert callable(factory.batch_infer)
+    with pytest.raises(bentoml_internals.BentoMLInternalsChanged):
+        bentoml_internals.find_app_factory(app, "no_such_api")
+    instance = XGBoostService()
+    bentoml_internals.bind_api_once(instance, "predict_rows")
+    assert getattr(instance, "predict_rows") is getattr(instance, "predict_rows"), "binding must be cached"
+    assert callable(getattr(instance, "predict_rows").local)
+
+
+def test_bentoml_build_packs_service_code_and_model(bentoml_home):
+    result = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tag = result.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    bento = bentoml.get(tag)
+    src = Path(bento.path) / "src"
+    for path in ("service.py", "serving/fastpath.py", "model_store/schema.py"):
+        assert (src / path).exists(), f"{path} missing from the Bento"
+    assert not (src / "tests").exists() and not (src / "infra_pulumi").exists()
+    assert [str(m.tag) for m in bento.info.all_models] == [load_bundle().tag], "the served model must be in the Bento"
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "xgboost-cpu==" in requirements and "bentoml==1.4.40" in requirements
+    assert "\nxgboost==" not in requirements and "nvidia" not in requirements
+    bentoml.delete(tag)

@@ -1,0 +1,167 @@
+"""Training, registration and the model contract."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import bentoml
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+
+import train_export
+from conftest import REPO
+from model_store import EXAMPLE_RECORD, FEATURE_NAMES, FEATURES, ModelContractError, load_bundle, stored_model
+from model_store import dataset
+from model_store.bundle import SCALER_FILE
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train_export.py", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def model_count() -> int:
+    return len(bentoml.models.list("xgb_classifier"))
+
+
+def test_same_data_and_seed_give_the_same_model():
+    x, y = dataset.generate(3000, seed=5)
+    first, scaler1, metrics1 = train_export.train(x, y, seed=5)
+    second, scaler2, metrics2 = train_export.train(x, y, seed=5)
+    assert first.save_raw("ubj") == second.save_raw("ubj")
+    np.testing.assert_array_equal(scaler1.mean_, scaler2.mean_)
+    assert metrics1 == metrics2
+    other, _, _ = train_export.train(x, y, seed=6)
+    assert other.save_raw("ubj") != first.save_raw("ubj"), "a different seed must change the model"
+
+
+def test_the_generated_dataset_is_deterministic_and_in_range():
+    x1, y1 = dataset.generate(2000, seed=1)
+    x2, y2 = dataset.generate(2000, seed=1)
+    assert dataset.data_hash(x1, y1) == dataset.data_hash(x2, y2)
+    assert dataset.data_hash(x1, y1) != dataset.data_hash(*dataset.generate(2000, seed=2))
+    assert np.bincount(y1).tolist() == [400] * 5
+    for j, feature in enumerate(FEATURES):
+        assert all(feature.in_range(v) for v in x1[:, j]), feature.name
+
+
+def test_the_seed_example_is_a_valid_record():
+    assert list(EXAMPLE_RECORD) == list(FEATURE_NAMES)
+    assert all(f.in_range(EXAMPLE_RECORD[f.name]) for f in FEATURES)
+
+
+def test_cli_registers_booster_scaler_and_metadata(bentoml_home):
+    result = run_train("--rows", "3000", "--seed", "9")
+    assert result.returncode == 0, result.stderr
+    assert "held-out" in result.stdout and "accuracy" in result.stdout
+    model = bentoml.models.get("xgb_classifier:latest")
+    meta = model.info.metadata
+    assert model.info.labels["dataset"] == "synthetic"
+    assert meta["training_params"]["max_depth"] == 6 and meta["training_params"]["num_boost_round"] == 100
+    assert meta["data_sha256"] == dataset.data_hash(*dataset.generate(3000, 9))
+    assert 0.4 < meta["metrics"]["accuracy"] <= 1.0 and meta["metrics"]["log_loss"] > 0
+    assert {"xgboost-cpu", "numpy", "bentoml", "scikit-learn"} <= meta["library_versions"].keys()
+    assert len(meta["class_prior"]) == 5 and sum(meta["class_prior"]) == pytest.approx(1.0, abs=1e-3)
+    assert [f["name"] for f in meta["feature_schema"]] == list(FEATURE_NAMES)
+    assert load_bundle().tag == str(model.tag)
+    bentoml.models.delete(model.tag)  # the default model is the latest again for the other tests
+
+
+def test_numpy_scaling_equals_the_sklearn_scaler():
+    x, y = dataset.generate(2000, seed=3)
+    booster, scaler, _ = train_export.train(x, y, seed=3)
+    sample = x[:50]
+    mean, scale = scaler.mean_, scaler.scale_
+    np.testing.assert_allclose((sample - mean) / scale, scaler.transform(sample), rtol=1e-12)
+
+
+def write_csv(path, rows: int = 400, drop: str | None = None, extra: str | None = None, bad: tuple | None = None):
+    x, y = dataset.generate(rows, seed=4)
+    header = [f for f in FEATURE_NAMES if f != drop] + ["target"] + ([extra] if extra else [])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, (row, label) in enumerate(zip(x, y)):
+            values = dict(zip(FEATURE_NAMES, row.tolist()))
+            if bad and i == bad[0]:
+                values[bad[1]] = bad[2]
+            writer.writerow([values[h] for h in header if h in values] + [int(label)] + ([1] if extra else []))
+    return path
+
+
+def test_cli_trains_on_a_users_csv(bentoml_home, tmp_path):
+    before = model_count()
+    result = run_train("--data", str(write_csv(tmp_path / "ok.csv")), "--label", "target")
+    assert result.returncode == 0, result.stderr
+    assert model_count() == before + 1
+    model = bentoml.models.get("xgb_classifier:latest")
+    assert model.info.labels["dataset"] == "csv"
+    bentoml.models.delete(model.tag)  # the default model is the latest again for the other tests
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"drop": "feat17"}, "feat17"),
+        ({"extra": "customer_id"}, "customer_id"),
+        ({"bad": (5, "feat3", "n/a")}, "'feat3' is not numeric"),
+        ({"bad": (5, "feat1", "inf")}, "'feat1' is not finite"),
+    ],
+    ids=["missing column", "extra column", "non-numeric value", "infinite value"],
+)
+def test_csv_errors_name_the_column_and_register_nothing(bentoml_home, tmp_path, kwargs, message):
+    before = model_count()
+    result = run_train("--data", str(write_csv(tmp_path / "bad.csv", **kwargs)), "--label", "target")
+    assert result.returncode == 2
+    assert message in result.stderr and "nothing was registered" in result.stderr
+    assert model_count() == before
+
+
+def test_missing_label_column_is_named(bentoml_home, tmp_path):
+    result = run_train("--data", str(write_csv(tmp_path / "ok.csv")), "--label", "outcome")
+    assert result.returncode == 2 and "'outcome'" in result.stderr
+
+
+def test_missing_model_names_the_tag_and_the_fix(bentoml_home, monkeypatch):
+    monkeypatch.setenv("MODEL_TAG", "xgb_classifier:doesnotexist")
+    with pytest.raises(ModelContractError, match=r"xgb_classifier:doesnotexist.*make train"):
+        stored_model()
+
+
+def test_a_model_with_another_schema_is_refused(bentoml_home, monkeypatch):
+    x, y = dataset.generate(500, seed=1)
+    booster, scaler, _ = train_export.train(x, y, seed=1)
+    with bentoml.models.create("xgb_classifier", metadata={"feature_schema": [{"name": "age"}]}) as model:
+        booster.save_model(model.path_of("booster.ubj"))
+    monkeypatch.setenv("MODEL_TAG", str(model.tag))
+    try:
+        with pytest.raises(ModelContractError, match="different feature schema"):
+            load_bundle()
+        with pytest.raises(ModelContractError, match="different feature schema"):
+            stored_model()
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+def test_a_corrupt_scaler_is_refused(bentoml_home, monkeypatch, tmp_path):
+    assert run_train("--rows", "1000").returncode == 0
+    model = bentoml.models.get("xgb_classifier:latest")  # deleted below: the default model is the latest again
+    with open(model.path_of(SCALER_FILE), "w") as f:
+        f.write("{not json")
+    monkeypatch.setenv("MODEL_TAG", str(model.tag))
+    try:
+        with pytest.raises(ModelContractError, match="corrupt"):
+            load_bundle()
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+def test_scaler_file_matches_the_fitted_scaler(bentoml_home):
+    x, y = dataset.generate(20_000, dataset.DEFAULT_SEED)
+    x_train, *_ = train_export.split(x, y, dataset.DEFAULT_SEED)
+    bundle = load_bundle()
+    reference = StandardScaler().fit(x_train)
+    np.testing.assert_allclose(bundle.mean, reference.mean_)
+    np.testing.assert_allclose(bundle.scale, reference.scale_)
