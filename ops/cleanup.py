@@ -25,8 +25,12 @@ def images_in_use(ctx: Context) -> set[str]:
 def cleanup(ctx: Context, keep: int, dry_run: bool = False) -> list[str]:
     """Returns the digests deleted (or that would be, with `dry_run`)."""
     ecr = ctx.client("ecr")
-    images = [img for page in ecr.get_paginator("describe_images").paginate(repositoryName=ctx.stack.repository)
-              for img in page["imageDetails"]]
+    try:
+        images = [img for page in ecr.get_paginator("describe_images").paginate(repositoryName=ctx.stack.repository)
+                  for img in page["imageDetails"]]
+    except ecr.exceptions.RepositoryNotFoundException:
+        raise OpsError(f"ECR repository {ctx.stack.repository} not found in {ctx.stack.region}: "
+                       f"is the stack deployed?") from None
     images.sort(key=lambda img: img["imagePushedAt"], reverse=True)
     in_use = images_in_use(ctx)
     doomed = [img for img in images[keep:] if not in_use.intersection(img.get("imageTags", []))]

@@ -60,6 +60,12 @@ def test_cleanup_without_a_service_keeps_only_the_newest(session):
     assert remaining_tags(session) == ["c"]
 
 
+def test_cleanup_before_deploy_names_the_missing_repository(session, capsys):
+    ctx, _ = make_context(session, FakeRunner())
+    assert main(["cleanup"], context=ctx) == 2
+    assert "ECR repository ml-api-prod not found in us-west-2" in capsys.readouterr().err
+
+
 def desired(session):
     return session.client("ecs").describe_services(
         cluster=STACK.cluster, services=[STACK.service])["services"][0]["desiredCount"]
