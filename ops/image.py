@@ -2,7 +2,7 @@
 
 ECR tags are immutable, and a Bento version names exactly one build, so a tag that is already in
 the repository is not pushed again. The image is built by the repository's
-`container/containerize.sh` (the same build as `make container`), then re-tagged for ECR.
+`container/containerize.sh` (the same build as `make image`), then re-tagged for ECR.
 """
 
 from __future__ import annotations
