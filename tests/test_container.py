@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,27 @@ def test_image_size_is_printed_and_within_the_goal(smoke):
     assert printed, "no image size line in the output"
     assert float(printed.group(1)) == smoke["size_mb"] == round(smoke["size_bytes"] / 1e6, 1)
     assert smoke["size_mb"] <= SIZE_GOAL_MB
+
+
+def test_bento_packs_only_the_service_code_with_the_store_inside_the_repository(bentoml_home):
+    """`make image` keeps the store in the repository (.bentoml/); `bentoml build` walks the whole
+    repository, so an unanchored include pattern would also pick up copies in the store's tmp/."""
+    (REPO / ".build").mkdir(exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=REPO / ".build"))
+    try:
+        (home / "models").symlink_to(Path(bentoml_home) / "models")
+        env = {**os.environ, "BENTOML_HOME": str(home)}
+        out = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "build", "-o", "tag"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        name, version = re.search(r"__tag__:(\S+):(\S+)", out.stdout).groups()
+        src = home / "bentos" / name / version / "src"
+        packed = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+        expected = sorted(["service.py", "bentofile.yaml"]
+                          + [str(p.relative_to(REPO)) for d in ("serving", "model_store") for p in (REPO / d).glob("*.py")])
+        assert packed == expected
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_container_stops_cleanly_on_sigterm(smoke):
