@@ -97,12 +97,14 @@ def scraped(live_server, tmp_path_factory):
     stack = localstack.LocalStack(
         tmp_path_factory.mktemp("monitor"), live_server.removeprefix("http://"), new_ports(), interval="1s"
     )
+    started = time.monotonic()
     with stack:
         print(f"\nPrometheus on {stack.prometheus_url}, waiting for the first scrapes", flush=True)
         wait_for(lambda: scalar(stack, 'min(up{job=~"xgb-service|node"})') == 1, 30, "the service and node exporter to be scraped")
         totals = ('sum(xgb_predictions_total{job="xgb-service"}) or vector(0)',
                   'sum(bentoml_service_request_total{job="xgb-service",endpoint="/predict"}) or vector(0)',
                   'sum(xgb_input_out_of_range_total{job="xgb-service"}) or vector(0)')  # fmt: skip
+        print(f"scraping after {time.monotonic() - started:.1f} s; sending traffic", flush=True)
         before = [scalar(stack, expr) for expr in totals]
         # Two rounds: a series' first sample has nothing to take a rate from, so a running
         # service's series exist before the traffic the dashboards are judged on.
@@ -110,7 +112,7 @@ def scraped(live_server, tmp_path_factory):
         wait_for(lambda: scalar(stack, totals[0]) == before[0] + first["predictions"], 15, "the first round to be scraped")
         second = send_traffic(live_server, seed=2)
         sent = {key: first[key] + second[key] for key in first}
-        print(f"sent {sent}", flush=True)
+        print(f"sent {sent}; {time.monotonic() - started:.1f} s since the stack started", flush=True)
         yield stack, totals, before, sent
 
 
