@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import bench_load
-from loadtest.bench import log, write_bodies
+from loadtest.bench import log, status_delta, write_bodies
 from loadtest.bench_report import machine_info
 from loadtest.bench_servers import REPO, VENV_BIN, Server, ServerError, our_service
 
@@ -78,6 +78,7 @@ def depends_server(fixed: bool) -> Server:
                  "--host", "127.0.0.1", "--port", "{port}"],  # fmt: skip
         ready_path="/readyz",
         env={"DEPENDS_SESSION_FIX": "1" if fixed else "0"},
+        metrics_path="/metrics",
     )
 
 
@@ -106,10 +107,12 @@ def measure(server: Server, bodies: Path, seconds: float) -> dict[str, Any]:
         runs = []
         for connections in CONNECTIONS:
             log_before = len(server.log_tail(chars=10**9))
+            statuses_before = server.status_counts()
             r = bench_load.wrk(f"{server.url}/predict", bodies, connections, seconds, server.cpu_seconds).as_dict()
+            r["status_counts"] = status_delta(statuses_before, server.status_counts())
             r["server_log_errors"] = log_errors(server.log_tail(chars=10**9)[log_before:])
             log(f"  {server.name:<16}{connections:>3} conns: {r['rps']:7.0f} req/s  p99 {r['latency_ms']['p99']:7.1f} ms  "
-                f"non-2xx {r['non_2xx']}  socket {sum(r['socket_errors'].values())}  log {r['server_log_errors']}")  # fmt: skip
+                f"non-2xx {r['non_2xx']} {r['status_counts']}  socket {sum(r['socket_errors'].values())}  log {r['server_log_errors']}")  # fmt: skip
             runs.append(r)
         return {"ready_seconds": round(ready, 2), "runs": runs, "mean_adaptive_batch_size": mean_batch_size(server.url), "memory": server.memory()}
     finally:
