@@ -32,6 +32,7 @@ from monitoring import check_dashboards, localstack
 # Dashboard queries that have nothing to show on a healthy service, listed rather than skipped:
 NEEDS_ERRORS = {"Server errors and shed requests by endpoint"}  # 5xx or 429 responses
 NEEDS_NGINX = {"nginx up", "nginx requests per second", "nginx connections"}  # docker-compose only
+SCANNED_PATHS = ("/wp-login.php", "/.env")  # what scanners try: must not become series in Prometheus
 SINGLE_PREDICTIONS = 240
 BATCHES, BATCH_SIZE = 10, 50
 INVALID = 15
@@ -82,6 +83,8 @@ def send_traffic(base_url: str, seed: int) -> dict[str, int]:
         batch_codes = list(pool.map(lambda i: post("/predict_batch", {"instances": batched[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]}),
                                     range(BATCHES)))  # fmt: skip
     invalid_codes = [post("/predict", b'{"feat1": "not a number"}' if i % 2 else b"{not json") for i in range(INVALID)]
+    for path in SCANNED_PATHS:
+        assert session.get(f"{base_url}{path}", timeout=10).status_code == 404
     assert set(single_codes) == {200} and set(batch_codes) == {200}, (single_codes, batch_codes)
     assert all(400 <= c < 500 for c in invalid_codes), invalid_codes
     return {
@@ -137,6 +140,17 @@ def test_every_dashboard_query_returns_data(scraped):
     with_data = sum(r.has_data for r in results)
     print(f"{with_data} of {len(results)} dashboard queries return data ({100 * with_data / len(results):.0f} %)")
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def test_unknown_paths_do_not_become_series(scraped, live_server):
+    """BentoML labels requests with the raw path; prometheus.yml drops the paths that are not routes."""
+    stack, totals, before, sent = scraped
+    wait_for(lambda: scalar(stack, totals[0]) == before[0] + sent["predictions"], 15, "the traffic to be scraped")
+    exposed = requests.get(f"{live_server}/metrics", timeout=10).text
+    for path in SCANNED_PATHS:
+        assert f'endpoint="{path}"' in exposed  # the service does expose them...
+        assert not query(stack, f'{{job="xgb-service",endpoint="{path}"}}'), path  # ...Prometheus keeps none
+    assert query(stack, 'bentoml_service_request_total{job="xgb-service",endpoint="/predict"}')
 
 
 def test_model_metrics_reach_prometheus(scraped):
