@@ -144,9 +144,10 @@ class LocalStack:
             raise RuntimeError(f"{argv[0]} not found: run `make sysdeps` (Debian packages in mk/monitor.mk)")
         log = self.workdir / f"{name}.log"
         # Own session: Ctrl-C reaches only the supervisor, which stops the processes in order.
-        proc = subprocess.Popen(
-            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.procs.append(proc)
         return proc, log
 
