@@ -1,0 +1,176 @@
+"""How the service fails: overload, SIGTERM with requests in flight, a killed worker, fuzzing.
+
+Each test drives a real `bentoml serve` process of its own, since most of them hurt it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import REPO
+from model_store import EXAMPLE_RECORD
+from model_store.dataset import sample_records
+
+
+def hey(url: str, *args: str, body: str | None = None, timeout: float = 300) -> str:
+    command = ["hey", *args]
+    if body is not None:
+        command += ["-m", "POST", "-T", "application/json", "-D", body]
+    return subprocess.run([*command, url], capture_output=True, text=True, timeout=timeout).stdout
+
+
+def status_counts(hey_output: str) -> dict[int, int]:
+    return {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_output)}
+
+
+@pytest.fixture
+def record_file(tmp_path) -> str:
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(EXAMPLE_RECORD))
+    return str(path)
+
+
+def test_overload_answers_only_200_or_503_with_retry_after_and_health_stays_fast(server_factory, record_file):
+    server = server_factory({"XGB_MAX_INFLIGHT": "64"})
+    health_latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe_health() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert session.get(f"{server.url}/healthz", timeout=5).status_code == 200
+                health_latencies.append(time.monotonic() - started)
+                time.sleep(0.1)
+
+    prober = threading.Thread(target=probe_health)
+    prober.start()
+    try:
+        output = hey(f"{server.url}/predict", "-z", "10s", "-c", "512", body=record_file)
+    finally:
+        stop.set()
+        prober.join()
+    counts = status_counts(output)
+    print(f"512 connections: status counts {counts}, health p100 {max(health_latencies) * 1000:.0f} ms over {len(health_latencies)} probes")
+    assert counts.get(200, 0) > 0 and set(counts) <= {200, 429, 503}, output
+    assert "Error distribution" not in output, output  # no resets, no timeouts
+    assert max(health_latencies) < 1.0
+
+    # A rejected request says when to retry; the service is back to normal at once after the load.
+    with ThreadPoolExecutor(200) as pool:
+        responses = list(pool.map(lambda _: requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=30), range(400)))
+    rejected = [r for r in responses if r.status_code == 503]
+    assert all(r.headers.get("retry-after") == "1" and "overloaded" in r.json()["error"] for r in rejected)
+    started = time.monotonic()
+    while requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=5).status_code != 200:
+        assert time.monotonic() - started < 5, "not back to normal within 5 s"
+        time.sleep(0.1)
+
+
+def test_sigterm_finishes_every_request_in_flight(server_factory):
+    server = server_factory()
+    body = json.dumps({"instances": sample_records(np.random.default_rng(1), 2000)})
+    in_flight = threading.Barrier(33)
+
+    def send(_: int) -> int:
+        with requests.Session() as session:
+            session.get(f"{server.url}/livez", timeout=10)  # connect first: the connection is accepted
+            in_flight.wait()
+            return session.post(
+                f"{server.url}/predict_batch", data=body, headers={"Content-Type": "application/json"}, timeout=120
+            ).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(send, i) for i in range(32)]
+        in_flight.wait()
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        statuses = [f.result() for f in futures]
+    exit_code = server.proc.wait(60)
+    drained_in = time.monotonic() - started
+    print(f"SIGTERM with 32 x 2000-record batches in flight: statuses {sorted(set(statuses))}, exited {exit_code} after {drained_in:.1f} s")
+    assert statuses == [200] * 32
+    assert drained_in < 30, "must exit well inside ECS's stop timeout"
+
+
+def worker_pids(server) -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_factory, record_file):
+    server = server_factory()
+    before = worker_pids(server)
+    assert len(before) == 2
+    result: dict[str, str] = {}
+    load = threading.Thread(target=lambda: result.update(out=hey(f"{server.url}/predict", "-z", "8s", "-c", "16", body=record_file)))
+    load.start()
+    time.sleep(2)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while len(worker_pids(server) - {victim}) < 2:
+        assert time.monotonic() - killed_at < 30, "the killed worker was not replaced"
+        time.sleep(0.1)
+    replaced_in = time.monotonic() - killed_at
+    load.join()
+    output = result["out"]
+    counts = status_counts(output)
+    failed = sum(n for code, n in counts.items() if code != 200) + sum(
+        int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", output.split("Error distribution:")[-1], re.M)
+    ) * ("Error distribution:" in output)
+    print(f"worker SIGKILL under 16 connections: replaced in {replaced_in:.1f} s, {counts.get(200, 0)} ok, {failed} failed")
+    assert counts.get(200, 0) > 1000
+    assert failed <= 16, "at most the requests the killed worker held may fail"
+    assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
+
+
+def serve_until_exit(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    from conftest import BENTOML, free_port
+
+    return subprocess.run(
+        [BENTOML, "serve", "service:XGBoostService", "--port", str(free_port())],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_startup_refuses_a_missing_model_naming_tag_and_fix(bentoml_home):
+    result = serve_until_exit({"MODEL_TAG": "xgb_classifier:nosuchversion"})
+    assert result.returncode != 0
+    assert "xgb_classifier:nosuchversion" in result.stderr and "make train" in result.stderr
+
+
+def test_startup_refuses_a_corrupt_model(bentoml_home, tmp_path):
+    import shutil
+
+    import bentoml
+
+    model = bentoml.models.get("xgb_classifier:latest")
+    broken_home = tmp_path / "home"
+    shutil.copytree(os.path.dirname(model.path), broken_home / "models" / "xgb_classifier")
+    (broken_home / "models" / "xgb_classifier" / model.tag.version / "booster.ubj").write_bytes(b"not a model")
+    result = serve_until_exit({"BENTOML_HOME": str(broken_home)})
+    assert result.returncode != 0
+    assert f"{model.tag}' is corrupt" in result.stderr and "make train" in result.stderr
+
+
+def test_fuzzing_finds_no_server_errors_and_no_schema_violations(live_server, tmp_path):
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/schemathesis"), "run", f"{live_server}/docs.json", "--checks", "all",
+         "--max-examples", "40", "--seed", "7", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
