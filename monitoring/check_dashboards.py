@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 

@@ -11,7 +11,6 @@ jobs, rules and routing, only the addresses change (LOCAL_COUNTERPARTS), so the 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import shutil
 import signal

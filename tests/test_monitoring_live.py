@@ -72,21 +72,21 @@ def send_traffic(base_url: str, seed: int) -> dict[str, int]:
     records = sample_records(rng, SINGLE_PREDICTIONS + BATCHES * BATCH_SIZE)
     singles, batched = records[:SINGLE_PREDICTIONS], records[SINGLE_PREDICTIONS:]
     out_of_range = [{**r, "feat1": 500.0} for r in sample_records(rng, OUT_OF_RANGE)]
-    session = requests.Session()
+    with requests.Session() as session:
 
-    def post(path: str, body) -> int:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return session.post(f"{base_url}{path}", data=data, headers={"content-type": "application/json"}, timeout=30).status_code
+        def post(path: str, body) -> int:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return session.post(f"{base_url}{path}", data=data, headers={"content-type": "application/json"}, timeout=30).status_code
 
-    with ThreadPoolExecutor(8) as pool:
-        single_codes = list(pool.map(lambda r: post("/predict", r), singles + out_of_range))
-        batch_codes = list(pool.map(lambda i: post("/predict_batch", {"instances": batched[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]}),
-                                    range(BATCHES)))  # fmt: skip
-    invalid_codes = [post("/predict", b'{"feat1": "not a number"}' if i % 2 else b"{not json") for i in range(INVALID)]
-    for path in SCANNED_PATHS:
-        assert session.get(f"{base_url}{path}", timeout=10).status_code == 404
-    assert set(single_codes) == {200} and set(batch_codes) == {200}, (single_codes, batch_codes)
-    assert all(400 <= c < 500 for c in invalid_codes), invalid_codes
+        with ThreadPoolExecutor(8) as pool:
+            single_codes = list(pool.map(lambda r: post("/predict", r), singles + out_of_range))
+            batch_codes = list(pool.map(lambda i: post("/predict_batch", {"instances": batched[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]}),
+                                        range(BATCHES)))  # fmt: skip
+        invalid_codes = [post("/predict", b'{"feat1": "not a number"}' if i % 2 else b"{not json") for i in range(INVALID)]
+        for path in SCANNED_PATHS:
+            assert session.get(f"{base_url}{path}", timeout=10).status_code == 404
+        assert set(single_codes) == {200} and set(batch_codes) == {200}, (single_codes, batch_codes)
+        assert all(400 <= c < 500 for c in invalid_codes), invalid_codes
     return {
         "predictions": SINGLE_PREDICTIONS + OUT_OF_RANGE + BATCHES * BATCH_SIZE,
         "predict_requests": SINGLE_PREDICTIONS + OUT_OF_RANGE + INVALID,
@@ -214,23 +214,24 @@ def test_make_monitor_entry_point_starts_and_stops_cleanly(tmp_path):
     ports = new_ports()
     argv = [sys.executable, "-m", "monitoring.localstack", "--target", f"127.0.0.1:{free_port()}", "--workdir", str(tmp_path)]
     argv += [f"--{name.replace('_', '-')}-port={port}" for name, port in vars(ports).items()]
-    proc = subprocess.Popen(argv, cwd=localstack.MONITORING_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        lines = []
-        while not any("Ctrl-C stops everything" in line for line in lines):
-            line = proc.stdout.readline()
-            assert line, "the stack exited before it was up:\n" + "".join(lines)
-            lines.append(line)
-        for url in (f"http://127.0.0.1:{ports.prometheus}/-/ready", f"http://127.0.0.1:{ports.alertmanager}/-/ready",
-                    f"http://127.0.0.1:{ports.node_exporter}/metrics"):  # fmt: skip
-            assert requests.get(url, timeout=5).status_code == 200, url
-        config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
-        assert config["rule_files"] == [str(localstack.ALERT_RULES)]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(argv, cwd=localstack.MONITORING_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:  # fmt: skip
+        try:
+            lines = []
+            while not any("Ctrl-C stops everything" in line for line in lines):
+                line = proc.stdout.readline()
+                assert line, "the stack exited before it was up:\n" + "".join(lines)
+                lines.append(line)
+            for url in (f"http://127.0.0.1:{ports.prometheus}/-/ready", f"http://127.0.0.1:{ports.alertmanager}/-/ready",
+                        f"http://127.0.0.1:{ports.node_exporter}/metrics"):  # fmt: skip
+                assert requests.get(url, timeout=5).status_code == 200, url
+            config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+            assert config["rule_files"] == [str(localstack.ALERT_RULES)]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     for port in (ports.prometheus, ports.alertmanager, ports.node_exporter, ports.alert_logger):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
