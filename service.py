@@ -11,6 +11,7 @@ single records reach the model through BentoML's adaptive batching of `predict_r
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import bentoml
 import numpy as np
@@ -21,6 +22,7 @@ from serving import metrics
 from serving.fastpath import PredictionRoutes
 from serving.settings import SETTINGS
 
+logger = logging.getLogger("xgb_service")
 PROCESS_SAMPLE_SECONDS = 5.0
 
 # Resolved and fully loaded when the service is imported, so a missing, corrupt or mismatched
@@ -42,9 +44,10 @@ class XGBoostService:
 
     def __init__(self) -> None:
         self.bundle = BUNDLE
-        metrics.publish_model(
-            self.bundle.tag, self.bundle.version, self.bundle.metadata.get("class_prior", []), self.bundle.class_names
-        )
+        prior = self.bundle.metadata.get("class_prior")
+        if prior is None:
+            logger.warning("model %s has no class_prior metadata: class drift cannot be monitored; retrain with `make train`", self.bundle.tag)
+        metrics.publish_model(self.bundle.tag, self.bundle.version, prior or [], self.bundle.class_names)
 
     @bentoml.on_startup
     async def sample_process_metrics(self) -> None:

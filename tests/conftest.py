@@ -31,13 +31,20 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A real `bentoml serve service:XGBoostService` on a free port, its output in a log file."""
+    """A real `bentoml serve service:XGBoostService` on a free port, its output in a log file.
+
+    Each server gets a BENTOML_HOME of its own whose models/ is the session store: `bentoml serve`
+    wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two servers sharing a home
+    would read and clobber each other's metrics.
+    """
 
     def __init__(self, env: dict[str, str] | None = None, workers: int = 2) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
-        self.env = {**os.environ, "XGB_WORKERS": str(workers), **(env or {})}
+        home = Path(tempfile.mkdtemp(prefix="xgb-test-server-home-"))
+        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        self.env = {**os.environ, "BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True, timeout: float = 60) -> "ServerProcess":
