@@ -19,7 +19,7 @@ import requests
 import yaml
 from conftest import free_port
 
-from monitoring import alert_logger, dashboards, localstack
+from monitoring import alert_logger, check_dashboards, dashboards, localstack
 
 MON = Path(localstack.MONITORING_DIR)
 RULE_TESTS = sorted((MON / "tests").glob("*.yml"))
@@ -351,3 +351,12 @@ def test_alert_logger_prints_each_alert_and_refuses_garbage(capsys):
         "[FIRING] XGBServiceDown (critical): XGBoost service is not answering /metrics on svc:3000",
         "[RESOLVED] XGBNoTraffic (warning)",
     ]
+
+
+def test_grafana_and_the_query_checker_know_the_scrape_interval():
+    """$__rate_interval depends on it: Grafana is told it, the checker fills in 4 x it."""
+    scrape = yaml.safe_load((MON / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    datasource = yaml.safe_load((MON / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["jsonData"]["timeInterval"] == scrape
+    seconds = {"s": 1, "m": 60}
+    assert 4 * int(scrape[:-1]) * seconds[scrape[-1]] == int(check_dashboards.RATE_INTERVAL[:-1]) * seconds[check_dashboards.RATE_INTERVAL[-1]]
