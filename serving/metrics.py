@@ -48,8 +48,8 @@ resident_memory = bentoml.metrics.Gauge(
 )
 cpu_seconds = bentoml.metrics.Gauge(
     name="xgb_process_cpu_seconds_total",
-    documentation="CPU seconds used by the serving workers, summed",
-    multiprocess_mode="livesum",
+    documentation="CPU seconds used by the serving workers, summed (a replaced worker's seconds stay in the sum)",
+    multiprocess_mode="sum",
 )
 
 

@@ -23,10 +23,14 @@ class Settings:
     # Overload protection, per worker: predictions in flight beyond this get 503 + Retry-After at once.
     # The benchmark's 64 connections put ~32 in flight per worker; 4x that leaves room for bursts.
     max_inflight: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_INFLIGHT", 128))
-    # BentoML adaptive batching of single records: rows per model call, and the latency budget the
-    # dispatcher plans batches for (it sheds with 503 when a request would wait longer).
+    # BentoML adaptive batching of single records: rows per model call, and the latency budget of
+    # BentoML's dispatcher. The dispatcher cancels (503) a queued request as soon as its *projected*
+    # latency (wait so far + a fitted cost per queued request) exceeds the budget; with a budget near
+    # the model's batch time (BentoML's examples use 10-100 ms) a burst of 32+ requests is shed
+    # although the service is not overloaded. So the budget is generous, and overload is handled by
+    # XGB_MAX_INFLIGHT, which is exact and cheap.
     batch_max_size: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_SIZE", 128))
-    batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 500))
+    batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 5000))
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
     # Comma-separated CORS origins; empty means CORS is off.
