@@ -30,4 +30,10 @@ test-container: model container-base  ## build the image offline, run it, check 
 	$(CONTAINER_ENV) $(PY) -m container.smoke_test --base-image $(OFFLINE_BASE_IMAGE)
 
 clean-container:  ## remove the offline base cache and every image in .build/container/storage
+	@if [ -f $(CONTAINER_STORAGE_CONF) ]; then \
+	  $(CONTAINER_ENV) podman rm --all --force >/dev/null 2>&1; \
+	  $(CONTAINER_ENV) buildah rm --all >/dev/null 2>&1; \
+	  $(CONTAINER_ENV) buildah rmi --all --force >/dev/null 2>&1; \
+	  findmnt -rn -o TARGET | grep "^$(CONTAINER_DIR)/" | sort -r | xargs -r umount; \
+	fi; true
 	rm -rf $(CONTAINER_DIR)

@@ -34,13 +34,20 @@ pytestmark = pytest.mark.timeout(1500)
 @pytest.fixture(scope="module")
 def smoke(bentoml_home) -> dict:
     """Runs `make test-container` once against this session's model store; returns its report."""
-    proc = subprocess.run(["make", "--no-print-directory", "test-container"], cwd=REPO,
-                          env={**os.environ, "BENTOML_HOME": bentoml_home},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sys.stdout.write(proc.stdout)  # shown by pytest when a test fails
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"make test-container printed no RESULT line (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
-    return {**json.loads(lines[-1][len("RESULT "):]), "returncode": proc.returncode, "output": proc.stdout}
+    proc = subprocess.Popen(["make", "--no-print-directory", "test-container"], cwd=REPO,
+                            env={**os.environ, "BENTOML_HOME": bentoml_home},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:  # progress, live with `pytest -s`, else shown when a test fails
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        output.append(line)
+    returncode = proc.wait()
+    text = "".join(output)
+    results = [line for line in output if line.startswith("RESULT ")]
+    assert results, f"make test-container printed no RESULT line (exit {returncode}):\n{text[-4000:]}"
+    return {**json.loads(results[-1][len("RESULT "):]), "returncode": returncode, "output": text}
 
 
 def test_make_target_passes(smoke):
