@@ -102,7 +102,7 @@ class PredictionRoutes:
         return orjson.dumps(self.answer(proba)[0])
 
     async def predict_batch(self, body: bytes) -> bytes:
-        rows = parse_batch(body, self.batch_adapter)
+        rows = parse_batch(body, self.batch_adapter, self.settings.max_batch_records)
         self.check_ranges(rows, batch=True)
         # Already a batch: straight to the model, off the event loop.
         proba = await anyio.to_thread.run_sync(self._service.bundle.predict_proba, rows)
