@@ -53,6 +53,13 @@ workdir=$(mktemp -d "${TMPDIR:-/tmp}/bento-containerize.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
 echo "==> bentoml containerize --backend $BACKEND${BASE_IMAGE:+ (FROM $BASE_IMAGE)}"
 started=$SECONDS
-(cd "$workdir" && TMPDIR="$workdir" "$BENTOML" containerize "$BENTO_TAG" "${args[@]}")
+if ! (cd "$workdir" && TMPDIR="$workdir" "$BENTOML" containerize "$BENTO_TAG" "${args[@]}"); then
+  echo "bentoml containerize failed (see above)." >&2
+  if [ "$BACKEND" = buildah ] && [ -z "${BASE_IMAGE:-}" ]; then
+    echo "No registry to pull the base image from? Build a local one and use it:" >&2
+    echo "  make container-base && make image BASE_IMAGE=localhost/xgb-serving-base:bookworm" >&2
+  fi
+  exit 1
+fi
 echo "==> image built in $((SECONDS - started)) s"
 echo "IMAGE $BENTO_TAG"
