@@ -3,7 +3,7 @@
 It builds the image with `bentoml containerize` (buildah, FROM a local debootstrap base, no registry),
 runs it with podman under its own entrypoint and user, and reports what it saw on its last line
 (`RESULT {json}`). These tests check that report against the model store of this test session.
-Takes ~3.5 min on a clean clone (debootstrap ~75 s, pip install in the build ~60 s), ~1 min when
+Takes 2.5-4 min on a clean clone (debootstrap ~65 s, image build 35-80 s), 45-90 s when
 .build/container holds the base image and the build's layer cache.
 """
 
