@@ -45,6 +45,7 @@ class Server:
     ready_path: str
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metrics_path: str | None = None  # Prometheus text with bentoml_service_request_total, if the server has it
+    private_bentoml_home: bool = False  # see private_home()
     port: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -57,11 +58,14 @@ class Server:
         """Start and wait for the readiness URL to answer 200; returns seconds from exec to ready."""
         self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")[1])
         command = [part.replace("{port}", str(self.port)) for part in self.command]
+        env = {**os.environ, **self.env}
+        if self.private_bentoml_home:
+            env["BENTOML_HOME"] = private_home(env.get("BENTOML_HOME") or str(Path.home() / "bentoml"))
         started = time.monotonic()
         self.proc = subprocess.Popen(
             command,
             cwd=REPO,
-            env={**os.environ, **self.env},
+            env=env,
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -141,6 +145,18 @@ class Server:
             self.proc.wait(10)
 
 
+def private_home(shared_home: str) -> str:
+    """A BENTOML_HOME of this server's own that sees the shared model store.
+
+    Every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
+    (bentoml/serving.py, ensure_prometheus_dir), so a second server on the same home silently wipes
+    the first one's metrics: its /metrics turns empty. Other jobs on this box start servers too.
+    """
+    home = Path(tempfile.mkdtemp(prefix="bench-bentoml-home-"))
+    (home / "models").symlink_to(Path(shared_home).resolve() / "models")
+    return str(home)
+
+
 def our_service(workers: int | None = None) -> Server:
     """`bentoml serve service:XGBoostService`, whatever service.py currently is."""
     env = {"XGB_WORKERS": str(workers)} if workers else {}
@@ -150,6 +166,7 @@ def our_service(workers: int | None = None) -> Server:
         ready_path="/readyz",
         env=env,
         metrics_path="/metrics",
+        private_bentoml_home=True,
     )
 
 

@@ -123,3 +123,29 @@ def test_depends_design_drops_calls_only_without_the_session_fix(bentoml_home, b
         assert dropped == 0
     else:
         assert r.non_2xx > 0 and dropped > 0
+
+
+def test_harness_servers_keep_their_own_metrics_when_another_server_starts(bentoml_home):
+    """Every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir on start; the harness gives
+    each server a private home, or a second server would wipe the first one's request counters."""
+    import urllib.request
+
+    from loadtest.bench_servers import our_service
+    from model_store import EXAMPLE_RECORD
+
+    def predict(server, times):
+        for _ in range(times):
+            request = urllib.request.Request(f"{server.url}/predict", data=json.dumps(EXAMPLE_RECORD).encode(),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            urllib.request.urlopen(request, timeout=10).close()
+
+    first, second = our_service(), our_service()
+    try:
+        first.start()
+        predict(first, 3)
+        second.start()
+        predict(first, 2)
+        assert first.status_counts().get("200") == 5
+    finally:
+        first.stop()
+        second.stop()

@@ -79,6 +79,7 @@ def depends_server(fixed: bool) -> Server:
         ready_path="/readyz",
         env={"DEPENDS_SESSION_FIX": "1" if fixed else "0"},
         metrics_path="/metrics",
+        private_bentoml_home=True,
     )
 
 
