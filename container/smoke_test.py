@@ -175,6 +175,21 @@ def run_and_check(image: str) -> dict:
             "log_tail": logs[-2000:]}
 
 
+# Run inside the image (as its user): what is installed, to check that only the runtime is there.
+INVENTORY_SCRIPT = """
+import json, platform, shutil, importlib.metadata as md
+print(json.dumps({"python": platform.python_version(),
+                  "distributions": sorted({d.metadata["Name"].lower() for d in md.distributions()}),
+                  "tools": {t: bool(shutil.which(t)) for t in ("gcc", "cc", "make", "git", "uv", "curl")}}))
+"""
+
+
+def inventory(image: str) -> dict:
+    out = podman("run", "--rm", "--network", "none", *rlimit_options(), "--entrypoint", "python", image,
+                 "-c", INVENTORY_SCRIPT)
+    return json.loads(out.splitlines()[-1])
+
+
 def expected_prediction() -> dict:
     """The same model, loaded in this process, on the same record."""
     bundle = load_bundle()
@@ -199,6 +214,10 @@ def failures(result: dict) -> list[str]:
             problems.append(f"probabilities {answer.get('probabilities')} differ from {expected['probabilities']}")
     if not result["processes"] or any(p["uid"] == 0 or p["euid"] == 0 for p in result["processes"]):
         problems.append(f"a process runs as root (or none was found): {result['processes']}")
+    if not result["inventory"]["python"].startswith("3.11."):
+        problems.append(f"Python {result['inventory']['python']} in the image, expected 3.11")
+    if build_tools := [t for t, present in result["inventory"]["tools"].items() if present]:
+        problems.append(f"tools the runtime does not use are in the image: {build_tools}")
     if result["size_mb"] > SIZE_GOAL_MB:
         problems.append(f"image is {result['size_mb']} MB, goal <= {SIZE_GOAL_MB} MB")
     return problems
@@ -215,7 +234,7 @@ def main() -> int:
     result = {"image": image, "build_seconds": round(build_s, 1), "build_log": build_log,
               "size_bytes": size, "size_mb": round(size / 1e6, 1),
               "user": inspect["Config"].get("User"), "entrypoint": inspect["Config"].get("Entrypoint"),
-              **run_and_check(image), "expected": expected_prediction()}
+              "inventory": inventory(image), **run_and_check(image), "expected": expected_prediction()}
     problems = failures(result)
     log(f"==> image {image}: {result['size_mb']} MB (goal <= {SIZE_GOAL_MB} MB), built in {result['build_seconds']} s")
     for problem in problems:

@@ -119,3 +119,19 @@ def test_container_stops_cleanly_on_sigterm(smoke):
     # ECS stops tasks with SIGTERM; the server must drain and exit 0 well before SIGKILL.
     assert smoke["exit_code"] == 0, smoke["log_tail"]
     assert smoke["stop_seconds"] < 30
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_image_holds_python_311_and_only_the_pinned_serving_packages(smoke):
+    inventory = smoke["inventory"]
+    assert inventory["python"].startswith("3.11."), inventory["python"]
+    lock = (REPO / "requirements-serve.lock").read_text()
+    pinned = {normalized(m) for m in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
+    installed = {normalized(d) for d in inventory["distributions"]}
+    assert installed == pinned, {"not pinned": installed - pinned, "missing": pinned - installed}
+    assert "xgboost-cpu" in installed and "xgboost" not in installed and "scikit-learn" not in installed
+    # No compilers, git or the installer left behind.
+    assert not any(inventory["tools"].values()), inventory["tools"]
