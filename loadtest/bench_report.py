@@ -235,14 +235,20 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
 def alternatives_markdown(alt: dict[str, Any]) -> str:
     """The depends-design table from an alternatives.json."""
     lines = [f"Run {alt['machine']['timestamp_utc']}, {alt['seconds_per_run']:g} s per run:", "",
-             "| design | connections | req/s | p99 ms | non-2xx | socket errors | dropped calls in log | shed (CancelledError) | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| design | connections | req/s | req/s per server core | p99 ms | non-2xx | socket errors | connection errors in log¹ | "
+             "shed (CancelledError) | mean batch | other jobs' CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cores = alt["machine"]["cpu_count"]
     for name, d in alt["designs"].items():
         for r in d["runs"]:
             logged = r["server_log_errors"]
             dropped = sum(n for k, n in logged.items() if k != "CancelledError")
-            lines.append(f"| {name} | {r['connections']} | {r['rps']:,.0f} | {r['latency_ms']['p99']:.1f} | {r['non_2xx']} | "
-                         f"{sum(r['socket_errors'].values())} | {dropped} | {logged.get('CancelledError', 0)} | {d['mean_adaptive_batch_size'] or '-'} |")  # fmt: skip
+            per_core = r["rps"] / (r["server_cpu_share"] * cores) if r["server_cpu_share"] else float("nan")
+            lines.append(f"| {name} | {r['connections']} | {r['rps']:,.0f} | {per_core:,.0f} | {r['latency_ms']['p99']:.1f} | {r['non_2xx']} | "
+                         f"{sum(r['socket_errors'].values())} | {dropped} | {logged.get('CancelledError', 0)} | {d['mean_adaptive_batch_size'] or '-'} | "
+                         f"{r['background_cpu_share']:.0%} |")  # fmt: skip
+    lines += ["", "¹ aiohttp ServerDisconnectedError / ClientConnectionResetError / ClientOSError lines in the API workers' log "
+              "(a failed call can log two, chained)."]
     return "\n".join(lines)
 
 
