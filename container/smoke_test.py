@@ -151,7 +151,9 @@ def run_and_check(image: str) -> dict:
     url = f"http://127.0.0.1:{port}"
     name = f"xgb-smoke-{os.getpid()}"
     log(f"==> podman run {image} (its entrypoint and user; port {port})")
+    # As ECS runs it (infra_pulumi's task definition): read-only root, a writable /tmp, BENTOML_HOME there.
     podman("run", "--detach", "--name", name, "--network", "host", *rlimit_options(),
+           "--read-only", "--tmpfs", "/tmp", "--env", "BENTOML_HOME=/tmp/bentoml",
            "--env", f"PORT={port}", "--env", "XGB_WORKERS=1", image)
     try:
         ready_s = wait_ready(name, url)

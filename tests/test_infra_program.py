@@ -155,6 +155,9 @@ def test_container_environment(prod):
     assert env["XGB_WORKERS"] == "1", "one worker per vCPU on a 1-vCPU task"
     assert env["XGB_RANGE_CHECK"] == "warn"
     assert env["TMPDIR"] == "/tmp"
+    assert env["BENTOML_HOME"].startswith("/tmp/"), (
+        "task container: BENTOML_HOME must be on the writable /tmp volume (serve creates directories there; the root is read-only)"
+    )
     assert "XGB_API_KEY" not in env, "the API key must never be a plain environment variable"
     assert "secrets" not in container(prod), "no API key configured, so no secret"
 

@@ -33,8 +33,10 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     environment = {
         "XGB_WORKERS": str(settings.xgb_workers),
         "XGB_RANGE_CHECK": settings.range_check,
-        # The root filesystem is read-only: BentoML falls back to a temp dir for its Prometheus
-        # multiprocess files when $BENTOML_HOME is not writable, so temp files must go to the volume.
+        # The root filesystem is read-only, and `bentoml serve` creates its store directories and
+        # Prometheus multiprocess files under $BENTOML_HOME at start (the image's /home/bentoml is
+        # not writable then). The model is served from the Bento in the image, not from this store.
+        "BENTOML_HOME": "/tmp/bentoml",
         "TMPDIR": "/tmp",
     }
     if settings.cors_origins:
