@@ -117,8 +117,11 @@ def wait_for_quiet_box(max_wait: float, busy_limit: float = 0.25) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="xgb-bench-"))
-    bodies = write_bodies(workdir)
+    with tempfile.TemporaryDirectory(prefix="xgb-bench-") as workdir:
+        return run_in(args, write_bodies(Path(workdir)))
+
+
+def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": bench_report.machine_info(), "settings": vars(args)}
     results["machine"]["busy_share_before_start"] = round(wait_for_quiet_box(args.quiet_wait), 3)
 
@@ -126,8 +129,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     starts = []
     for i in range(args.warm_starts):
         probe = our_service()
-        starts.append(round(probe.start(), 3))
-        probe.stop()
+        try:
+            starts.append(round(probe.start(), 3))
+        finally:
+            probe.stop()
         log(f"  start {i + 1}: {starts[-1]:.2f} s")
 
     servers = {"ours": our_service(), "baseline": baseline()}

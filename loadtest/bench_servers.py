@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ class Server:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metrics_path: str | None = None  # Prometheus text with bentoml_service_request_total, if the server has it
     private_bentoml_home: bool = False  # see private_home()
+    _home: Path | None = None
     port: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -60,7 +62,8 @@ class Server:
         command = [part.replace("{port}", str(self.port)) for part in self.command]
         env = {**os.environ, **self.env}
         if self.private_bentoml_home:
-            env["BENTOML_HOME"] = private_home(env.get("BENTOML_HOME") or str(Path.home() / "bentoml"))
+            self._home = private_home(env.get("BENTOML_HOME") or str(Path.home() / "bentoml"))
+            env["BENTOML_HOME"] = str(self._home)
         started = time.monotonic()
         self.proc = subprocess.Popen(
             command,
@@ -135,17 +138,19 @@ class Server:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM the server's own process group (it was started in a new session), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)  # removes the models link, not the store
+            self._home = None
 
 
-def private_home(shared_home: str) -> str:
+def private_home(shared_home: str) -> Path:
     """A BENTOML_HOME of this server's own that sees the shared model store.
 
     Every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
@@ -154,7 +159,7 @@ def private_home(shared_home: str) -> str:
     """
     home = Path(tempfile.mkdtemp(prefix="bench-bentoml-home-"))
     (home / "models").symlink_to(Path(shared_home).resolve() / "models")
-    return str(home)
+    return home
 
 
 def our_service(workers: int | None = None) -> Server:
