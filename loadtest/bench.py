@@ -145,9 +145,9 @@ def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
         results["warm_start"] = {"ours_seconds": starts, "poll_interval_s": 0.05}
         results["same_model"] = same_model_check(servers)
 
-        log(f"warm-up: {args.warmup_seconds:g} s at 16 connections each (discarded)")
+        log(f"warm-up: {args.warmup_seconds:g} s at 64 connections each (discarded)")
         for server in servers.values():
-            bench_load.wrk(f"{server.url}/predict", bodies["single"], 16, args.warmup_seconds)
+            bench_load.wrk(f"{server.url}/predict", bodies["single"], 64, args.warmup_seconds)
 
         log(f"goal 1: /predict at 64 connections, {args.rounds} interleaved round(s) of {args.goal_seconds:g} s")
         closed: dict[str, list] = {name: [] for name in servers}
