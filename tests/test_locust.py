@@ -37,7 +37,7 @@ def run_stress(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def stats_rows(stats_csv: Path) -> dict[str, dict[str, str]]:
     """Locust's CSV statistics by request name ("Aggregated" for all)."""
-    return {row["Name"]: row for row in csv.DictReader(stats_csv.open())}
+    return {row["Name"]: row for row in csv.DictReader(stats_csv.read_text().splitlines())}
 
 
 # --- traffic and response checks ------------------------------------------------------------
