@@ -58,6 +58,7 @@ class PredictionRoutes:
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
             bentoml_internals.bind_api_once(self._service, BATCHED_API)
+            bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
         handler, max_bytes = route
         self.inflight += 1
         try:

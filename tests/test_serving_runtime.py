@@ -88,6 +88,13 @@ def test_bentoml_internals_are_where_the_fast_path_expects_them(bentoml_home):
     assert callable(factory.batch_infer)
     with pytest.raises(bentoml_internals.BentoMLInternalsChanged):
         bentoml_internals.find_app_factory(app, "no_such_api")
+    bentoml_internals.dispatch_without_holding(factory, "predict_rows")
+    optimizer = factory.dispatchers["predict_rows"].optimizer
+    assert isinstance(optimizer, bentoml_internals.NoHoldOptimizer)
+    for n in (1, 4, 16, 32, 8):
+        optimizer.log_outbound(n=n, wait=0.02, duration=0.0003 + n * 0.00001)
+    optimizer.trigger_refresh()
+    assert optimizer.wait == 0.0 and optimizer.o_a > 0, "the batch cost is still fitted, the hold time is not"
     instance = XGBoostService()
     bentoml_internals.bind_api_once(instance, "predict_rows")
     assert getattr(instance, "predict_rows") is getattr(instance, "predict_rows"), "binding must be cached"
