@@ -52,8 +52,10 @@ def fargate_like_server(container, bentoml_home, tmp_path_factory):
         "mount --make-rprivate /",
         f"mount --bind {shlex.quote(bentoml_home)} {MODEL_STORE_MOUNT}",
         f"mount -o remount,bind,ro {MODEL_STORE_MOUNT}",
+        # The task's writable /tmp volume: /tmp becomes a mount of its own, so it stays writable when
+        # / turns read-only. (Not a fresh tmpfs: the checkout and its .venv may live under /tmp.)
+        f"mount --bind {tmp_mount} {tmp_mount}",
         "mount -o remount,bind,ro /",
-        f"mount -t tmpfs -o mode=1777 tmpfs {tmp_mount}",
         f"cd {shlex.quote(str(REPO))}",
         "exec " + shlex.join(["env", *(f"{k}={v}" for k, v in env.items()),
                               f"BENTOML_HOME={MODEL_STORE_MOUNT}",
