@@ -103,7 +103,8 @@ def scraped(live_server, tmp_path_factory):
     started = time.monotonic()
     with stack:
         print(f"\nPrometheus on {stack.prometheus_url}, waiting for the first scrapes", flush=True)
-        wait_for(lambda: scalar(stack, 'min(up{job=~"xgb-service|node"})') == 1, 30, "the service and node exporter to be scraped")
+        # Both targets must have been scraped: min() over only the node exporter's `up` would pass too.
+        wait_for(lambda: scalar(stack, 'count(up{job=~"xgb-service|node"} == 1)') == 2, 30, "the service and node exporter to be scraped")
         totals = ('sum(xgb_predictions_total{job="xgb-service"}) or vector(0)',
                   'sum(bentoml_service_request_total{job="xgb-service",endpoint="/predict"}) or vector(0)',
                   'sum(xgb_input_out_of_range_total{job="xgb-service"}) or vector(0)')  # fmt: skip
