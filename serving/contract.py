@@ -133,10 +133,14 @@ def range_error(rows: np.ndarray, mask: np.ndarray, batch: bool) -> InputError:
     return InputError(422, f"out-of-range input at {fields}", details)
 
 
-def prediction_bodies(proba: np.ndarray, model_version: str) -> list[dict[str, Any]]:
-    """The seed's response for each row, plus the per-class probabilities."""
+def predicted(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted class of each row and its probability (the seed's `confidence`)."""
     classes = proba.argmax(axis=1)
-    confidence = proba[np.arange(len(proba)), classes]
+    return classes, proba[np.arange(len(proba)), classes]
+
+
+def prediction_bodies(proba: np.ndarray, classes: np.ndarray, confidence: np.ndarray, model_version: str) -> list[dict[str, Any]]:
+    """The seed's response for each row, plus the per-class probabilities."""
     return [
         {
             "predicted_class": int(c),

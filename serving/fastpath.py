@@ -19,7 +19,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 
 from . import bentoml_internals, metrics, openapi
-from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, prediction_bodies, range_error
+from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, predicted, prediction_bodies, range_error
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
@@ -120,9 +120,9 @@ class PredictionRoutes:
 
     def answer(self, proba: np.ndarray) -> list[dict[str, Any]]:
         bundle = self._service.bundle
-        bodies = prediction_bodies(proba, bundle.version)
-        metrics.observe_predictions(proba.argmax(axis=1), proba.max(axis=1), bundle.class_names)
-        return bodies
+        classes, confidence = predicted(proba)
+        metrics.observe_predictions(classes, confidence, bundle.class_names)
+        return prediction_bodies(proba, classes, confidence, bundle.version)
 
 
 def _reason(status: int) -> str:
