@@ -72,9 +72,6 @@ class XGBoostService:
 
         self._sampler = asyncio.get_running_loop().create_task(loop())
 
-    def __is_ready__(self) -> bool:
-        return self.bundle is not None
-
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
     )
