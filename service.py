@@ -16,11 +16,13 @@ import logging
 
 import bentoml
 import numpy as np
+import orjson
 from starlette.middleware.cors import CORSMiddleware
 
 from model_store import load_bundle, stored_model
 from serving import metrics
-from serving.fastpath import PredictionRoutes
+from serving.contract import predicted, prediction_bodies
+from serving.fastpath import PredictionRoutes, cors_options
 from serving.settings import SETTINGS
 
 logger = logging.getLogger("xgb_service")
@@ -37,7 +39,7 @@ BUNDLE = load_bundle(str(MODEL.tag))
 @bentoml.service(
     workers=SETTINGS.workers or "cpu_count",
     threads=1,
-    traffic={"timeout": 30},
+    traffic={"timeout": SETTINGS.request_timeout_s},
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": ["/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
 )
@@ -72,16 +74,24 @@ class XGBoostService:
 
         self._sampler = asyncio.get_running_loop().create_task(loop())
 
+    def answers(self, rows: np.ndarray) -> list[dict]:
+        """The seed's answer for each raw feature row, counted in the prediction metrics."""
+        proba = self.bundle.predict_proba(rows)
+        classes, confidence = predicted(proba)
+        metrics.observe_predictions(classes, confidence, self.bundle.class_names)
+        return prediction_bodies(proba, classes, confidence, self.bundle.version)
+
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
     )
     async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities for raw feature rows (internal: fed by /predict's batching)."""
-        return self.bundle.predict_proba(rows)
+        """/predict's JSON answers, one per row, as bytes (internal: fed by /predict's batching).
+
+        Encoded here, once per batch, so that a request's own work after the model is only writing them.
+        """
+        return np.array([orjson.dumps(answer) for answer in self.answers(rows)], dtype=object)
 
 
-if SETTINGS.cors_origins:  # outside the prediction routes, so their answers carry CORS headers too
-    XGBoostService.add_asgi_middleware(
-        CORSMiddleware, allow_origins=list(SETTINGS.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type", "X-API-Key"]
-    )
+if SETTINGS.cors_origins:  # for BentoML's routes; PredictionRoutes applies the same to its own
+    XGBoostService.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS))
 XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS)

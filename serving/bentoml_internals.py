@@ -10,17 +10,34 @@ dispatcher BentoML built for the batchable `predict_rows` API, through the app f
 How: Starlette puts the app into every request scope; BentoML's API routes are
 `functools.partial(factory.api_endpoint_wrapper, api_name)`, so the route's endpoint leads to the
 factory. tests/test_serving_runtime.py fails if an upgrade moves any of this.
+
+The fast path is also put *in front of* BentoML's middleware chain (serve_in_front). A middleware
+added with add_asgi_middleware runs inside BentoML's error, metrics, OpenTelemetry and timeout
+middlewares, which cost ~30 % of a /predict request here (a task, a timer and five metric label
+lookups per request) and there is no public hook to go before them. The fast path records
+BentoML's own request metrics itself (TrafficMetrics), with the same names and labels, so
+dashboards and alerts see no difference; tracing was already excluded on these routes.
+
+Last, uvicorn (what BentoML serves with) writes a response's status line and headers with one
+write() and its body with another, and uvloop sends each at once: two loopback segments, two
+wake-ups of the client, per prediction. send_response() has uvicorn write both in one.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Awaitable, Callable
 
+from bentoml._internal.context import server_context
 from bentoml._internal.marshal.dispatcher import Optimizer
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from starlette.applications import Starlette
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 BENTOML_VERSION = "1.4.40"
+UVICORN_VERSION = "0.54.0"  # send_response() relies on its httptools RequestResponseCycle
 
 
 class BentoMLInternalsChanged(RuntimeError):
@@ -98,3 +115,131 @@ def dispatch_without_holding(factory: Any, api_name: str) -> None:
     if dispatcher is None or type(getattr(dispatcher, "optimizer", None)) is not Optimizer or not hasattr(dispatcher, "max_latency"):
         raise BentoMLInternalsChanged(f"BentoML's dispatcher for {api_name!r} is not a CorkDispatcher with an Optimizer")
     dispatcher.optimizer = NoHoldOptimizer(dispatcher.max_latency)
+
+
+ASGIApp = Callable[[dict[str, Any], Callable, Callable], Awaitable[None]]
+
+
+def serve_in_front(app: Any, paths: frozenset[str], handler: ASGIApp) -> None:
+    """Route HTTP requests for `paths` to `handler` before BentoML's middleware chain.
+
+    Called from inside that chain (the first time it runs, at lifespan start-up), when Starlette
+    has built it: Starlette's __call__ sets scope["app"] and calls app.middleware_stack.
+    """
+    inner = getattr(app, "middleware_stack", None)
+    if not isinstance(app, Starlette) or inner is None:
+        raise BentoMLInternalsChanged("the BentoML app is not a Starlette app with a built middleware stack")
+
+    async def front(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] in paths:
+            return await handler(scope, receive, send)
+        return await inner(scope, receive, send)
+
+    app.middleware_stack = front
+
+
+def traffic_metrics_middleware(app: Any) -> RunnerTrafficMetricsMiddleware | None:
+    """BentoML's request-metrics middleware in the app's chain (None when metrics are disabled)."""
+    layer = app.middleware_stack
+    while layer is not None:
+        if isinstance(layer, RunnerTrafficMetricsMiddleware):
+            return layer
+        layer = getattr(layer, "app", None)
+    return None
+
+
+class TrafficMetrics:
+    """What RunnerTrafficMetricsMiddleware records per request, for requests that bypass it.
+
+    Same metric objects, names and labels (bentoml_service_request_total, _request_duration_seconds,
+    _request_in_progress, _last_request_timestamp_seconds); the labelled children are looked up
+    once per endpoint and status instead of five times per request.
+    """
+
+    def __init__(self, middleware: RunnerTrafficMetricsMiddleware | None) -> None:
+        self.middleware = middleware
+        if middleware is not None and not getattr(middleware, "_is_setup", False):
+            middleware._setup()
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._in_progress: dict[str, Any] = {}
+        self._last_request: Any = None
+
+    def _labels(self) -> dict[str, str]:
+        return {
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
+
+    def started(self, endpoint: str) -> float:
+        m = self.middleware
+        if m is not None:
+            gauge = self._in_progress.get(endpoint)
+            if gauge is None:
+                gauge = self._in_progress[endpoint] = m.metrics_request_in_progress.labels(endpoint=endpoint, **self._labels())
+                self._last_request = m.metrics_last_request_timestamp.labels(**self._labels())
+            gauge.inc()
+            self._last_request.set_to_current_time()
+        return time.perf_counter()
+
+    def finished(self, endpoint: str, status: int, started: float) -> None:
+        m = self.middleware
+        if m is None:
+            return
+        children = self._children.get((endpoint, status))
+        if children is None:
+            labels = {"endpoint": endpoint, "http_response_code": status, **self._labels()}
+            children = self._children[(endpoint, status)] = (
+                m.metrics_request_total.labels(**labels),
+                m.metrics_request_duration.labels(**labels),
+            )
+        total, duration = children
+        total.inc()
+        duration.observe(max(time.perf_counter() - started, 0.0))
+        self._in_progress[endpoint].dec()
+
+
+class _CollectingTransport:
+    """Stands in for uvicorn's transport while one response is sent, collecting its writes."""
+
+    __slots__ = ("real", "chunks", "close_requested")
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.chunks: list[bytes] = []
+        self.close_requested = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def close(self) -> None:
+        self.close_requested = True  # after the collected bytes are written
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+
+async def send_response(send: Callable, start: dict[str, Any], body: dict[str, Any]) -> None:
+    """Send an ASGI response start and its whole body; through uvicorn's httptools protocol, in one write().
+
+    uvicorn's send() still does all its own work (status line, header checks, keep-alive, content
+    length, completion); only the transport it writes to is swapped for the duration. Any other
+    server (or a wrapped send, e.g. with CORS) gets the two messages as usual.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle:
+        await send(start)
+        await send(body)
+        return
+    real = cycle.transport
+    collector = _CollectingTransport(real)
+    cycle.transport = collector
+    try:
+        await send(start)
+        await send(body)
+    finally:
+        cycle.transport = real
+        if collector.chunks and not real.is_closing():
+            real.write(b"".join(collector.chunks))
+        if collector.close_requested:
+            real.close()

@@ -1,14 +1,16 @@
-"""/predict and /predict_batch, answered by a raw ASGI middleware in front of BentoML's router.
+"""/predict and /predict_batch, answered by a raw ASGI handler in front of BentoML's middlewares.
 
-BentoML's own API route costs more per request than the prediction itself (see
-bentoml_internals.py). This middleware sits inside BentoML's metrics, timeout and concurrency
-middlewares (so requests are still counted, timed and limited) and answers the two prediction
-routes directly: read the body with a size limit, validate it with pydantic-core, send single
-records through BentoML's adaptive batching, and write the JSON with orjson.
+BentoML's own API route and middleware chain cost more per request than the prediction itself
+(see bentoml_internals.py). PredictionRoutes is added with add_asgi_middleware and, when the app
+starts, puts its handler in front of that chain for the two prediction routes. The handler counts
+and times each request in BentoML's own request metrics, reads the body with a size limit and a
+timeout, validates it with pydantic-core, sends single records through BentoML's adaptive
+batching, and writes the JSON with orjson. Every other route goes through BentoML as usual.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import Any, Awaitable, Callable
@@ -17,20 +19,22 @@ import anyio.to_thread
 import numpy as np
 import orjson
 from bentoml.exceptions import ServiceUnavailable
+from starlette.middleware.cors import CORSMiddleware
 
 from . import bentoml_internals, metrics, openapi
-from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, predicted, prediction_bodies, range_error
+from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, range_error
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
 
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 RETRY_AFTER_SECONDS = b"1"
+ASGIApp = Callable[[dict[str, Any], Callable, Callable], Awaitable[None]]
 _SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
 
 
 class PredictionRoutes:
-    def __init__(self, app: Callable[..., Awaitable[None]], settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.api_key = settings.api_key.encode()
@@ -40,50 +44,81 @@ class PredictionRoutes:
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
         }
         self.openapi_document = openapi.document(settings)
+        # What serves the prediction routes from in front of BentoML's chain (see __call__).
+        self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
+        self.traffic = bentoml_internals.TrafficMetrics(None)
+        self._in_front = False
         self.inflight = 0
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None:
-            if scope["type"] == "http" and scope["path"] == "/docs.json":
-                return await respond(send, 200, self.openapi_document)
-            if scope["type"] == "http" and scope["path"] == f"/{BATCHED_API}":
-                # Internal: reachable only through /predict, which validates what it sends.
-                return await respond(send, 404, InputError(404, "not found").body())
-            return await self.app(scope, receive, send_with_security_headers(send))
+        if not self._in_front:
+            # The first call is the lifespan start-up, before any request: from then on the
+            # prediction routes skip BentoML's middleware chain (see bentoml_internals).
+            app = scope["app"]
+            self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
+            bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
+            self._in_front = True
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] in self.routes:
+            return await self.front(scope, receive, send)
+        if scope["path"] == "/docs.json":
+            return await respond(send, 200, self.openapi_document)
+        if scope["path"] == f"/{BATCHED_API}":
+            # Internal: reachable only through /predict, which validates what it sends.
+            return await respond(send, 404, InputError(404, "not found").body())
+        return await self.app(scope, receive, send_with_security_headers(send))
+
+    async def handle(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """One /predict or /predict_batch request, counted in BentoML's request metrics."""
+        endpoint = scope["path"]
+        started = self.traffic.started(endpoint)
+        status = 500
+        try:
+            status = await self.answer_request(scope, receive, send)
+        finally:
+            self.traffic.finished(endpoint, status, started)
+
+    async def answer_request(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
         if self._service is None:
-            factory = bentoml_internals.find_app_factory(scope["app"], BATCHED_API)
-            self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
-            self._service = bentoml_internals.service_instance(factory)
-            bentoml_internals.bind_api_once(self._service, BATCHED_API)
-            bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
-        handler, max_bytes = route
+            self._bind(scope["app"])
+        handler, max_bytes = self.routes[scope["path"]]
+        status, headers = 200, None
         self.inflight += 1
         try:
             self.check_request(scope)
-            body = await read_body(receive, max_bytes, scope)
+            body = await read_body(receive, max_bytes, scope, self.settings.request_timeout_s)
             if self.inflight > self.settings.max_inflight:
                 raise ServiceUnavailable("too many predictions in flight")
             payload = await handler(body)
         except InputError as exc:
             metrics.rejected.labels(reason=_reason(exc.status)).inc()
+            status, payload = exc.status, exc.body()
             headers = [(b"www-authenticate", b"API-Key")] if exc.status == 401 else []
             if exc.status == 405:
                 headers.append((b"allow", b"POST"))
-            return await respond(send, exc.status, exc.body(), headers)
         except ServiceUnavailable:
             metrics.rejected.labels(reason="overloaded").inc()
-            body = orjson.dumps({"error": "overloaded: the prediction queue is full, retry shortly", "detail": []})
-            return await respond(send, 503, body, [(b"retry-after", RETRY_AFTER_SECONDS)])
+            status, headers = 503, [(b"retry-after", RETRY_AFTER_SECONDS)]
+            payload = orjson.dumps({"error": "overloaded: the prediction queue is full, retry shortly", "detail": []})
         except Exception:
             logger.exception("prediction failed")
-            body = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
-            return await respond(send, 500, body)
+            status = 500
+            payload = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
         finally:
             self.inflight -= 1
-        await respond(send, 200, payload)
+        await respond(send, status, payload, headers)
+        return status
+
+    def _bind(self, app: Any) -> None:
+        """Find BentoML's batch dispatcher and service instance (they exist once the app has started)."""
+        factory = bentoml_internals.find_app_factory(app, BATCHED_API)
+        self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
+        self._service = bentoml_internals.service_instance(factory)
+        bentoml_internals.bind_api_once(self._service, BATCHED_API)
+        bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
 
     def check_request(self, scope: dict[str, Any]) -> None:
         if scope["method"] != "POST":
@@ -99,15 +134,14 @@ class PredictionRoutes:
         rows = parse_record(body)
         self.check_ranges(rows, batch=False)
         assert self._batched is not None
-        proba = await self._batched(rows)
-        return orjson.dumps(self.answer(proba)[0])
+        (answer,) = await self._batched(rows)
+        return answer
 
     async def predict_batch(self, body: bytes) -> bytes:
         rows = parse_batch(body, self.batch_adapter, self.settings.max_batch_records)
         self.check_ranges(rows, batch=True)
         # Already a batch: straight to the model, off the event loop.
-        proba = await anyio.to_thread.run_sync(self._service.bundle.predict_proba, rows)
-        return orjson.dumps({"predictions": self.answer(proba)})
+        return orjson.dumps({"predictions": await anyio.to_thread.run_sync(self._service.answers, rows)})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         if self.settings.range_check == "off":
@@ -118,38 +152,45 @@ class PredictionRoutes:
             if self.settings.range_check == "reject":
                 raise range_error(rows, mask, batch)
 
-    def answer(self, proba: np.ndarray) -> list[dict[str, Any]]:
-        bundle = self._service.bundle
-        classes, confidence = predicted(proba)
-        metrics.observe_predictions(classes, confidence, bundle.class_names)
-        return prediction_bodies(proba, classes, confidence, bundle.version)
-
 
 def _reason(status: int) -> str:
     return {401: "unauthorized", 413: "too_large"}.get(status, "invalid_input")
 
 
-async def read_body(receive: Callable, max_bytes: int, scope: dict[str, Any]) -> bytes:
+async def read_body(receive: Callable, max_bytes: int, scope: dict[str, Any], timeout_s: float) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
             raise InputError(413, f"request body of {int(value)} bytes is over the {max_bytes}-byte limit of {scope['path']}")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InputError(400, "client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise InputError(413, f"request body is over the {max_bytes}-byte limit of {scope['path']}")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
+    message = await receive()  # a small body is all here already: no timer needed
+    body = _body_chunk(message, 0, max_bytes, scope)
+    if message.get("more_body", False):
+        chunks = [body]
+        size = len(body)
+        try:
+            async with asyncio.timeout(timeout_s):  # a client trickling its body must not hold a slot forever
+                while message.get("more_body", False):
+                    message = await receive()
+                    chunks.append(_body_chunk(message, size, max_bytes, scope))
+                    size += len(chunks[-1])
+        except TimeoutError:
+            raise InputError(408, f"request body not received within {timeout_s:g} s") from None
+        body = b"".join(chunks)
     if not body:
         raise InputError(400, "empty body: send a JSON object")
     return body
+
+
+def _body_chunk(message: dict[str, Any], size_so_far: int, max_bytes: int, scope: dict[str, Any]) -> bytes:
+    if message["type"] == "http.disconnect":
+        raise InputError(400, "client disconnected before sending the whole body")
+    chunk = message.get("body", b"")
+    if size_so_far + len(chunk) > max_bytes:
+        raise InputError(413, f"request body is over the {max_bytes}-byte limit of {scope['path']}")
+    return chunk
+
+
+def cors_options(settings: Settings) -> dict[str, Any]:
+    return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "X-API-Key"]}
 
 
 def send_with_security_headers(send: Callable) -> Callable:
@@ -167,5 +208,5 @@ async def respond(send: Callable, status: int, body: bytes, extra_headers: list[
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
     if extra_headers:
         headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    start = {"type": "http.response.start", "status": status, "headers": headers}
+    await bentoml_internals.send_response(send, start, {"type": "http.response.body", "body": body})

@@ -11,6 +11,11 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw.strip() else default
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    return float(raw) if raw.strip() else default
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # Worker processes; 0 means one per CPU.
@@ -31,6 +36,8 @@ class Settings:
     # XGB_MAX_INFLIGHT, which is exact and cheap.
     batch_max_size: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_SIZE", 128))
     batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 5000))
+    # Seconds a request may take: BentoML's traffic timeout (504) and the prediction routes' body read (408).
+    request_timeout_s: float = dataclasses.field(default_factory=lambda: _float("XGB_REQUEST_TIMEOUT_S", 30.0))
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
     # Comma-separated CORS origins; empty means CORS is off.

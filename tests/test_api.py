@@ -97,3 +97,38 @@ def test_metrics_expose_bentoml_and_model_series(live_server):
     ):
         assert f"\n{name}" in text, f"{name} missing from /metrics"
     assert f'model_version="{load_bundle().version}"' in text
+
+
+def _request_series(url: str) -> dict[tuple[str, str, str], float]:
+    """BentoML's request metrics for the prediction routes: (metric, endpoint, status) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = {}
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text):
+        for s in family.samples:
+            if s.name in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_count", "bentoml_service_request_in_progress"):
+                if s.labels.get("endpoint") in ("/predict", "/predict_batch"):
+                    series[(s.name, s.labels["endpoint"], s.labels.get("http_response_code", ""))] = s.value
+    return series
+
+
+def test_prediction_requests_are_counted_in_bentoml_request_metrics(live_server):
+    # The prediction routes are answered in front of BentoML's middlewares: the dashboards and
+    # alerts read BentoML's request series, so they must count and time every answer, by status.
+    before = _request_series(live_server)
+    for _ in range(3):
+        assert predict(live_server, EXAMPLE_RECORD).status_code == 200
+    assert predict(live_server, {**EXAMPLE_RECORD, "feat1": "x"}).status_code == 422
+    assert requests.get(f"{live_server}/predict", timeout=10).status_code == 405
+    assert requests.post(f"{live_server}/predict_batch", json={"instances": [EXAMPLE_RECORD]}, timeout=10).status_code == 200
+    after = _request_series(live_server)
+
+    def grew(metric: str, endpoint: str, status: str) -> float:
+        return after.get((metric, endpoint, status), 0) - before.get((metric, endpoint, status), 0)
+
+    for metric in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_count"):
+        assert grew(metric, "/predict", "200") == 3, metric
+        assert grew(metric, "/predict", "422") == 1, metric
+        assert grew(metric, "/predict", "405") == 1, metric
+        assert grew(metric, "/predict_batch", "200") == 1, metric
+    assert after[("bentoml_service_request_in_progress", "/predict", "")] == 0, "in-progress must return to 0"

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -174,3 +175,20 @@ def test_fuzzing_finds_no_server_errors_and_no_schema_violations(live_server, tm
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(server_factory):
+    server = server_factory({"XGB_REQUEST_TIMEOUT_S": "1"}, workers=1)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(b'{"feat1": 55.0, ')  # then nothing: the rest never comes
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        waited = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"].startswith("request body not received within 1 s")
+    assert waited < 5
+    assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200

@@ -115,3 +115,111 @@ def test_bentoml_build_packs_service_code_and_model(bentoml_home):
     assert "xgboost-cpu==" in requirements and "bentoml==1.4.40" in requirements
     assert "\nxgboost==" not in requirements and "nvidia-nccl" not in requirements, "no CUDA XGBoost in the image"
     bentoml.delete(tag)
+
+
+def test_prediction_routes_are_served_in_front_of_bentoml_middlewares(bentoml_home):
+    import asyncio
+
+    from service import XGBoostService
+
+    app = XGBoostService.to_asgi()
+    app.middleware_stack = app.build_middleware_stack()
+    traffic = bentoml_internals.traffic_metrics_middleware(app)
+    assert traffic is not None, "BentoML's request-metrics middleware is no longer in the app's chain"
+    for name in ("metrics_request_total", "metrics_request_duration", "metrics_request_in_progress", "metrics_last_request_timestamp"):
+        bentoml_internals.TrafficMetrics(traffic)  # sets the middleware up, as its first request would
+        assert hasattr(traffic, name), f"BentoML's request-metrics middleware has no {name}"
+    inner = app.middleware_stack
+    seen = []
+
+    async def handler(scope, receive, send):
+        seen.append(("front", scope["path"]))
+
+    bentoml_internals.serve_in_front(app, frozenset({"/predict"}), handler)
+    assert app.middleware_stack is not inner
+
+    async def call(path: str):
+        # Starlette's __call__ is what uvicorn calls: it must now reach the handler first.
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "http", "path": path, "method": "GET", "headers": [], "query_string": b"", "root_path": ""}, receive, send)
+        return sent
+
+    asyncio.run(call("/predict"))
+    assert seen == [("front", "/predict")]
+    assert asyncio.run(call("/no-such-route"))[0]["status"] == 404, "other paths must still reach BentoML's router"
+    assert seen == [("front", "/predict")]
+
+
+def _uvicorn_exchange(app, request: bytes) -> tuple[list[bytes], bool]:
+    """Run one HTTP/1.1 exchange through uvicorn's real httptools protocol; the transport's writes and whether it closed."""
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    class Transport(asyncio.Transport):
+        def __init__(self):
+            super().__init__()
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def close(self):
+            self.closed = True
+
+        def is_closing(self):
+            return self.closed
+
+        def get_extra_info(self, name, default=None):
+            return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+        def pause_reading(self):
+            pass
+
+        def resume_reading(self):
+            pass
+
+    async def exchange():
+        config = Config(app=app, http="httptools", lifespan="off", log_config=None, proxy_headers=False)
+        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+        transport = Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(request)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        closed = transport.closed
+        protocol.connection_lost(None)
+        return transport.writes, closed
+
+    return asyncio.run(exchange())
+
+
+def test_a_response_leaves_uvicorn_in_one_write():
+    assert __import__("uvicorn").__version__ == bentoml_internals.UVICORN_VERSION, (
+        "uvicorn changed version: re-check send_response() in serving/bentoml_internals.py, then update UVICORN_VERSION"
+    )
+    body = b'{"predicted_class": 4}'
+
+    async def app(scope, receive, send):
+        await receive()
+        start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+        await bentoml_internals.send_response(send, start, {"type": "http.response.body", "body": body})
+
+    writes, closed = _uvicorn_exchange(app, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert len(writes) == 1, f"expected the status line, headers and body in one write, got {len(writes)}: {writes}"
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n" + body)
+    assert not closed, "a keep-alive connection must stay open"
+
+    writes, closed = _uvicorn_exchange(app, b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+    assert len(writes) == 1 and writes[0].endswith(body) and b"connection: close" in writes[0].lower()
+    assert closed, "Connection: close must still close the connection, after the response is written"
