@@ -21,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from model_store import load_bundle, stored_model
 from serving import metrics
-from serving.contract import predicted, prediction_bodies
+from serving.contract import out_of_range, predicted, prediction_bodies
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.settings import SETTINGS
 
@@ -76,6 +76,8 @@ class XGBoostService:
 
     def answers(self, rows: np.ndarray) -> list[dict]:
         """The seed's answer for each raw feature row, counted in the prediction metrics."""
+        if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
+            metrics.observe_out_of_range(out_of_range(rows))
         proba = self.bundle.predict_proba(rows)
         classes, confidence = predicted(proba)
         metrics.observe_predictions(classes, confidence, self.bundle.class_names)

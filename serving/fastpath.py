@@ -144,13 +144,14 @@ class PredictionRoutes:
         return orjson.dumps({"predictions": await anyio.to_thread.run_sync(self._service.answers, rows)})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
-        if self.settings.range_check == "off":
+        """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
+        batch, where the rows are predicted (XGBoostService.answers)."""
+        if self.settings.range_check != "reject":
             return
         mask = out_of_range(rows)
         if mask.any():
             metrics.observe_out_of_range(mask)
-            if self.settings.range_check == "reject":
-                raise range_error(rows, mask, batch)
+            raise range_error(rows, mask, batch)
 
 
 def _reason(status: int) -> str:

@@ -77,6 +77,28 @@ def test_numpy_scaling_equals_the_sklearn_scaler():
     np.testing.assert_allclose((sample - mean) / scale, scaler.transform(sample), rtol=1e-12)
 
 
+def test_the_dense_predictor_returns_exactly_what_inplace_predict_returns():
+    import xgboost
+
+    from model_store.bundle import XGBOOST_VERSION, DensePredictor
+
+    assert xgboost.__version__ == XGBOOST_VERSION, (
+        "xgboost changed version: re-check DensePredictor in model_store/bundle.py against it, then update XGBOOST_VERSION"
+    )
+    x, y = dataset.generate(2000, seed=3)
+    booster, scaler, _ = train_export.train(x, y, seed=3)
+    predictor = DensePredictor(booster)
+    scaled = (x - scaler.mean_) / scaler.scale_
+    for rows in (scaled[:1], scaled[:7], scaled[100:356], scaled, np.asfortranarray(scaled[:40]), scaled[::3]):
+        expected = booster.inplace_predict(rows, validate_features=False)
+        got = predictor(rows)
+        assert got.shape == expected.shape == (len(rows), 5)
+        np.testing.assert_array_equal(got, expected)
+    first = predictor(scaled[:3])
+    predictor(scaled[3:9])
+    np.testing.assert_array_equal(first, booster.inplace_predict(scaled[:3], validate_features=False)), "results must be copies"
+
+
 def write_csv(path, rows: int = 400, drop: str | None = None, extra: str | None = None, bad: tuple | None = None):
     x, y = dataset.generate(rows, seed=4)
     header = [f for f in FEATURE_NAMES if f != drop] + ["target"] + ([extra] if extra else [])
