@@ -163,14 +163,17 @@ def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
                 sweep[server.name].append(closed_loop(server, bodies["single"], connections, args.sweep_seconds))
         results["sweep"] = sweep
 
-        log(f"goal 2: open loop, {args.open_rate:g} req/s offered for {args.goal_seconds:g} s (hey, 50 workers)")
-        results["open_loop"] = {}
-        for server in interleaved(servers, 1)[0]:
-            r = bench_load.hey(f"{server.url}/predict", bodies["example"], args.open_rate, args.goal_seconds,
-                               server_cpu_seconds=server.cpu_seconds)  # fmt: skip
-            log(f"  {server.name:<8} achieved {r.rps:.0f} req/s  p50 {r.latency_ms['p50']:.1f} ms  p99 {r.latency_ms['p99']:.1f} ms  "
-                f"errors {r.errors}{_non_200(r.status_counts)}  (hey CPU {r.generator_cpu_share:.0%} of box)")  # fmt: skip
-            results["open_loop"][server.name] = r.as_dict()
+        log(f"goal 2: open loop, {args.open_rate:g} req/s offered, {args.rounds} interleaved round(s) of {args.goal_seconds:g} s "
+            "(hey, 50 workers; each round opens new connections)")  # fmt: skip
+        open_loop: dict[str, list] = {name: [] for name in servers}
+        for order in interleaved(servers, args.rounds):
+            for server in order:
+                r = bench_load.hey(f"{server.url}/predict", bodies["example"], args.open_rate, args.goal_seconds,
+                                   server_cpu_seconds=server.cpu_seconds)  # fmt: skip
+                log(f"  {server.name:<8} achieved {r.rps:.0f} req/s  p50 {r.latency_ms['p50']:.1f} ms  p99 {r.latency_ms['p99']:.1f} ms  "
+                    f"errors {r.errors}{_non_200(r.status_counts)}  (hey CPU {r.generator_cpu_share:.0%} of box)")  # fmt: skip
+                open_loop[server.name].append(r.as_dict())
+        results["open_loop"] = open_loop
 
         log(f"goal 3: /predict_batch with {BATCH_RECORDS} records per request, 4 connections, {args.goal_seconds:g} s")
         ours = servers["ours"]
@@ -185,7 +188,7 @@ def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
         for server in servers.values():
             server.stop()
 
-    runs = [r for group in (*closed.values(), *sweep.values()) for r in group] + [*results["open_loop"].values(), batch]
+    runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + [batch]
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}
@@ -198,7 +201,7 @@ def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "loadtest" / "results"), help="directory for bench.json and bench.png")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 64-connection run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 64-connection and open-loop runs")
     p.add_argument("--goal-seconds", type=float, default=10, help="length of each goal run")
     p.add_argument("--sweep", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16, 64, 256], help="connection counts")
     p.add_argument("--sweep-seconds", type=float, default=5, help="length of each sweep run")

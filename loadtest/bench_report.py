@@ -7,6 +7,7 @@ import importlib
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -107,18 +108,22 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     ours_p99 = statistics.median(r["latency_ms"]["p99"] for r in closed["ours"])
     ours_errors = sum(r["errors"] for r in closed["ours"])
     ratio = ours_rps / base_rps if base_rps else float("inf")
-    open_loop = results["open_loop"]["ours"]
+    # Each open-loop round opens new connections, which the kernel spreads unevenly over the
+    # workers (a random split, from 25/25 to 8/42): like goal 1, the verdict is the median round.
+    open_rounds = results["open_loop"]["ours"]
+    open_p99 = statistics.median(r["latency_ms"]["p99"] for r in open_rounds)
+    open_delivered = all(r["rps"] >= MIN_ACHIEVED_SHARE * r["offered_rps"] and r["errors"] == 0 for r in open_rounds)
     batch = results["batch"]["ours"]
     starts = results["warm_start"]["ours_seconds"]
     return [
         {"goal": "1. /predict @64 conns: req/s ratio vs baseline", "value": round(ratio, 2), "target": f">= {MIN_RATIO}", "met": ratio >= MIN_RATIO},
         {"goal": "1. /predict @64 conns: p99 ms", "value": round(ours_p99, 1), "target": f"<= {MAX_P99_CLOSED_MS:g}", "met": ours_p99 <= MAX_P99_CLOSED_MS},
         {"goal": "1. /predict @64 conns: errors (non-2xx + socket)", "value": ours_errors, "target": "0", "met": ours_errors == 0},
-        {"goal": "2. open loop: p99 ms", "value": round(open_loop["latency_ms"]["p99"], 1), "target": f"<= {MAX_P99_OPEN_MS:g}",
-         "met": open_loop["latency_ms"]["p99"] <= MAX_P99_OPEN_MS},
-        {"goal": "2. open loop: achieved / offered req/s", "value": f"{open_loop['rps']:.0f} / {open_loop['offered_rps']:.0f}",
-         "target": f">= {MIN_ACHIEVED_SHARE:.0%} delivered, 0 errors",
-         "met": open_loop["rps"] >= MIN_ACHIEVED_SHARE * open_loop["offered_rps"] and open_loop["errors"] == 0},
+        {"goal": "2. open loop: p99 ms (median round)", "value": round(open_p99, 1), "target": f"<= {MAX_P99_OPEN_MS:g}",
+         "met": open_p99 <= MAX_P99_OPEN_MS},
+        {"goal": "2. open loop: achieved / offered req/s (every round)",
+         "value": ", ".join(f"{r['rps']:.0f} / {r['offered_rps']:.0f}" for r in open_rounds),
+         "target": f">= {MIN_ACHIEVED_SHARE:.0%} delivered, 0 errors", "met": open_delivered},
         {"goal": "3. /predict_batch x1000: rows/s", "value": round(batch["rows_per_s"]), "target": f">= {MIN_BATCH_ROWS_PER_S:,}",
          "met": batch["rows_per_s"] >= MIN_BATCH_ROWS_PER_S and batch["errors"] == 0},
         {"goal": "4. warm start to /readyz 200: s (worst)", "value": round(max(starts), 2), "target": f"<= {MAX_WARM_START_S:g}",
@@ -137,9 +142,11 @@ def table(results: dict[str, Any]) -> str:
     for o, b in zip(results["sweep"]["ours"], results["sweep"]["baseline"]):
         lines.append(f"  {o['connections']:<7}{o['rps']:>12.0f}{o['latency_ms']['p50']:>8.1f}{o['latency_ms']['p99']:>8.1f}  |"
                      f"{b['rps']:>16.0f}{b['latency_ms']['p50']:>8.1f}{b['latency_ms']['p99']:>8.1f}")  # fmt: skip
-    lines += ["", "open loop (hey), offered req/s -> achieved, p50/p99 ms, errors:"]
-    for name, r in results["open_loop"].items():
-        lines.append(f"  {name:<9}{r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")
+    lines += ["", "open loop (hey), per round: offered req/s -> achieved, p50/p99 ms, errors:"]
+    for name, rounds in results["open_loop"].items():
+        for i, r in enumerate(rounds, 1):
+            lines.append(f"  {name:<9}{i:>2}  {r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   "
+                         f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")  # fmt: skip
     cap = results["capacity"]
     lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
               f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
@@ -198,7 +205,12 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
                (("rps", lambda r: r["rps"]), ("p50", lambda r: r["latency_ms"]["p50"]), ("p99", lambda r: r["latency_ms"]["p99"]))}
            for n, runs in closed.items()}  # fmt: skip
     errors = {n: sum(r["errors"] for r in runs) for n, runs in closed.items()}
-    o, b = results["open_loop"]["ours"], results["open_loop"]["baseline"]
+    open_loop = {n: {"rps": statistics.median(r["rps"] for r in runs), "offered": runs[0]["offered_rps"],
+                     "p50": statistics.median(r["latency_ms"]["p50"] for r in runs), "p99": statistics.median(r["latency_ms"]["p99"] for r in runs),
+                     "p99s": ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs), "errors": sum(r["errors"] for r in runs)}
+                 for n, runs in results["open_loop"].items()}  # fmt: skip
+    o, b = open_loop["ours"], open_loop["baseline"]
+    rounds = len(results["open_loop"]["ours"])
     m, info = results["memory"], results["machine"]
     other = results["background_cpu_share"]
     lines = [
@@ -212,8 +224,9 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"ratio **{med['ours']['rps'] / med['baseline']['rps']:.2f}×** (≥ 3.0×) |",
         f"| 1. p50 / p99 ms | {med['ours']['p50']:.1f} / **{med['ours']['p99']:.1f}** | {med['baseline']['p50']:.1f} / {med['baseline']['p99']:.1f} | p99 ≤ 50 |",
         f"| 1. errors (non-2xx + socket) | {errors['ours']} | {errors['baseline']} | 0 |",
-        f"| 2. open loop {o['offered_rps']:,.0f} req/s offered: achieved, p50 / p99 ms, errors | {o['rps']:,.0f}, {o['latency_ms']['p50']:.1f} / "
-        f"**{o['latency_ms']['p99']:.1f}**, {o['errors']} | {b['rps']:,.0f}, {b['latency_ms']['p50']:.1f} / {b['latency_ms']['p99']:.1f}, {b['errors']} | p99 ≤ 20, 0 errors |",
+        f"| 2. open loop {o['offered']:,.0f} req/s offered: achieved, p50 / p99 ms (median of {rounds}), errors | {o['rps']:,.0f}, {o['p50']:.1f} / "
+        f"**{o['p99']:.1f}**, {o['errors']} | {b['rps']:,.0f}, {b['p50']:.1f} / {b['p99']:.1f}, {b['errors']} | p99 ≤ 20, 0 errors |",
+        f"| 2. p99 ms of each round | {o['p99s']} | {b['p99s']} | |",
         f"| 3. `/predict_batch` ×1,000 records: rows/s | **{results['batch']['ours']['rows_per_s']:,}** | (no batch route) | ≥ 100,000 |",
         f"| 4. warm start to ready, s (all starts) | **{max(results['warm_start']['ours_seconds']):.2f}** worst of "
         f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
@@ -252,13 +265,39 @@ def alternatives_markdown(alt: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "performance.md")
+
+
+def write_blocks(blocks: dict[str, str], documents: tuple[Path, ...] = DOCUMENTS) -> list[Path]:
+    """Replace each `<!-- bench:NAME ... -->` ... `<!-- /bench:NAME -->` block in the documents; the files changed."""
+    changed = []
+    for path in documents:
+        text = original = path.read_text()
+        for name, block in blocks.items():
+            start = re.search(rf"<!-- bench:{name}\b[^>]*-->\n", text)
+            end = text.find(f"<!-- /bench:{name} -->")
+            if start and end > start.end():
+                text = text[: start.end()] + block + "\n" + text[end:]
+        if text != original:
+            path.write_text(text)
+            changed.append(path)
+    return changed
+
+
 if __name__ == "__main__":
-    # python -m loadtest.bench_report [results dir]: print the README tables from the latest results.
+    # python -m loadtest.bench_report [--write] [results dir]: print the README tables from the latest
+    # results; with --write, also replace the marked blocks in README.md and docs/performance.md.
     import json
     import sys
 
-    results_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "loadtest" / "results"
+    write = "--write" in sys.argv[1:]
+    paths = [a for a in sys.argv[1:] if a != "--write"]
+    results_dir = Path(paths[0]) if paths else REPO / "loadtest" / "results"
     tables = markdown(json.loads((results_dir / "bench.json").read_text()))
     print(tables["results"], "", tables["capacity"], sep="\n")
     if (results_dir / "alternatives.json").exists():
-        print("", alternatives_markdown(json.loads((results_dir / "alternatives.json").read_text())), sep="\n")
+        tables["alternatives"] = alternatives_markdown(json.loads((results_dir / "alternatives.json").read_text()))
+        print("", tables["alternatives"], sep="\n")
+    if write:
+        for path in write_blocks(tables):
+            print(f"updated {path.relative_to(REPO)}", file=sys.stderr)

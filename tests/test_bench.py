@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import bench_load
+from loadtest import bench_load, bench_report
 from loadtest.alternatives import bench_depends
 from loadtest.bench import EXIT_GOAL_MISSED, write_bodies
 from loadtest.bench_servers import free_port
@@ -63,6 +63,14 @@ def test_hey_counts_socket_errors_when_nothing_listens(bodies):
     assert any("connection refused" in message for message in r.socket_errors)
 
 
+def test_report_blocks_replace_only_their_marked_sections(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- bench:results (how) -->\nold table\n<!-- /bench:results -->\nkept\n<!-- bench:capacity -->\nold\n<!-- /bench:capacity -->\n")
+    assert bench_report.write_blocks({"results": "new table", "alternatives": "unused"}, (doc,)) == [doc]
+    assert doc.read_text() == "intro\n<!-- bench:results (how) -->\nnew table\n<!-- /bench:results -->\nkept\n<!-- bench:capacity -->\nold\n<!-- /bench:capacity -->\n"
+    assert bench_report.write_blocks({"results": "new table"}, (doc,)) == [], "nothing to change, nothing written"
+
+
 def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     out = tmp_path / "results"
     args = ["--rounds", "1", "--goal-seconds", "2", "--sweep", "1,4", "--sweep-seconds", "1", "--warmup-seconds", "1",
@@ -81,7 +89,8 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert abs(sum(ours[0]["status_counts"].values()) - ours[0]["requests"]) <= 64
     assert base[0]["status_counts"] is None  # the seed-style app has no metrics
     assert [r["connections"] for r in results["sweep"]["ours"]] == [r["connections"] for r in results["sweep"]["baseline"]] == [1, 4]
-    assert results["open_loop"]["ours"]["offered_rps"] == pytest.approx(100)
+    assert [r["offered_rps"] for r in results["open_loop"]["ours"]] == [pytest.approx(100)]
+    assert len(results["open_loop"]["baseline"]) == 1
     batch = results["batch"]["ours"]
     assert batch["rows_per_s"] == round(batch["rps"] * 1000) and batch["ok"] > 0
     assert len(results["warm_start"]["ours_seconds"]) == 1 and results["warm_start"]["ours_seconds"][0] > 0
@@ -101,6 +110,8 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert results["all_goals_met"] == all(g["met"] for g in goals.values())
     assert (run.returncode == 0) == results["all_goals_met"]
     assert "goals:" in run.stdout and "ratio" in run.stdout
+    readme = bench_report.markdown(results)
+    assert "| 2. p99 ms of each round |" in readme["results"] and "| ours |" in readme["capacity"]
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["bentoml-default", "session-fix"])
