@@ -276,7 +276,7 @@ def write_blocks(blocks: dict[str, str], documents: tuple[Path, ...] = DOCUMENTS
         for name, block in blocks.items():
             start = re.search(rf"<!-- bench:{name}\b[^>]*-->\n", text)
             end = text.find(f"<!-- /bench:{name} -->")
-            if start and end > start.end():
+            if start and end >= start.end():
                 text = text[: start.end()] + block + "\n" + text[end:]
         if text != original:
             path.write_text(text)

@@ -69,6 +69,9 @@ def test_report_blocks_replace_only_their_marked_sections(tmp_path):
     assert bench_report.write_blocks({"results": "new table", "alternatives": "unused"}, (doc,)) == [doc]
     assert doc.read_text() == "intro\n<!-- bench:results (how) -->\nnew table\n<!-- /bench:results -->\nkept\n<!-- bench:capacity -->\nold\n<!-- /bench:capacity -->\n"
     assert bench_report.write_blocks({"results": "new table"}, (doc,)) == [], "nothing to change, nothing written"
+    doc.write_text("<!-- bench:capacity -->\n<!-- /bench:capacity -->\n")
+    bench_report.write_blocks({"capacity": "rows"}, (doc,))
+    assert doc.read_text() == "<!-- bench:capacity -->\nrows\n<!-- /bench:capacity -->\n", "an empty block is filled too"
 
 
 def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
