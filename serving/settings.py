@@ -38,6 +38,8 @@ class Settings:
     batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 5000))
     # Seconds a request may take: BentoML's traffic timeout (504) and the prediction routes' body read (408).
     request_timeout_s: float = dataclasses.field(default_factory=lambda: _float("XGB_REQUEST_TIMEOUT_S", 30.0))
+    # Each worker listens on its own SO_REUSEPORT socket (Linux), so the kernel spreads connections evenly.
+    reuse_port: bool = dataclasses.field(default_factory=lambda: os.environ.get("XGB_REUSEPORT", "1") != "0")
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
     # Comma-separated CORS origins; empty means CORS is off.

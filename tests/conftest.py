@@ -7,6 +7,7 @@ the developer's store and every run trains from scratch (~3 s).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,3 +127,15 @@ def server_factory(bentoml_home):
 def live_server(server_factory) -> str:
     """Base URL of a shared real service with default settings (2 workers)."""
     return server_factory().url
+
+
+def worker_pids(server: ServerProcess) -> set[int]:
+    """The BentoML HTTP worker processes of a server."""
+    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def listeners(port: int) -> list[set[int]]:
+    """The listening sockets on a port, each as the set of processes holding it."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return [{int(p) for p in re.findall(r"pid=(\d+)", line)} for line in out.splitlines() if line.strip()]

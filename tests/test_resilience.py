@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import REPO
+from conftest import REPO, listeners, worker_pids
 from model_store import EXAMPLE_RECORD
 from model_store.dataset import sample_records
 
@@ -106,11 +106,6 @@ def test_sigterm_finishes_every_request_in_flight(server_factory):
     assert drained_in < 30, "must exit well inside ECS's stop timeout"
 
 
-def worker_pids(server) -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
-
-
 def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_factory, record_file):
     server = server_factory()
     before = worker_pids(server)
@@ -134,8 +129,17 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_fact
     ) * ("Error distribution:" in output)
     print(f"worker SIGKILL under 16 connections: replaced in {replaced_in:.1f} s, {counts.get(200, 0)} ok, {failed} failed")
     assert counts.get(200, 0) > 1000
-    assert failed <= 16, "at most the requests the killed worker held may fail"
+    # Each of the 16 connections may lose the request in flight on the killed worker, and its
+    # reconnect may land in the dying worker's accept queue (each worker has its own listening
+    # socket) and be reset once. Anything beyond that is lost work.
+    assert failed <= 2 * 16, "at most the requests the killed worker held, and one reconnect each, may fail"
     assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
+    # The replacement listens on a socket of its own once it has started; the dead worker's is gone.
+    port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 60
+    while sorted(map(sorted, listeners(port))) != sorted([pid] for pid in worker_pids(server)):
+        assert time.monotonic() < deadline, f"listening sockets {listeners(port)}, workers {worker_pids(server)}"
+        time.sleep(0.2)
 
 
 def serve_until_exit(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:

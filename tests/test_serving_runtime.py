@@ -13,14 +13,9 @@ import bentoml
 import pytest
 import requests
 
-from conftest import BENTOML, REPO
+from conftest import BENTOML, REPO, listeners, worker_pids
 from model_store import EXAMPLE_RECORD, load_bundle
 from serving import bentoml_internals
-
-
-def worker_pids(server) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def test_every_worker_runs_uvloop_and_httptools(server_factory):
@@ -223,3 +218,41 @@ def test_a_response_leaves_uvicorn_in_one_write():
     writes, closed = _uvicorn_exchange(app, b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
     assert len(writes) == 1 and writes[0].endswith(body) and b"connection: close" in writes[0].lower()
     assert closed, "Connection: close must still close the connection, after the response is written"
+
+
+def connections_per_worker(port: int) -> dict[int, int]:
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True).stdout
+    counts: dict[int, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[int(pid)] = counts.get(int(pid), 0) + 1
+    return counts
+
+
+def test_each_worker_listens_on_its_own_socket_and_gets_an_even_share_of_connections(server_factory, tmp_path):
+    server = server_factory(workers=2)
+    port = int(server.url.rsplit(":", 1)[1])
+    workers = set(worker_pids(server))
+    assert sorted(map(sorted, listeners(port))) == sorted([[pid] for pid in workers]), (
+        f"expected one listening socket per worker {workers} and none shared, got {listeners(port)}"
+    )
+    body = tmp_path / "record.json"
+    body.write_text(json.dumps(EXAMPLE_RECORD))
+    # 50 new keep-alive connections at once (as hey opens them). With the arbiter's shared socket
+    # one worker often took 35-50 of them; spread by the kernel's reuseport hash, a split beyond
+    # 12/38 has a probability of ~1e-4.
+    load = subprocess.Popen(["hey", "-z", "3s", "-c", "50", "-q", "5", "-m", "POST", "-T", "application/json", "-D", str(body),
+                             f"{server.url}/predict"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        split = connections_per_worker(port)
+    finally:
+        load.wait(timeout=60)
+    assert set(split) == workers and sum(split.values()) == 50, split
+    assert min(split.values()) >= 12, f"connections split {split} over the workers"
+
+
+def test_the_shared_socket_stays_when_own_sockets_are_turned_off(server_factory):
+    server = server_factory({"XGB_REUSEPORT": "0"}, workers=2)
+    port = int(server.url.rsplit(":", 1)[1])
+    (holders,) = listeners(port)
+    assert set(worker_pids(server)) < holders, "both workers (and the arbiter) share the one listening socket"
