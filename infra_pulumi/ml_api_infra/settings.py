@@ -36,10 +36,10 @@ class StackSettings:
     max_capacity: int = 20
     cpu_target: float = 70.0
     memory_target: float = 80.0
-    # ALBRequestCountPerTarget is requests per task per minute. The benchmark measured ~2,500
-    # req/s of /predict per fully used core on a 2-core test box; a Fargate vCPU (one hyperthread)
-    # at the 70 % CPU target is taken as ~1,100-1,700 req/s. 60,000/min = 1,000 req/s per task adds
-    # tasks a little before CPU tracking would.
+    # ALBRequestCountPerTarget is requests per task per minute. The benchmark measures ~4,500-5,100
+    # req/s of /predict per fully used core on a 2-core test box (docs/performance.md); a Fargate
+    # vCPU (one hyperthread) at the 70 % CPU target is taken as ~1,500-2,500 req/s until measured
+    # on a real task. 60,000/min = 1,000 req/s per task adds tasks before CPU tracking would.
     requests_per_target: int = 60_000
     scale_out_cooldown: int = 60
     scale_in_cooldown: int = 300
