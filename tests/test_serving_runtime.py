@@ -232,9 +232,11 @@ def test_each_worker_listens_on_its_own_socket_and_gets_an_even_share_of_connect
     server = server_factory(workers=2)
     port = int(server.url.rsplit(":", 1)[1])
     workers = set(worker_pids(server))
-    assert sorted(map(sorted, listeners(port))) == sorted([[pid] for pid in workers]), (
-        f"expected one listening socket per worker {workers} and none shared, got {listeners(port)}"
-    )
+    # /readyz answers as soon as one worker is up: wait for the other to start listening too.
+    deadline = time.monotonic() + 60
+    while sorted(map(sorted, listeners(port))) != sorted([pid] for pid in workers):
+        assert time.monotonic() < deadline, f"expected one listening socket per worker {workers} and none shared, got {listeners(port)}"
+        time.sleep(0.2)
     body = tmp_path / "record.json"
     body.write_text(json.dumps(EXAMPLE_RECORD))
     # 50 new keep-alive connections at once (as hey opens them). With the arbiter's shared socket
