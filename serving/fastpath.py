@@ -22,6 +22,7 @@ from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
 from . import bentoml_internals, metrics, openapi
+from .bentoml_internals import ASGIApp
 from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, range_error
 from .settings import Settings
 
@@ -29,7 +30,6 @@ logger = logging.getLogger("xgb_service")
 
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 RETRY_AFTER_SECONDS = b"1"
-ASGIApp = Callable[[dict[str, Any], Callable, Callable], Awaitable[None]]
 _SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
 
 
