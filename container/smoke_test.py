@@ -21,7 +21,6 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from loadtest.bench_servers import free_port  # noqa: E402
 from model_store import load_bundle  # noqa: E402
 from model_store.schema import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
 
@@ -51,12 +51,6 @@ PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def podman(*args: str, check: bool = True) -> str:

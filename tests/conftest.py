@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,9 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="xgb-test-bentoml-")
+
+from loadtest.bench_servers import free_port, private_home  # noqa: E402  (imports no bentoml)
 os.environ.pop("MODEL_TAG", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -43,8 +38,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
-        home = Path(tempfile.mkdtemp(prefix="xgb-test-server-home-"))
-        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        home = private_home(os.environ["BENTOML_HOME"])
         self.env = {**os.environ, "BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})}
         self.proc: subprocess.Popen | None = None
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,7 +162,7 @@ def test_model_metrics_reach_prometheus(scraped):
     assert query(stack, 'xgb_input_out_of_range_total{job="xgb-service",feature="feat1"}')
 
 
-def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, bentoml_home, tmp_path):
+def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, tmp_path):
     """A dedicated service is stopped; the real XGBServiceDown expression fires (with `for:`
     shortened to 2 s) and Alertmanager (group waits shortened) delivers it to the webhook."""
     rules = yaml.safe_load(localstack.ALERT_RULES.read_text())
@@ -176,12 +175,8 @@ def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, bentom
         route["group_wait"] = route["group_interval"] = "1s"
     received: list[dict] = []
 
-    # Its own BENTOML_HOME (sharing the store's models): `bentoml serve` wipes and reuses
-    # $BENTOML_HOME/prometheus_multiproc_dir, which would clobber the shared live server's metrics.
-    home = tmp_path / "bentoml-home"
-    home.mkdir()
-    (home / "models").symlink_to(Path(bentoml_home) / "models")
-    server = server_factory(env={"BENTOML_HOME": str(home)}, workers=1)
+    # A server of its own (server_factory gives it its own BENTOML_HOME): stopping it must not touch the shared live server.
+    server = server_factory(workers=1)
     stack = localstack.LocalStack(
         tmp_path / "stack", f"127.0.0.1:{server.port}", ports, interval="1s",
         rule_files=[tmp_path / "alert_rules.yml"], alertmanager_config=alertmanager, alert_sink=received.append,
