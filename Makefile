@@ -9,8 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENTOML := $(VENV)/bin/bentoml
 PORT ?= 3000
-# The BentoML model store (and built Bentos) lives in the repo, git-ignored. Override to share one.
-export BENTOML_HOME ?= $(CURDIR)/.bentoml
+# The model store is BentoML's own (~/bentoml, or $BENTOML_HOME when set in the environment or on
+# the command line), so `make train` registers the model that plain `bentoml serve` and
+# `bentoml models list` see.
 INSTALLED := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
 # Debian packages that tests and tools need; each mk/*.mk adds its own.
 APT_PACKAGES := hey

@@ -19,21 +19,25 @@ import numpy as np
 import orjson
 from starlette.middleware.cors import CORSMiddleware
 
-from model_store import load_bundle, stored_model
+from model_store import ModelContractError, load_bundle, stored_model
 from serving import bentoml_internals, metrics
 from serving.contract import out_of_range, predicted, prediction_bodies
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.settings import SETTINGS
 
 logger = logging.getLogger("xgb_service")
+logger.setLevel(logging.INFO)  # BentoML's server logging keeps other loggers at WARNING: ours say what is served
 PROCESS_SAMPLE_SECONDS = 5.0
 GC_THRESHOLDS = (10_000, 20, 20)
 
 # Resolved and fully loaded when the service is imported, so a missing, corrupt or mismatched
 # model stops `bentoml serve` (and `bentoml build`) with a message naming the tag and the fix,
 # instead of workers failing one by one behind an open port.
-MODEL = stored_model()
-BUNDLE = load_bundle(str(MODEL.tag))
+try:
+    MODEL = stored_model()
+    BUNDLE = load_bundle(str(MODEL.tag))
+except ModelContractError as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
+    raise bentoml.exceptions.BentoMLException(str(exc)) from None
 
 
 @bentoml.service(
@@ -52,6 +56,10 @@ class XGBoostService:
         if prior is None:
             logger.warning("model %s has no class_prior metadata: class drift cannot be monitored; retrain with `make train`", self.bundle.tag)
         metrics.publish_model(self.bundle.tag, self.bundle.version, prior or [], self.bundle.class_names)
+        if bentoml.server_context.worker_index == 1:  # once per server, not once per worker
+            info = MODEL.stored.info
+            logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, info.labels.get("task", "unknown"),
+                        self.bundle.booster.num_features(), info.creation_time.isoformat(timespec="seconds"))
 
     @bentoml.on_startup
     def listen_on_own_socket(self) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the Bento (`bentoml build`) and its image (`bentoml containerize`), tagged with the Bento
-# version. Run from the repository root with BENTOML_HOME set (the Makefile does both).
+# version. Run from the repository root (the Makefile does); the model comes from BentoML's store
+# (~/bentoml, or $BENTOML_HOME).
 #
 #   CONTAINER_BACKEND  docker | buildah | auto (default: docker if an engine answers, else buildah)
 #   BASE_IMAGE         overrides the image's FROM (default: docker.base_image in bentofile.yaml);
@@ -12,7 +13,6 @@ set -euo pipefail
 
 BENTOML=${BENTOML:-$PWD/.venv/bin/bentoml}
 BACKEND=${CONTAINER_BACKEND:-auto}
-: "${BENTOML_HOME:?set BENTOML_HOME (the Makefile exports it)}"
 
 if [ "$BACKEND" = auto ]; then
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

@@ -31,6 +31,15 @@ class ModelContractError(RuntimeError):
     """The model in the store cannot be served: missing, unreadable, or trained on another schema."""
 
 
+def store_path() -> str:
+    """Where BentoML keeps models: $BENTOML_HOME/models, BentoML's default ~/bentoml/models without it."""
+    return os.path.join(os.path.expanduser(os.environ.get("BENTOML_HOME") or "~/bentoml"), "models")
+
+
+def _not_stored(tag: str) -> ModelContractError:
+    return ModelContractError(f"model {tag!r} is not in the BentoML store {store_path()}; {TRAIN_HINT}")
+
+
 def import_xgboost():
     """xgboost, imported without its scikit-learn wrappers when it is not imported yet.
 
@@ -149,8 +158,7 @@ def stored_model(tag: str | None = None):
     ref = bentoml.models.BentoModel(tag)
     stored = ref.stored
     if stored is None:
-        home = os.environ.get("BENTOML_HOME", "~/bentoml")
-        raise ModelContractError(f"model {tag!r} is not in the BentoML store ({home}/models); {TRAIN_HINT}")
+        raise _not_stored(tag)
     if stored.info.metadata.get("feature_schema") != schema_fingerprint():
         raise ModelContractError(
             f"model {str(stored.tag)!r} was trained on a different feature schema than model_store/schema.py; "
@@ -168,7 +176,7 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     try:
         model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        raise ModelContractError(f"model {tag!r} is not in the BentoML store; {TRAIN_HINT}") from None
+        raise _not_stored(tag) from None
     full_tag = str(model.tag)
     metadata = dict(model.info.metadata)
     if metadata.get("feature_schema") != schema_fingerprint():

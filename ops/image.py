@@ -35,8 +35,8 @@ def bentoml_executable() -> str:
 
 
 def bentoml_env() -> dict[str, str]:
-    # The model store lives in the repository unless the caller chose another (as the Makefile does).
-    return {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO_ROOT / ".bentoml"))}
+    # BentoML's own store (~/bentoml) unless the caller chose another, as `make train` does.
+    return {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")}
 
 
 def build_bento(run: Runner) -> str:

@@ -27,25 +27,28 @@ os.environ.pop("MODEL_TAG", None)
 
 
 class ServerProcess:
-    """A real `bentoml serve service:XGBoostService` on a free port, its output in a log file.
+    """A real `bentoml serve service:XGBoostService` (or `bentoml serve` in `cwd`) on a free port, its output in a log file.
 
     Each server gets a BENTOML_HOME of its own whose models/ is the session store: `bentoml serve`
     wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two servers sharing a home
     would read and clobber each other's metrics.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str | None] | None = None, workers: int = 2, cwd: Path = REPO,
+                 service: tuple[str, ...] = ("service:XGBoostService",)) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
         home = private_home(os.environ["BENTOML_HOME"])
-        self.env = {**os.environ, "BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})}
+        env = {**os.environ, "BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})}
+        self.env = {name: value for name, value in env.items() if value is not None}  # None: unset it
+        self.cwd, self.service = cwd, service
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True, timeout: float = 60) -> "ServerProcess":
         self.proc = subprocess.Popen(
-            [BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO,
+            [BENTOML, "serve", *self.service, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,

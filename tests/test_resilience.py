@@ -142,11 +142,11 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_fact
         time.sleep(0.2)
 
 
-def serve_until_exit(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def serve_until_exit(env: dict[str, str], timeout: float = 120, service: tuple[str, ...] = ("service:XGBoostService",)) -> subprocess.CompletedProcess:
     from conftest import BENTOML, free_port
 
     return subprocess.run(
-        [BENTOML, "serve", "service:XGBoostService", "--port", str(free_port())],
+        [BENTOML, "serve", *service, "--port", str(free_port())],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -155,6 +155,15 @@ def test_startup_refuses_a_missing_model_naming_tag_and_fix(bentoml_home):
     result = serve_until_exit({"MODEL_TAG": "xgb_classifier:nosuchversion"})
     assert result.returncode != 0
     assert "xgb_classifier:nosuchversion" in result.stderr and "make train" in result.stderr
+
+
+@pytest.mark.parametrize("service", [(), ("service:XGBoostService",)], ids=["bentoml serve", "bentoml serve service:XGBoostService"])
+def test_an_empty_store_stops_serve_with_one_line_naming_the_store_and_the_command(tmp_path, service):
+    result = serve_until_exit({"BENTOML_HOME": str(tmp_path)}, service=service)
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], result.stdout + result.stderr
+    assert f"not in the BentoML store {tmp_path / 'models'}" in lines[0] and "run `make train`" in lines[0], lines
 
 
 def test_startup_refuses_a_corrupt_model(bentoml_home, tmp_path):
