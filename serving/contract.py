@@ -56,7 +56,8 @@ def _raise_for(exc: ValidationError) -> None:
         raise InputError(400, f"malformed JSON: {errors[0]['ctx'].get('error', 'invalid JSON')}") from None
     details = _details(exc)
     fields = ", ".join(".".join(map(str, d["loc"])) or "body" for d in details[:5])
-    raise InputError(422, f"invalid input: {len(errors)} problem(s) at {fields}", details) from None
+    more = f" and {len(errors) - 5} more (see detail)" if len(errors) > 5 else ""
+    raise InputError(422, f"invalid input: {len(errors)} problem(s) at {fields}{more}", details) from None
 
 
 def make_batch_adapter(max_records: int) -> TypeAdapter:

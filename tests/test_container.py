@@ -95,7 +95,7 @@ def test_image_size_is_printed_and_within_the_goal(smoke):
 
 
 def test_bento_packs_only_the_service_code_with_the_store_inside_the_repository(bentoml_home):
-    """`make image` keeps the store in the repository (.bentoml/); `bentoml build` walks the whole
+    """With the store inside the repository (BENTOML_HOME=.bentoml): `bentoml build` walks the whole
     repository, so an unanchored include pattern would also pick up copies in the store's tmp/."""
     (REPO / ".build").mkdir(exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=REPO / ".build"))

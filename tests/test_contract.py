@@ -39,3 +39,18 @@ def test_the_fast_batch_parser_accepts_only_what_the_strict_validator_accepts(te
     if fast is not None:
         assert strict is not None, f"fast parser accepted what the validator refuses: {body[:120]!r}"
         np.testing.assert_array_equal(fast, strict)
+
+
+
+def test_the_422_summary_says_how_many_problems_it_does_not_name():
+    import orjson
+
+    from model_store import EXAMPLE_RECORD
+    from serving.contract import InputError, parse_record
+
+    with pytest.raises(InputError) as many:
+        parse_record(orjson.dumps({"feat99": 1}))
+    assert many.value.error == "invalid input: 37 problem(s) at feat1, feat2, feat3, feat4, feat5 and 32 more (see detail)"
+    with pytest.raises(InputError) as few:
+        parse_record(orjson.dumps({**EXAMPLE_RECORD, "feat1": "55", "feat99": 1}))
+    assert few.value.error == "invalid input: 2 problem(s) at feat1, feat99"
