@@ -45,6 +45,7 @@ except ModelContractError as exc:  # BentoML's CLI prints its own errors as one 
     threads=1,
     traffic={"timeout": SETTINGS.request_timeout_s},
     logging={"access": {"enabled": False}},
+    metrics={"duration": {"buckets": list(metrics.REQUEST_DURATION_BUCKETS)}},
     tracing={"excluded_urls": ["/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
 )
 class XGBoostService:
@@ -82,6 +83,8 @@ class XGBoostService:
 
     @bentoml.on_startup
     async def sample_process_metrics(self) -> None:
+        metrics.worker_starts.inc()  # a worker replaced after a crash counts again: XGBWorkerRestarts
+
         async def loop() -> None:
             while True:
                 metrics.sample_process()

@@ -29,7 +29,8 @@ from monitoring import alert_logger
 MONITORING_DIR = Path(__file__).resolve().parent
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus.yml"
 ALERTMANAGER_CONFIG = MONITORING_DIR / "alertmanager.yml"
-ALERT_RULES = MONITORING_DIR / "alert_rules.yml"
+# prometheus.yml's rule_files, relative to it: every file in rules/ (a glob Prometheus expands).
+RULE_FILES = [MONITORING_DIR / pattern for pattern in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]]
 # Debian package binaries (APT_PACKAGES in mk/monitor.mk)
 PROMETHEUS_BIN = "prometheus"
 ALERTMANAGER_BIN = "prometheus-alertmanager"
@@ -56,6 +57,11 @@ def local_counterparts(service_target: str, ports: Ports) -> dict[str, str | Non
     }
 
 
+def rule_paths() -> list[Path]:
+    """The rule files Prometheus loads (RULE_FILES expanded)."""
+    return sorted(path for pattern in RULE_FILES for path in pattern.parent.glob(pattern.name))
+
+
 def _local(address: str, counterparts: dict[str, str | None]) -> str | None:
     if address not in counterparts:
         raise KeyError(f"{address} (in a docker-compose config) has no local counterpart: add it to local_counterparts()")
@@ -68,7 +74,7 @@ def local_prometheus_config(
     """prometheus.yml with local addresses; jobs without a local counterpart are left out."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     counterparts = local_counterparts(service_target, ports)
-    config["rule_files"] = [str(p) for p in (rule_files or [ALERT_RULES])]
+    config["rule_files"] = [str(p) for p in (rule_files or RULE_FILES)]
     if interval:
         config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = interval
     for alertmanager in config["alerting"]["alertmanagers"]:

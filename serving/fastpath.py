@@ -149,8 +149,8 @@ class PredictionRoutes:
         if self.settings.range_check != "reject":
             return
         mask = out_of_range(rows)
+        metrics.observe_out_of_range(mask)  # also counts the records checked: the ratio's denominator
         if mask.any():
-            metrics.observe_out_of_range(mask)
             raise range_error(rows, mask, batch)
 
 

@@ -7,12 +7,21 @@ answered by any worker, sums them.
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
 import prometheus_client as prom
+import prometheus_client.multiprocess
 
 from model_store.schema import FEATURE_NAMES
+
+# BentoML's request-duration buckets (service.py passes them to BentoML's `metrics.duration`
+# config). BentoML's default starts at 5 ms, while /predict takes ~1 ms: p50 and p95 would be
+# interpolated inside the first bucket. Sub-millisecond to the 30 s request timeout; 0.05 is the
+# latency SLO's threshold (monitoring/slo.md), so the SLO's good-event count is exact.
+REQUEST_DURATION_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+                            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
 
 predictions = prom.Counter(
     name="xgb_predictions_total", documentation="Predictions served, by predicted class", labelnames=["predicted_class"]
@@ -21,6 +30,10 @@ confidence = prom.Histogram(
     name="xgb_prediction_confidence",
     documentation="Probability of the predicted class",
     buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+records_checked = prom.Counter(
+    name="xgb_input_records_checked_total",
+    documentation="Records whose values were checked against the feature schema's ranges",
 )
 out_of_range = prom.Counter(
     name="xgb_input_out_of_range_total",
@@ -47,11 +60,12 @@ resident_memory = prom.Gauge(
     documentation="Resident memory of the serving workers, summed",
     multiprocess_mode="livesum",
 )
-cpu_seconds = prom.Gauge(
-    name="xgb_process_cpu_seconds_total",
-    documentation="CPU seconds used by the serving workers, summed (a replaced worker's seconds stay in the sum)",
-    multiprocess_mode="sum",
+# A counter: a replaced worker's seconds stay in the sum (its file is kept), so rate() is exact.
+cpu_seconds = prom.Counter(name="xgb_process_cpu_seconds_total", documentation="CPU seconds used by the serving workers")
+worker_starts = prom.Counter(
+    name="xgb_worker_starts_total", documentation="Serving worker processes started (a replaced worker counts again)"
 )
+_cpu_seconds_counted = 0.0
 
 
 def publish_model(tag: str, version: str, prior: list[float], class_names: tuple[str, ...]) -> None:
@@ -85,14 +99,38 @@ def observe_many(histogram: prom.Histogram, values: np.ndarray) -> None:
 
 
 def observe_out_of_range(mask: np.ndarray) -> None:
+    """Count the records checked (the out-of-range ratio's denominator) and each feature's violations."""
+    records_checked.inc(mask.shape[0])
     for j in np.flatnonzero(mask.any(axis=0)).tolist():
         out_of_range.labels(feature=FEATURE_NAMES[j]).inc(int(mask[:, j].sum()))
 
 
 def sample_process() -> None:
-    """Refresh this worker's memory and CPU gauges (called every few seconds)."""
+    """Refresh this worker's memory and CPU metrics (called every few seconds)."""
+    global _cpu_seconds_counted
     with open(f"/proc/{os.getpid()}/statm") as f:
         resident_pages = int(f.read().split()[1])
     resident_memory.set(resident_pages * os.sysconf("SC_PAGE_SIZE"))
     t = os.times()
-    cpu_seconds.set(t.user + t.system)
+    cpu_seconds.inc(t.user + t.system - _cpu_seconds_counted)
+    _cpu_seconds_counted = t.user + t.system
+    forget_dead_workers()
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges (memory, BentoML's in-progress requests) of workers that are gone.
+
+    A worker that exits cleanly removes them itself; a SIGKILLed or OOM-killed one cannot, and its
+    last values would stay in every `livesum` until the server restarts. Counters stay: they are
+    meant to keep a dead worker's share.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        if not os.path.exists(f"/proc/{pid}"):
+            try:
+                prometheus_client.multiprocess.mark_process_dead(pid, directory)
+            except FileNotFoundError:  # another worker got there first
+                pass

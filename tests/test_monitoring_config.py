@@ -36,9 +36,15 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout}\n{result.stderr}"
 
 
+RULE_FILES = localstack.rule_paths()
+
+
+def all_rules() -> list[dict]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
 def alert_rules() -> list[dict]:
-    groups = yaml.safe_load((MON / "alert_rules.yml").read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
+    return [rule for rule in all_rules() if "alert" in rule]
 
 
 # --- Prometheus: config, rules, rule unit tests ----------------------------------------------
@@ -52,9 +58,12 @@ def test_promtool_check_config_docker_and_local(tmp_path):
 
 
 def test_promtool_check_rules():
-    result = run_tool("promtool", "check", "rules", "alert_rules.yml")
+    assert {p.name for p in RULE_FILES} >= {"service.yml"}
+    result = run_tool("promtool", "check", "rules", *map(str, RULE_FILES))
     assert_ok(result)
-    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+    for path in RULE_FILES:
+        rules = sum(len(group["rules"]) for group in yaml.safe_load(path.read_text())["groups"])
+        assert f"Checking {path}\n  SUCCESS: {rules} rules found" in result.stdout
 
 
 def test_promtool_rule_unit_tests_pass():
@@ -76,10 +85,14 @@ MUTATIONS = {
 @pytest.mark.parametrize("name", MUTATIONS)
 def test_rule_unit_tests_catch_a_broken_rule(name, tmp_path):
     old, new = MUTATIONS[name]
-    rules = (MON / "alert_rules.yml").read_text()
-    assert old in rules, f"mutation {name!r} no longer applies: update MUTATIONS"
-    (tmp_path / "alert_rules.yml").write_text(rules.replace(old, new))
+    (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
+    mutated = 0
+    for path in RULE_FILES:
+        rules = path.read_text()
+        mutated += rules.count(old)
+        (tmp_path / "rules" / path.name).write_text(rules.replace(old, new))
+    assert mutated == 1, f"mutation {name!r} no longer applies (or is ambiguous): update MUTATIONS"
     for test_file in RULE_TESTS:
         shutil.copy(test_file, tmp_path / "tests")
     result = run_tool("promtool", "test", "rules", *(p.name for p in RULE_TESTS), cwd=tmp_path / "tests")
@@ -194,8 +207,8 @@ def test_local_prometheus_config_differs_only_in_addresses():
     docker = yaml.safe_load((MON / "prometheus.yml").read_text())
     local = localstack.local_prometheus_config("127.0.0.1:3123", PORTS)
     assert local["global"] == docker["global"]
-    assert [Path(p).name for p in local["rule_files"]] == docker["rule_files"]
-    assert all(Path(p).is_file() for p in local["rule_files"])
+    assert local["rule_files"] == [str(MON / pattern) for pattern in docker["rule_files"]]
+    assert RULE_FILES and all(p.is_file() for p in RULE_FILES)
     docker_jobs = {job["job_name"]: job for job in docker["scrape_configs"]}
     local_jobs = {job["job_name"]: job for job in local["scrape_configs"]}
     assert set(docker_jobs) - set(local_jobs) == {"nginx"}  # no nginx in front of `make serve`
@@ -280,10 +293,10 @@ def test_compose_bind_mounts_exist_and_match_the_configs(compose):
                 mounts[target] = MON / source
             else:
                 assert source.startswith("/") or source in compose["volumes"], f"{name}: undeclared volume {source}"
-    # Prometheus loads the rule file next to its config; Grafana's provider reads the mounted dashboards
+    # Prometheus loads every rule file in the directory next to its config; Grafana's provider reads the mounted dashboards
     assert mounts["/etc/prometheus/prometheus.yml"] == MON / "prometheus.yml"
-    rules = yaml.safe_load((MON / "prometheus.yml").read_text())["rule_files"]
-    assert all(mounts[f"/etc/prometheus/{r}"] == MON / r for r in rules)
+    assert yaml.safe_load((MON / "prometheus.yml").read_text())["rule_files"] == ["rules/*.yml"]
+    assert mounts["/etc/prometheus/rules"] == MON / "rules"
     provider = yaml.safe_load((MON / "grafana/provisioning/dashboards/dashboards.yml").read_text())["providers"][0]
     assert mounts[provider["options"]["path"]] == dashboards.DASHBOARD_DIR
     assert mounts["/etc/grafana/provisioning"] == MON / "grafana/provisioning"

@@ -165,10 +165,10 @@ def test_model_metrics_reach_prometheus(scraped):
 def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, tmp_path):
     """A dedicated service is stopped; the real XGBServiceDown expression fires (with `for:`
     shortened to 2 s) and Alertmanager (group waits shortened) delivers it to the webhook."""
-    rules = yaml.safe_load(localstack.ALERT_RULES.read_text())
-    service_down = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "XGBServiceDown")
+    rules = yaml.safe_load((localstack.MONITORING_DIR / "rules" / "service.yml").read_text())
+    service_down = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "XGBServiceDown")
     service_down["for"] = "2s"
-    (tmp_path / "alert_rules.yml").write_text(yaml.safe_dump(rules))
+    (tmp_path / "service.yml").write_text(yaml.safe_dump(rules))
     ports = new_ports()
     alertmanager = localstack.local_alertmanager_config(ports)
     for route in [alertmanager["route"], *alertmanager["route"]["routes"]]:
@@ -179,7 +179,7 @@ def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, tmp_pa
     server = server_factory(workers=1)
     stack = localstack.LocalStack(
         tmp_path / "stack", f"127.0.0.1:{server.port}", ports, interval="1s",
-        rule_files=[tmp_path / "alert_rules.yml"], alertmanager_config=alertmanager, alert_sink=received.append,
+        rule_files=[tmp_path / "service.yml"], alertmanager_config=alertmanager, alert_sink=received.append,
     )  # fmt: skip
 
     def service_down_alerts() -> list[dict]:
@@ -222,7 +222,7 @@ def test_make_monitor_entry_point_starts_and_stops_cleanly(tmp_path):
                         f"http://127.0.0.1:{ports.node_exporter}/metrics"):  # fmt: skip
                 assert requests.get(url, timeout=5).status_code == 200, url
             config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
-            assert config["rule_files"] == [str(localstack.ALERT_RULES)]
+            assert config["rule_files"] == [str(p) for p in localstack.RULE_FILES]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, proc.stdout.read()
         finally:

@@ -117,16 +117,22 @@ def test_bad_batch_is_refused(live_server, body, status, named):
     assert named in response.json()["error"]
 
 
-def test_out_of_range_is_counted_by_default(live_server):
-    def count() -> float:
-        text = requests.get(f"{live_server}/metrics", timeout=10).text
-        line = [l for l in text.splitlines() if l.startswith('xgb_input_out_of_range_total{feature="feat1"}')]
-        return float(line[0].split()[-1]) if line else 0.0
+def exposed(url: str, series: str) -> float:
+    """The value of one series in the service's /metrics (0 before it exists)."""
+    lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
-    before = count()
+
+OUT_OF_RANGE_FEAT1 = 'xgb_input_out_of_range_total{feature="feat1"}'
+RECORDS_CHECKED = "xgb_input_records_checked_total"  # the out-of-range ratio's denominator
+
+
+def test_out_of_range_is_counted_by_default(live_server):
+    before = exposed(live_server, OUT_OF_RANGE_FEAT1), exposed(live_server, RECORDS_CHECKED)
     response = requests.post(f"{live_server}/predict", json={**EXAMPLE_RECORD, "feat1": 500.0}, timeout=10)
     assert response.status_code == 200
-    assert count() == before + 1
+    assert exposed(live_server, OUT_OF_RANGE_FEAT1) == before[0] + 1
+    assert exposed(live_server, RECORDS_CHECKED) >= before[1] + 1  # other tests may predict meanwhile
 
 
 def test_out_of_range_is_refused_when_configured(server_factory):
@@ -136,4 +142,8 @@ def test_out_of_range_is_refused_when_configured(server_factory):
     error = response.json()
     assert {d["loc"][0] for d in error["detail"]} == {"feat1", "feat12"}
     assert "between 0 and 120" in error["detail"][0]["msg"] and "0 or 1" in error["detail"][1]["msg"]
+    # A refused batch counts its records as checked: 1 of 3 out of range, not 1 per refused request.
+    batch = {"instances": [EXAMPLE_RECORD, {**EXAMPLE_RECORD, "feat1": 500.0}, EXAMPLE_RECORD]}
+    assert requests.post(f"{server.url}/predict_batch", json=batch, timeout=10).status_code == 422
+    assert (exposed(server.url, OUT_OF_RANGE_FEAT1), exposed(server.url, RECORDS_CHECKED)) == (2, 4)
     assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
