@@ -1,11 +1,15 @@
-"""The XGBoost prediction service: the seed's API, served by BentoML.
+"""The XGBoost prediction service: the seed's API, served by BentoML, for the model in the store.
 
-    POST /predict         one flat record  -> {"predicted_class", "confidence", "model_version", "features_used", "probabilities"}
+    POST /predict         one flat record  -> classification: {"predicted_class", "confidence", "model_version",
+                          "features_used", "probabilities"} (+ "predicted_label" for named classes);
+                          regression: {"prediction", "model_version", "features_used"}
     POST /predict_batch   {"instances": [...]} -> {"predictions": [...]}, same order
     GET  /healthz /livez /readyz /metrics, / (docs UI), /docs.json (OpenAPI)
 
-/predict and /predict_batch are answered by serving.fastpath (validation, auth, size limits);
-single records reach the model through BentoML's adaptive batching of `predict_rows`.
+The records' fields, types and ranges are the model's stored schema (model_store/schema.py), turned
+into a Contract once at start-up. /predict and /predict_batch are answered by serving.fastpath
+(validation, auth, size limits); single records reach the model through BentoML's adaptive
+batching of `predict_rows`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from model_store import ModelContractError, load_bundle, stored_model
 from serving import bentoml_internals, metrics
-from serving.contract import out_of_range, predicted, prediction_bodies
+from serving.contract import Contract, predicted
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.settings import SETTINGS
 
@@ -38,6 +42,7 @@ try:
     BUNDLE = load_bundle(str(MODEL.tag))
 except ModelContractError as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
+CONTRACT = Contract(BUNDLE.schema, SETTINGS)
 
 
 @bentoml.service(
@@ -53,14 +58,15 @@ class XGBoostService:
 
     def __init__(self) -> None:
         self.bundle = BUNDLE
+        self.contract = CONTRACT
         prior = self.bundle.metadata.get("class_prior")
-        if prior is None:
+        if prior is None and BUNDLE.schema.is_classification:
             logger.warning("model %s has no class_prior metadata: class drift cannot be monitored; retrain with `make train`", self.bundle.tag)
         metrics.publish_model(self.bundle.tag, self.bundle.version, prior or [], self.bundle.class_names)
         if bentoml.server_context.worker_index == 1:  # once per server, not once per worker
             info = MODEL.stored.info
-            logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, info.labels.get("task", "unknown"),
-                        self.bundle.booster.num_features(), info.creation_time.isoformat(timespec="seconds"))
+            logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, self.bundle.schema.task,
+                        self.bundle.schema.n_features, info.creation_time.isoformat(timespec="seconds"))
 
     @bentoml.on_startup
     def listen_on_own_socket(self) -> None:
@@ -93,13 +99,15 @@ class XGBoostService:
         self._sampler = asyncio.get_running_loop().create_task(loop())
 
     def answers(self, rows: np.ndarray) -> list[dict]:
-        """The seed's answer for each raw feature row, counted in the prediction metrics."""
+        """The answer for each encoded feature row, counted in the prediction metrics."""
         if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
-            metrics.observe_out_of_range(out_of_range(rows))
+            metrics.observe_out_of_range(self.contract.out_of_range(rows), self.bundle.schema.feature_names)
+        if not self.bundle.schema.is_classification:
+            return self.contract.value_bodies(self.bundle.predict(rows), self.bundle.version)
         proba = self.bundle.predict_proba(rows)
         classes, confidence = predicted(proba)
         metrics.observe_predictions(classes, confidence, self.bundle.class_names)
-        return prediction_bodies(proba, classes, confidence, self.bundle.version)
+        return self.contract.class_bodies(proba, classes, confidence, self.bundle.version)
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
@@ -114,4 +122,4 @@ class XGBoostService:
 
 if SETTINGS.cors_origins:  # for BentoML's routes; PredictionRoutes applies the same to its own
     XGBoostService.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS))
-XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS)
+XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS, contract=CONTRACT)

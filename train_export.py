@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model_store import CLASS_NAMES, FEATURE_NAMES, N_CLASSES, save_bundle
-from model_store import dataset
+from model_store import dataset, save_bundle
+from model_store.dataset import FEATURE_NAMES, N_CLASSES
+
+CLASS_NAMES = dataset.SCHEMA.class_names
 
 # The default model's size. The benchmark's baseline serves a model of exactly this size.
 PARAMS = {
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     model = save_bundle(
         booster,
         scaler,
+        schema=dataset.SCHEMA,
         labels={"framework": "xgboost", "task": "multiclass", "dataset": "synthetic" if not args.data else "csv"},
         metadata={
             "metrics": metrics,

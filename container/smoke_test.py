@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from loadtest.bench_servers import free_port  # noqa: E402
 from model_store import load_bundle  # noqa: E402
-from model_store.schema import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
+from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
 
 CONTAINERIZE = REPO / "container" / "containerize.sh"
 LOG_DIR = REPO / ".build" / "container"

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from model_store import EXAMPLE_RECORD
+from model_store.dataset import EXAMPLE_RECORD
 from model_store.dataset import sample_records
 
 from . import bench_load, bench_report

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from model_store.dataset import sample_records
-from model_store.schema import EXAMPLE_RECORD, N_CLASSES, N_FEATURES
+from model_store.dataset import EXAMPLE_RECORD, N_CLASSES, N_FEATURES
 
 # Enough distinct records that the service never sees a short repeating cycle.
 POOL_SIZE = 5_000

@@ -1,9 +1,11 @@
-"""Saving and loading the model bundle (booster + scaler) to and from the BentoML model store.
+"""Saving and loading the model bundle (booster + scaler + schema) to and from the BentoML model store.
 
-One store entry holds both parts, so a booster can never be served with another model's scaler:
-  booster.ubj   the XGBoost booster (XGBoost's own binary format)
-  scaler.json   the StandardScaler's mean and scale, applied with plain numpy at serve time
-                (sklearn's transform() re-validates its input on every call: ~0.2 ms a request)
+One store entry holds every part, so a booster can never be served with another model's scaler or
+contract:
+  booster.ubj        the XGBoost booster (XGBoost's own binary format)
+  scaler.json        the StandardScaler's mean and scale, applied with plain numpy at serve time
+                     (sklearn's transform() re-validates its input on every call: ~0.2 ms a request)
+  metadata "schema"  the ModelSchema (model_store/schema.py): features, task, class names, example
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .schema import CLASS_NAMES, FEATURE_NAMES, N_FEATURES, schema_fingerprint
+from . import dataset
+from .schema import ModelSchema
 
 MODEL_NAME = "xgb_classifier"
 # The tag policy: the newest model unless MODEL_TAG pins one (e.g. "xgb_classifier:3dk2ptx6bkqa2tg5").
@@ -28,7 +31,7 @@ TRAIN_HINT = "run `make train` (or `python train_export.py`) to train and regist
 
 
 class ModelContractError(RuntimeError):
-    """The model in the store cannot be served: missing, unreadable, or trained on another schema."""
+    """The model in the store cannot be served: missing, unreadable, or without a usable schema."""
 
 
 def store_path() -> str:
@@ -98,8 +101,10 @@ class DensePredictor:
                 self._booster.handle, interface, self._config, None, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(result)
             )
         )
-        # XGBoost owns `result` (per thread, until its next call): copy it out.
-        return np.ctypeslib.as_array(result, shape=(rows, int(shape[dims.value - 1]))).copy()
+        # XGBoost owns `result` (per thread, until its next call): copy it out. Its shape is (rows,)
+        # for one output per row (regression, binary:logistic), (rows, classes) for softprob.
+        size = int(np.prod([shape[i] for i in range(dims.value)]))
+        return np.ctypeslib.as_array(result, shape=(size,)).reshape(rows, -1).copy()
 
 
 def model_tag() -> str:
@@ -112,7 +117,7 @@ class ModelBundle:
     booster: Any  # xgboost.Booster
     mean: np.ndarray
     scale: np.ndarray
-    class_names: tuple[str, ...]
+    schema: ModelSchema
     metadata: dict[str, Any]
     predict_scaled: DensePredictor = dataclasses.field(repr=False, compare=False)
 
@@ -120,34 +125,84 @@ class ModelBundle:
     def version(self) -> str:
         return self.tag.split(":", 1)[1]
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape (n, classes), for raw (unscaled) features of shape (n, 36)."""
-        return self.predict_scaled((x - self.mean) / self.scale)
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.schema.class_names
+
+    def encode(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Validated records -> (n, n_features) float64: categories as their codes, null as NaN."""
+        return encode(self.schema, records)
+
+    def margin_input(self, rows: np.ndarray) -> np.ndarray:
+        """What the booster sees for raw rows: continuous values scaled, codes and NaN unchanged."""
+        return (rows - self.mean) / self.scale
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        """Classification: probabilities, shape (n, classes) (binary: 2 columns), for raw rows."""
+        out = self.predict_scaled(self.margin_input(rows))
+        if out.shape[1] == 1:  # binary:logistic gives P(class 1)
+            return np.hstack([1.0 - out, out])
+        return out
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Regression: one value per raw row, shape (n,)."""
+        return self.predict_scaled(self.margin_input(rows))[:, 0]
 
 
-def save_bundle(booster: Any, scaler: Any, *, labels: dict[str, str], metadata: dict[str, Any]):
-    """Register booster + fitted StandardScaler as one new version of MODEL_NAME; returns the bentoml.Model."""
+def encode(schema: ModelSchema, records: list[dict[str, Any]]) -> np.ndarray:
+    """Validated records (every feature present, categories known) -> an (n, n_features) float64 array.
+
+    Column by column, so the per-value Python work is one dict lookup for a category and one
+    test for a null; a plain schema's records are rows of floats already.
+    """
+    if schema.plain:
+        return np.array([[r[name] for name in schema.feature_names] for r in records], dtype=np.float64).reshape(-1, schema.n_features)
+    rows = np.empty((len(records), schema.n_features), dtype=np.float64)
+    nan = float("nan")
+    for j, f in enumerate(schema.features):
+        column = [r[f.name] for r in records]
+        if f.kind == "categorical":
+            codes = {c: float(i) for i, c in enumerate(f.categories)}
+            rows[:, j] = [nan if v is None else codes[v] for v in column]
+        elif f.nullable:
+            rows[:, j] = [nan if v is None else v for v in column]
+        else:
+            rows[:, j] = column
+    return rows
+
+
+def save_bundle(booster: Any, scaler: Any, *, schema: ModelSchema, labels: dict[str, str], metadata: dict[str, Any]):
+    """Register booster + scaler (mean_, scale_) + schema as one new version of MODEL_NAME; returns the bentoml.Model."""
     import bentoml
 
-    metadata = {
-        **metadata,
-        "feature_schema": schema_fingerprint(),
-        "class_names": list(CLASS_NAMES),
-    }
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
+    check_booster(booster, schema, "the new model")
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata={**metadata, "schema": schema.to_dict()}) as model:
         booster.save_model(model.path_of(BOOSTER_FILE))
         scaler_params = {
-            "feature_names": list(FEATURE_NAMES),
-            "mean": scaler.mean_.tolist(),
-            "scale": scaler.scale_.tolist(),
+            "feature_names": list(schema.feature_names),
+            "mean": np.asarray(scaler.mean_, dtype=np.float64).tolist(),
+            "scale": np.asarray(scaler.scale_, dtype=np.float64).tolist(),
         }
         with open(model.path_of(SCALER_FILE), "w") as f:
             json.dump(scaler_params, f)
     return model
 
 
+def stored_schema(tag: str, metadata: dict[str, Any]) -> ModelSchema:
+    """The schema stored with a model; a model stored before schemas were (metadata "feature_schema"
+    of the default dataset) gets the default dataset's schema, which is what it was trained on."""
+    if "schema" in metadata:
+        try:
+            return ModelSchema.from_dict(metadata["schema"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelContractError(f"model {tag!r} has an unreadable schema ({exc}); {TRAIN_HINT}") from None
+    if metadata.get("feature_schema") == dataset.legacy_fingerprint():
+        return dataset.SCHEMA
+    raise ModelContractError(f"model {tag!r} has no feature schema in its metadata (stored by an older version); {TRAIN_HINT}")
+
+
 def stored_model(tag: str | None = None):
-    """The store entry for `tag` (default: the tag policy), checked against the schema, without loading it.
+    """The store entry for `tag` (default: the tag policy), its schema checked, without loading it.
 
     Returns a bentoml.models.BentoModel reference, which is also what makes `bentoml build`
     pack the model into the Bento.
@@ -159,12 +214,37 @@ def stored_model(tag: str | None = None):
     stored = ref.stored
     if stored is None:
         raise _not_stored(tag)
-    if stored.info.metadata.get("feature_schema") != schema_fingerprint():
-        raise ModelContractError(
-            f"model {str(stored.tag)!r} was trained on a different feature schema than model_store/schema.py; "
-            f"{TRAIN_HINT}, or pin a matching model with {MODEL_TAG_ENV}"
-        )
+    stored_schema(str(stored.tag), dict(stored.info.metadata))
     return bentoml.models.BentoModel(str(stored.tag))
+
+
+# The objectives whose predictions are what a schema's task answers: probabilities or values.
+CLASSIFICATION_OBJECTIVES = {"binary": ("binary:logistic",), "multiclass": ("multi:softprob",)}
+REGRESSION_PREFIXES = ("reg:", "count:", "survival:")
+
+
+def booster_objective(booster: Any) -> tuple[str, int]:
+    """The booster's objective and its number of classes (0 when not multi-class)."""
+    learner = json.loads(booster.save_config())["learner"]
+    return learner["objective"]["name"], int(learner["learner_model_param"].get("num_class", "0"))
+
+
+def check_booster(booster: Any, schema: ModelSchema, tag: str) -> None:
+    """The booster takes the schema's features and gives the schema's outputs."""
+    if booster.num_features() != schema.n_features:
+        raise ModelContractError(
+            f"model {tag!r}: the booster takes {booster.num_features()} features, the schema has {schema.n_features}; {TRAIN_HINT}"
+        )
+    objective, num_class = booster_objective(booster)
+    if schema.task == "regression":
+        fits = objective.startswith(REGRESSION_PREFIXES)
+    else:
+        fits = objective in CLASSIFICATION_OBJECTIVES[schema.task] and (schema.task == "binary" or num_class == schema.n_classes)
+    if not fits:
+        raise ModelContractError(
+            f"model {tag!r}: objective {objective} ({num_class or 'no'} classes) does not give what a {schema.task} schema "
+            f"with {schema.n_classes} classes answers; {TRAIN_HINT}"
+        )
 
 
 def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
@@ -179,11 +259,7 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
         raise _not_stored(tag) from None
     full_tag = str(model.tag)
     metadata = dict(model.info.metadata)
-    if metadata.get("feature_schema") != schema_fingerprint():
-        raise ModelContractError(
-            f"model {full_tag!r} was trained on a different feature schema than model_store/schema.py; "
-            f"{TRAIN_HINT}, or pin a matching model with {MODEL_TAG_ENV}"
-        )
+    schema = stored_schema(full_tag, metadata)
     try:
         booster = xgb.Booster(model_file=model.path_of(BOOSTER_FILE))
         with open(model.path_of(SCALER_FILE)) as f:
@@ -194,9 +270,9 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
         raise ModelContractError(
             f"model {full_tag!r} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {TRAIN_HINT}"
         ) from None
-    class_names = tuple(metadata.get("class_names", CLASS_NAMES))
-    if mean.shape != (N_FEATURES,) or scale.shape != (N_FEATURES,) or booster.num_features() != N_FEATURES:
-        raise ModelContractError(f"model {full_tag!r} does not take {N_FEATURES} features; {TRAIN_HINT}")
+    if mean.shape != (schema.n_features,) or scale.shape != (schema.n_features,):
+        raise ModelContractError(f"model {full_tag!r}: its scaler does not take the schema's {schema.n_features} features; {TRAIN_HINT}")
+    check_booster(booster, schema, full_tag)
     # One thread per worker: workers already use every core, and threads would fight over them.
     booster.set_param({"nthread": nthread})
-    return ModelBundle(full_tag, booster, mean, scale, class_names, metadata, DensePredictor(booster))
+    return ModelBundle(full_tag, booster, mean, scale, schema, metadata, DensePredictor(booster))

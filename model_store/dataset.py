@@ -1,6 +1,9 @@
 """The embedded default dataset: synthetic, generated deterministically (nothing is downloaded).
 
-The same generator gives the load tests realistic records, so traffic looks like training data.
+It defines the default model's schema (SCHEMA), since the schema is this dataset's definition:
+`feat1` ... `feat36`, the names of the original API. `feat1`-`feat10` are continuous measurements,
+`feat11`-`feat36` are 0/1 indicators. The service never reads this module: it reads the schema
+stored with the model. The same generator gives the tests realistic records for the default model.
 """
 
 from __future__ import annotations
@@ -9,7 +12,65 @@ import hashlib
 
 import numpy as np
 
-from .schema import FEATURE_INDEX, FEATURE_NAMES, INDEPENDENT_FLAGS, N_CLASSES, N_FEATURES, ONE_HOT_GROUPS
+from .schema import Feature, ModelSchema
+
+
+def _continuous(name: str, lo: float, hi: float, description: str) -> Feature:
+    return Feature(name, "continuous", lo, hi, description=description)
+
+
+def _binary(name: str, description: str) -> Feature:
+    return Feature(name, "binary", 0.0, 1.0, description=description)
+
+
+# One-hot groups among the binary features: exactly one member is 1 in generated data.
+ONE_HOT_GROUPS: dict[str, tuple[str, ...]] = {
+    "region": tuple(f"feat{i}" for i in range(11, 29)),  # 18 regions
+    "channel": ("feat29", "feat30", "feat31"),
+    "plan": ("feat32", "feat33", "feat34"),
+}
+INDEPENDENT_FLAGS = ("feat35", "feat36")
+
+_GROUP_OF = {name: group for group, names in ONE_HOT_GROUPS.items() for name in names}
+
+SCHEMA = ModelSchema(
+    task="multiclass",
+    features=(
+        _continuous("feat1", 0, 120, "age in years"),
+        _continuous("feat2", 0, 50, "number of dependents"),
+        _continuous("feat3", 0, 1_000_000, "monthly amount"),
+        _continuous("feat4", 0, 100, "tenure in months"),
+        _continuous("feat5", 0, 100, "weekly hours"),
+        _continuous("feat6", 0, 100, "days since last contact"),
+        _continuous("feat7", 0, 50, "open products"),
+        _continuous("feat8", 0, 50, "past defaults"),
+        _continuous("feat9", 0, 100, "years of education"),
+        _continuous("feat10", 0, 200, "score"),
+        *(_binary(f"feat{i}", f"one-hot '{_GROUP_OF[f'feat{i}']}'") for i in range(11, 35)),
+        *(_binary(name, "independent flag") for name in INDEPENDENT_FLAGS),
+    ),
+    class_names=("0", "1", "2", "3", "4"),
+    # The seed's example request, verbatim.
+    example={
+        "feat1": 55.0, "feat2": 2.0, "feat3": 6750.0, "feat4": 33.0, "feat5": 32.0,
+        "feat6": 22.0, "feat7": 2.0, "feat8": 0.0, "feat9": 14.0, "feat10": 66.0,
+        **{f"feat{i}": 0.0 for i in range(11, 37)},
+        "feat28": 1.0, "feat31": 1.0, "feat34": 1.0,
+    },
+)  # fmt: skip
+
+# Shorthands for the generator and the default model's tests.
+FEATURE_NAMES = SCHEMA.feature_names
+FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+N_FEATURES = SCHEMA.n_features
+N_CLASSES = SCHEMA.n_classes
+EXAMPLE_RECORD = SCHEMA.example
+
+
+def legacy_fingerprint() -> list[dict[str, object]]:
+    """What a model stored before schemas travelled with models kept instead (metadata "feature_schema"):
+    such a model was trained on this dataset's features, so it is served with SCHEMA."""
+    return [{"name": f.name, "kind": f.kind, "min": f.minimum, "max": f.maximum} for f in SCHEMA.features]
 
 DEFAULT_ROWS = 20_000
 DEFAULT_SEED = 42

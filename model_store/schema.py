@@ -1,90 +1,152 @@
-"""The feature schema: the one definition of what a record is.
+"""A model's feature schema, as data: what a record is, what the model answers.
 
-Training, the service's validation, the tests and the load tests all read it from here, so a
-feature cannot be added, renamed or re-ordered in one place and not the others.
-
-The names and the seed's example record come from the original API (`feat1` ... `feat36`):
-`feat1`-`feat10` are continuous measurements, `feat11`-`feat36` are 0/1 indicators.
+It is stored with the model (metadata "schema" in the BentoML store) and read back by the service,
+which builds its validator, range check, OpenAPI document and metric labels from it. No code names
+a feature: the embedded default dataset defines its own schema in model_store/dataset.py, a CSV's
+schema is inferred from the CSV (train_export.py), an imported booster's from the booster.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+from typing import Any, Literal, get_args
 
-Kind = Literal["continuous", "binary"]
+Kind = Literal["continuous", "binary", "categorical"]
+Task = Literal["binary", "multiclass", "regression"]
+KINDS: tuple[str, ...] = get_args(Kind)
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
-    name: str
+    name: str  # the verbatim JSON key: spaces, '/', '.', upper case and non-ASCII are all legal
     kind: Kind
-    # Allowed range (inclusive). Values outside it are plausible typos or unit errors: the service
-    # counts them per feature and, with XGB_RANGE_CHECK=reject, refuses them.
-    minimum: float
-    maximum: float
+    # continuous/binary: allowed range (inclusive). Values outside it are plausible typos or unit
+    # errors: the service counts them per feature and, with XGB_RANGE_CHECK=reject, refuses them.
+    minimum: float | None = None
+    maximum: float | None = None
+    # categorical: the allowed values, in code order (the value XGBoost sees is the index here).
+    categories: tuple[str, ...] = ()
+    # JSON null accepted, and given to XGBoost as missing (NaN).
+    nullable: bool = False
     description: str = ""
 
-    def in_range(self, value: float) -> bool:
+    def in_range(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.kind == "categorical":
+            return value in self.categories
         if self.kind == "binary":
             return value == 0.0 or value == 1.0
-        return self.minimum <= value <= self.maximum
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "minimum": self.minimum, "maximum": self.maximum,
+            "categories": list(self.categories), "nullable": self.nullable, "description": self.description,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Feature":
+        feature = cls(
+            name=str(d["name"]),
+            kind=d["kind"],
+            minimum=None if d.get("minimum") is None else float(d["minimum"]),
+            maximum=None if d.get("maximum") is None else float(d["maximum"]),
+            categories=tuple(str(c) for c in d.get("categories", ())),
+            nullable=bool(d.get("nullable", False)),
+            description=str(d.get("description", "")),
+        )
+        feature.check()
+        return feature
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"feature {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind == "categorical" and not self.categories:
+            raise ValueError(f"feature {self.name!r} is categorical but has no categories")
+        if self.kind != "categorical" and self.categories:
+            raise ValueError(f"feature {self.name!r} is {self.kind} but has categories")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"feature {self.name!r} has duplicate categories")
+        for bound in (self.minimum, self.maximum):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"feature {self.name!r}: range bound {bound!r} is not finite")
 
 
-def _continuous(name: str, lo: float, hi: float, description: str) -> Feature:
-    return Feature(name, "continuous", lo, hi, description)
+@dataclasses.dataclass(frozen=True)
+class ModelSchema:
+    task: Task
+    features: tuple[Feature, ...]
+    class_names: tuple[str, ...]  # () for regression; for classification, in the model's output order
+    example: dict[str, Any]  # one record from the training data: the docs' and smoke tests' example
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if not self.features:
+            raise ValueError("a model schema needs at least one feature")
+        names = self.feature_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate feature name(s): {sorted({n for n in names if names.count(n) > 1})}")
+        for f in self.features:
+            f.check()
+        expected_classes = {"binary": 2, "regression": 0}.get(self.task)
+        if expected_classes is not None and len(self.class_names) != expected_classes:
+            raise ValueError(f"a {self.task} model has {expected_classes} class names, got {list(self.class_names)}")
+        if self.task == "multiclass" and len(self.class_names) < 3:
+            raise ValueError(f"a multiclass model has at least 3 class names, got {list(self.class_names)}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"duplicate class name(s) in {list(self.class_names)}")
+        if list(self.example) != list(names):
+            raise ValueError("the example record must have every feature, in order")
+        bad = [f.name for f in self.features if not f.in_range(self.example[f.name])]
+        if bad:
+            raise ValueError(f"the example record's value of {', '.join(map(repr, bad))} is not allowed by the schema")
 
-def _binary(name: str, description: str) -> Feature:
-    return Feature(name, "binary", 0.0, 1.0, description)
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
 
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
 
-# One-hot groups among the binary features: exactly one member is 1 in generated data.
-ONE_HOT_GROUPS: dict[str, tuple[str, ...]] = {
-    "region": tuple(f"feat{i}" for i in range(11, 29)),  # 18 regions
-    "channel": ("feat29", "feat30", "feat31"),
-    "plan": ("feat32", "feat33", "feat34"),
-}
-INDEPENDENT_FLAGS = ("feat35", "feat36")
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
 
-_GROUP_OF = {name: group for group, names in ONE_HOT_GROUPS.items() for name in names}
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
 
-FEATURES: tuple[Feature, ...] = (
-    _continuous("feat1", 0, 120, "age in years"),
-    _continuous("feat2", 0, 50, "number of dependents"),
-    _continuous("feat3", 0, 1_000_000, "monthly amount"),
-    _continuous("feat4", 0, 100, "tenure in months"),
-    _continuous("feat5", 0, 100, "weekly hours"),
-    _continuous("feat6", 0, 100, "days since last contact"),
-    _continuous("feat7", 0, 50, "open products"),
-    _continuous("feat8", 0, 50, "past defaults"),
-    _continuous("feat9", 0, 100, "years of education"),
-    _continuous("feat10", 0, 200, "score"),
-    *(_binary(f"feat{i}", f"one-hot '{_GROUP_OF[f'feat{i}']}'") for i in range(11, 35)),
-    *(_binary(name, "independent flag") for name in INDEPENDENT_FLAGS),
-)
+    @property
+    def has_default_class_names(self) -> bool:
+        """Class names "0".."k-1": answers carry the class index only (the seed's contract)."""
+        return self.class_names == tuple(str(i) for i in range(self.n_classes))
 
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
-N_FEATURES = len(FEATURES)
+    @property
+    def plain(self) -> bool:
+        """Every feature a number that must be present: a record is just a row of floats."""
+        return all(f.kind != "categorical" and not f.nullable for f in self.features)
 
-CLASS_NAMES: tuple[str, ...] = ("0", "1", "2", "3", "4")
-N_CLASSES = len(CLASS_NAMES)
+    def index(self, name: str) -> int:
+        return self.feature_names.index(name)
 
-# The seed's example request, verbatim: docs, tests and smoke checks use it.
-EXAMPLE_RECORD: dict[str, float] = {
-    "feat1": 55.0, "feat2": 2.0, "feat3": 6750.0, "feat4": 33.0, "feat5": 32.0,
-    "feat6": 22.0, "feat7": 2.0, "feat8": 0.0, "feat9": 14.0, "feat10": 66.0,
-    **{f"feat{i}": 0.0 for i in range(11, 37)},
-    "feat28": 1.0, "feat31": 1.0, "feat34": 1.0,
-}  # fmt: skip
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "features": [f.to_dict() for f in self.features],
+            "class_names": list(self.class_names),
+            "example": dict(self.example),
+        }
 
-
-def schema_fingerprint() -> list[dict[str, object]]:
-    """The schema as stored in model metadata; the service refuses a model whose copy differs."""
-    return [
-        {"name": f.name, "kind": f.kind, "min": f.minimum, "max": f.maximum} for f in FEATURES
-    ]
-
-
-assert N_FEATURES == 36 and FEATURE_NAMES == tuple(f"feat{i}" for i in range(1, 37))
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSchema":
+        return cls(
+            task=d["task"],
+            features=tuple(Feature.from_dict(f) for f in d["features"]),
+            class_names=tuple(str(c) for c in d.get("class_names", ())),
+            example=dict(d["example"]),
+        )

@@ -1,33 +1,30 @@
-"""The HTTP contract: request validation and response bodies, built from model_store's schema.
+"""The HTTP contract of one model: request validation and answer bodies, built from its stored schema.
 
-Validation is pydantic-core parsing the JSON bytes directly (strict: numbers only, finite,
-every feature required, unknown fields refused), so malformed or ambiguous input never reaches
-the model. Every failure becomes one error type, InputError, which names the field and the problem.
+A Contract is built once per served model at start-up. Validation is pydantic-core parsing the
+JSON bytes directly (strict: numbers only, finite, every feature required, unknown fields refused,
+a category from the stored list, null only where the training data had missing values), so
+malformed or ambiguous input never reaches the model. Every failure becomes one error type,
+InputError, which names the field and the problem.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from typing import Any
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import Annotated, TypedDict
 
-from model_store.schema import FEATURE_NAMES, FEATURES, N_FEATURES
+from model_store.bundle import encode
+from model_store.schema import Feature, ModelSchema
+
+from .settings import Settings
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-# The seed's flat record: {"feat1": 55.0, ..., "feat36": 0.0}.
-Record = TypedDict("Record", {name: float for name in FEATURE_NAMES})  # type: ignore[misc]
-Record.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
-
-_record_values = operator.itemgetter(*FEATURE_NAMES)
-_MINIMUM = np.array([f.minimum for f in FEATURES])
-_MAXIMUM = np.array([f.maximum for f in FEATURES])
-_BINARY = np.array([f.kind == "binary" for f in FEATURES])
+_NUMBER_TYPES = {float, int}
 
 
 class InputError(Exception):
@@ -43,9 +40,27 @@ class InputError(Exception):
         return orjson.dumps({"error": self.error, "detail": self.detail})
 
 
-def _details(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
+    typed = TypedDict(name, fields)  # type: ignore[misc]  # functional form: any string is a key
+    typed.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
+    return typed
+
+
+def _field_type(feature: Feature) -> Any:
+    kind: Any = Literal[feature.categories] if feature.kind == "categorical" else float  # type: ignore[valid-type]
+    return Optional[kind] if feature.nullable else kind
+
+
+def _values_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(names) == 1:  # itemgetter of one key returns the value, not a 1-tuple
+        (name,) = names
+        return lambda record: (record[name],)
+    return operator.itemgetter(*names)
+
+
+def _details(exc: ValidationError) -> list[dict[str, Any]]:
     return [
-        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
         for err in exc.errors(include_url=False, include_context=False, include_input=False)[:50]
     ]
 
@@ -60,95 +75,137 @@ def _raise_for(exc: ValidationError) -> None:
     raise InputError(422, f"invalid input: {len(errors)} problem(s) at {fields}{more}", details) from None
 
 
-def make_batch_adapter(max_records: int) -> TypeAdapter:
-    batch = TypedDict("BatchRequest", {"instances": Annotated[list[Record], Field(min_length=1, max_length=max_records)]})  # type: ignore[misc]
-    batch.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
-    return TypeAdapter(batch)
-
-
-_record_adapter = TypeAdapter(Record)
-
-
-def parse_record(body: bytes) -> np.ndarray:
-    """One JSON record -> a (1, 36) float64 row."""
-    try:
-        record = _record_adapter.validate_json(body)
-    except ValidationError as exc:
-        _raise_for(exc)
-    return np.array([_record_values(record)], dtype=np.float64)
-
-
-def parse_batch(body: bytes, adapter: TypeAdapter, max_records: int) -> np.ndarray:
-    """{"instances": [record, ...]} -> an (n, 36) float64 array, in request order."""
-    rows = _parse_well_formed_batch(body, max_records)
-    if rows is not None:
-        return rows
-    try:
-        request = adapter.validate_json(body)
-    except ValidationError as exc:
-        _raise_for(exc)
-    return np.array([_record_values(r) for r in request["instances"]], dtype=np.float64).reshape(-1, N_FEATURES)
-
-
-_FEATURE_KEYS = frozenset(FEATURE_NAMES)
-_NUMBER_TYPES = {float, int}
-
-
-def _parse_well_formed_batch(body: bytes, max_records: int) -> np.ndarray | None:
-    """The common case at half pydantic's cost: orjson, then checks that only accept what the strict
-    validator accepts. Anything unusual returns None, and the validator decides and explains."""
-    try:
-        request = orjson.loads(body)
-        instances = request["instances"]
-        if type(request) is not dict or len(request) != 1 or type(instances) is not list:
-            return None
-        if not 1 <= len(instances) <= max_records or not all(r.keys() == _FEATURE_KEYS for r in instances):
-            return None
-        values = [_record_values(r) for r in instances]
-        # bool is an int subclass and numpy would turn "55" into 55.0: check the exact types.
-        if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
-            return None
-        rows = np.array(values, dtype=np.float64)
-    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, OverflowError, ValueError):
-        return None
-    return rows if np.isfinite(rows).all() else None
-
-
-def out_of_range(rows: np.ndarray) -> np.ndarray:
-    """Boolean mask, same shape as rows: values outside the schema's allowed range."""
-    outside = (rows < _MINIMUM) | (rows > _MAXIMUM)
-    outside |= _BINARY & (rows != 0.0) & (rows != 1.0)
-    return outside
-
-
-def range_error(rows: np.ndarray, mask: np.ndarray, batch: bool) -> InputError:
-    details = []
-    for i, j in zip(*np.nonzero(mask)):
-        f = FEATURES[j]
-        allowed = "0 or 1" if f.kind == "binary" else f"between {f.minimum:g} and {f.maximum:g}"
-        loc = ["instances", int(i), f.name] if batch else [f.name]
-        details.append({"loc": loc, "msg": f"value {rows[i, j]:g} is out of range: must be {allowed}", "type": "out_of_range"})
-        if len(details) == 50:
-            break
-    fields = ", ".join(".".join(map(str, d["loc"])) for d in details[:5])
-    return InputError(422, f"out-of-range input at {fields}", details)
-
-
 def predicted(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predicted class of each row and its probability (the seed's `confidence`)."""
     classes = proba.argmax(axis=1)
     return classes, proba[np.arange(len(proba)), classes]
 
 
-def prediction_bodies(proba: np.ndarray, classes: np.ndarray, confidence: np.ndarray, model_version: str) -> list[dict[str, Any]]:
-    """The seed's response for each row, plus the per-class probabilities."""
-    return [
-        {
-            "predicted_class": int(c),
-            "confidence": float(conf),
-            "model_version": model_version,
-            "features_used": N_FEATURES,
-            "probabilities": p,
-        }
-        for c, conf, p in zip(classes.tolist(), np.round(confidence.astype(np.float64), 6).tolist(), np.round(proba.astype(np.float64), 6).tolist())
-    ]
+class Contract:
+    """One model's request types, parsers, range check and answer bodies."""
+
+    def __init__(self, schema: ModelSchema, settings: Settings) -> None:
+        self.schema = schema
+        self.max_records = settings.max_batch_records
+        names = schema.feature_names
+        self.record_type = _typed_dict("Record", {f.name: _field_type(f) for f in schema.features})
+        self.batch_type = _typed_dict(
+            "BatchRequest", {"instances": Annotated[list[self.record_type], Field(min_length=1, max_length=self.max_records)]}
+        )
+        self.record_adapter = TypeAdapter(self.record_type)
+        self.batch_adapter = TypeAdapter(self.batch_type)
+        self.prediction_type = self._prediction_type()
+        self._values = _values_getter(names)
+        self._keys = frozenset(names)
+        self._minimum = np.array([-np.inf if f.minimum is None or f.kind == "categorical" else f.minimum for f in schema.features])
+        self._maximum = np.array([np.inf if f.maximum is None or f.kind == "categorical" else f.maximum for f in schema.features])
+        self._binary = np.array([f.kind == "binary" for f in schema.features])
+        self._labels = None if schema.has_default_class_names else list(schema.class_names)
+        self._plain = schema.plain  # records are rows of numbers: the fast parser applies
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def parse_record(self, body: bytes) -> np.ndarray:
+        """One JSON record -> a (1, n_features) float64 row."""
+        try:
+            record = self.record_adapter.validate_json(body)
+        except ValidationError as exc:
+            _raise_for(exc)
+        if self._plain:
+            return np.array([self._values(record)], dtype=np.float64)
+        return encode(self.schema, [record])
+
+    def parse_batch(self, body: bytes) -> np.ndarray:
+        """{"instances": [record, ...]} -> an (n, n_features) float64 array, in request order."""
+        rows = self._parse_well_formed_batch(body) if self._plain else None
+        if rows is not None:
+            return rows
+        try:
+            request = self.batch_adapter.validate_json(body)
+        except ValidationError as exc:
+            _raise_for(exc)
+        return encode(self.schema, request["instances"])
+
+    def _parse_well_formed_batch(self, body: bytes) -> np.ndarray | None:
+        """The common case at half pydantic's cost: orjson, then checks that only accept what the strict
+        validator accepts. Anything unusual returns None, and the validator decides and explains."""
+        try:
+            request = orjson.loads(body)
+            instances = request["instances"]
+            if type(request) is not dict or len(request) != 1 or type(instances) is not list:
+                return None
+            if not 1 <= len(instances) <= self.max_records or not all(r.keys() == self._keys for r in instances):
+                return None
+            values = [self._values(r) for r in instances]
+            # bool is an int subclass and numpy would turn "55" into 55.0: check the exact types.
+            if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
+                return None
+            rows = np.array(values, dtype=np.float64)
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, OverflowError, ValueError):
+            return None
+        return rows if np.isfinite(rows).all() else None
+
+    # -- range check -------------------------------------------------------------------------
+
+    def out_of_range(self, rows: np.ndarray) -> np.ndarray:
+        """Boolean mask, same shape as rows: values outside the schema's allowed range (missing ones are not)."""
+        outside = (rows < self._minimum) | (rows > self._maximum)
+        outside |= self._binary & (rows != 0.0) & (rows != 1.0) & (rows == rows)
+        return outside
+
+    def range_error(self, rows: np.ndarray, mask: np.ndarray, batch: bool) -> InputError:
+        details = []
+        for i, j in zip(*np.nonzero(mask)):
+            f = self.schema.features[j]
+            loc = ["instances", int(i), f.name] if batch else [f.name]
+            details.append({"loc": loc, "msg": f"value {rows[i, j]:g} is out of range: must be {allowed(f)}", "type": "out_of_range"})
+            if len(details) == 50:
+                break
+        fields = ", ".join(".".join(map(str, d["loc"])) for d in details[:5])
+        return InputError(422, f"out-of-range input at {fields}", details)
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def class_bodies(self, proba: np.ndarray, classes: np.ndarray, confidence: np.ndarray, model_version: str) -> list[dict[str, Any]]:
+        """The seed's answer for each row plus the per-class probabilities (and the class's name
+        when the names are not just "0".."k-1")."""
+        n_features = self.schema.n_features
+        bodies = [
+            {"predicted_class": c, "confidence": conf, "model_version": model_version, "features_used": n_features, "probabilities": p}
+            for c, conf, p in zip(classes.tolist(), np.round(confidence.astype(np.float64), 6).tolist(), np.round(proba.astype(np.float64), 6).tolist())
+        ]
+        if self._labels is not None:
+            for body in bodies:
+                body["predicted_label"] = self._labels[body["predicted_class"]]
+        return bodies
+
+    def value_bodies(self, values: np.ndarray, model_version: str) -> list[dict[str, Any]]:
+        """Regression answers. XGBoost computes in float32: the value is sent as float32's shortest
+        decimal (12.3, not 12.300000190734863), exactly the same number."""
+        shortest = values.astype(np.float32).astype(str).astype(np.float64).tolist()
+        n_features = self.schema.n_features
+        return [{"prediction": v, "model_version": model_version, "features_used": n_features} for v in shortest]
+
+    def _prediction_type(self) -> Any:
+        if not self.schema.is_classification:
+            return _typed_dict("Prediction", {"prediction": float, "model_version": str, "features_used": int})
+        fields: dict[str, Any] = {"predicted_class": int}
+        if not self.schema.has_default_class_names:
+            fields["predicted_label"] = Literal[self.schema.class_names]  # type: ignore[valid-type]
+        fields.update(confidence=float, model_version=str, features_used=int, probabilities=list[float])
+        return _typed_dict("Prediction", fields)
+
+
+def allowed(f: Feature) -> str:
+    """What a feature accepts, in words (range errors, docs)."""
+    if f.kind == "categorical":
+        return "one of " + ", ".join(map(repr, f.categories))
+    if f.kind == "binary":
+        return "0 or 1"
+    if f.minimum is not None and f.maximum is not None:
+        return f"between {f.minimum:g} and {f.maximum:g}"
+    if f.minimum is not None:
+        return f"at least {f.minimum:g}"
+    if f.maximum is not None:
+        return f"at most {f.maximum:g}"
+    return "any number"

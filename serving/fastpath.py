@@ -23,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import bentoml_internals, metrics, openapi
 from .bentoml_internals import ASGIApp
-from .contract import InputError, make_batch_adapter, out_of_range, parse_batch, parse_record, range_error
+from .contract import Contract, InputError
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
@@ -34,16 +34,16 @@ _SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control",
 
 
 class PredictionRoutes:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, contract: Contract) -> None:
         self.app = app
         self.settings = settings
+        self.contract = contract
         self.api_key = settings.api_key.encode()
-        self.batch_adapter = make_batch_adapter(settings.max_batch_records)
         self.routes: dict[str, tuple[Callable[[bytes], Awaitable[bytes]], int]] = {
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
         }
-        self.openapi_document = openapi.document(settings)
+        self.openapi_document = openapi.document(contract, settings)
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
         self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
         self.traffic = bentoml_internals.TrafficMetrics(None)
@@ -131,14 +131,14 @@ class PredictionRoutes:
             raise InputError(415, f"unsupported content type {content_type.decode('latin-1')[:100]!r}: send application/json")
 
     async def predict(self, body: bytes) -> bytes:
-        rows = parse_record(body)
+        rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
         assert self._batched is not None
         (answer,) = await self._batched(rows)
         return answer
 
     async def predict_batch(self, body: bytes) -> bytes:
-        rows = parse_batch(body, self.batch_adapter, self.settings.max_batch_records)
+        rows = self.contract.parse_batch(body)
         self.check_ranges(rows, batch=True)
         # Already a batch: straight to the model, off the event loop.
         return orjson.dumps({"predictions": await anyio.to_thread.run_sync(self._service.answers, rows)})
@@ -148,10 +148,10 @@ class PredictionRoutes:
         batch, where the rows are predicted (XGBoostService.answers)."""
         if self.settings.range_check != "reject":
             return
-        mask = out_of_range(rows)
-        metrics.observe_out_of_range(mask)  # also counts the records checked: the ratio's denominator
+        mask = self.contract.out_of_range(rows)
+        metrics.observe_out_of_range(mask, self.contract.schema.feature_names)  # also counts the records checked: the ratio's denominator
         if mask.any():
-            raise range_error(rows, mask, batch)
+            raise self.contract.range_error(rows, mask, batch)
 
 
 def _reason(status: int) -> str:

@@ -14,8 +14,6 @@ import numpy as np
 import prometheus_client as prom
 import prometheus_client.multiprocess
 
-from model_store.schema import FEATURE_NAMES
-
 # BentoML's request-duration buckets (service.py passes them to BentoML's `metrics.duration`
 # config). BentoML's default starts at 5 ms, while /predict takes ~1 ms: p50 and p95 would be
 # interpolated inside the first bucket. Sub-millisecond to the 30 s request timeout; 0.05 is the
@@ -98,11 +96,11 @@ def observe_many(histogram: prom.Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(values.sum()))
 
 
-def observe_out_of_range(mask: np.ndarray) -> None:
+def observe_out_of_range(mask: np.ndarray, feature_names: tuple[str, ...]) -> None:
     """Count the records checked (the out-of-range ratio's denominator) and each feature's violations."""
     records_checked.inc(mask.shape[0])
     for j in np.flatnonzero(mask.any(axis=0)).tolist():
-        out_of_range.labels(feature=FEATURE_NAMES[j]).inc(int(mask[:, j].sum()))
+        out_of_range.labels(feature=feature_names[j]).inc(int(mask[:, j].sum()))
 
 
 def sample_process() -> None:

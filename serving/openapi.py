@@ -1,7 +1,7 @@
 """The OpenAPI document served at /docs.json (read by the docs UI at / and by schemathesis).
 
-Generated from the same pydantic types that validate requests, so the documented contract and
-the enforced one cannot drift apart.
+Generated from the same pydantic types that validate requests (the served model's Contract), so
+the documented contract and the enforced one cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,22 +12,8 @@ import orjson
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
-from model_store.schema import EXAMPLE_RECORD, FEATURES, N_CLASSES
-
-from .contract import Record, make_batch_adapter
+from .contract import Contract, allowed
 from .settings import Settings
-
-
-class Prediction(TypedDict):
-    predicted_class: int
-    confidence: float
-    model_version: str
-    features_used: int
-    probabilities: list[float]
-
-
-class BatchResponse(TypedDict):
-    predictions: list[Prediction]
 
 
 class ErrorDetail(TypedDict):
@@ -44,22 +30,26 @@ class Error(TypedDict):
 REF = "#/components/schemas/{model}"
 
 
-def _schemas(settings: Settings) -> dict[str, Any]:
+def _schemas(contract: Contract) -> dict[str, Any]:
+    batch_response = TypedDict("BatchResponse", {"predictions": list[contract.prediction_type]})  # type: ignore[misc]
     schemas: dict[str, Any] = {}
     for name, adapter in {
-        "Record": TypeAdapter(Record),
-        "BatchRequest": make_batch_adapter(settings.max_batch_records),
-        "Prediction": TypeAdapter(Prediction),
-        "BatchResponse": TypeAdapter(BatchResponse),
+        "Record": contract.record_adapter,
+        "BatchRequest": contract.batch_adapter,
+        "Prediction": TypeAdapter(contract.prediction_type),
+        "BatchResponse": TypeAdapter(batch_response),
         "Error": TypeAdapter(Error),
     }.items():
         schema = adapter.json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
-    for feature in FEATURES:
+    for feature in contract.schema.features:
         prop = schemas["Record"]["properties"][feature.name]
-        prop["description"] = f"{feature.description}; expected range {feature.minimum:g}..{feature.maximum:g}"
-    schemas["Prediction"]["properties"]["probabilities"].update(minItems=N_CLASSES, maxItems=N_CLASSES)
+        expected = f"expected {allowed(feature)}" + ("; null when missing" if feature.nullable else "")
+        prop["description"] = f"{feature.description}; {expected}" if feature.description else expected
+    if contract.schema.is_classification:
+        n_classes = contract.schema.n_classes
+        schemas["Prediction"]["properties"]["probabilities"].update(minItems=n_classes, maxItems=n_classes)
     return schemas
 
 
@@ -84,10 +74,10 @@ def _probe(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "503": {"description": "Not ready"}}}}
 
 
-def build(settings: Settings) -> dict[str, Any]:
+def build(contract: Contract, settings: Settings) -> dict[str, Any]:
     errors = _errors(400, 401, 405, 413, 415, 422, 503)
     body = {"required": True, "content": _json("Record")}
-    body["content"]["application/json"]["example"] = EXAMPLE_RECORD
+    body["content"]["application/json"]["example"] = contract.schema.example
     return {
         "openapi": "3.0.2",
         "info": {
@@ -117,9 +107,9 @@ def build(settings: Settings) -> dict[str, Any]:
             "/readyz": _probe("Readiness: the model is loaded"),
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}},
         },
-        "components": {"schemas": _schemas(settings)},
+        "components": {"schemas": _schemas(contract)},
     }
 
 
-def document(settings: Settings) -> bytes:
-    return orjson.dumps(build(settings))
+def document(contract: Contract, settings: Settings) -> bytes:
+    return orjson.dumps(build(contract, settings))

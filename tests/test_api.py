@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import requests
 
-from model_store import CLASS_NAMES, EXAMPLE_RECORD, FEATURE_NAMES, load_bundle
+from model_store import load_bundle
+from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES, SCHEMA
+
+CLASS_NAMES = SCHEMA.class_names
 from model_store.dataset import sample_records
 
 SEED_KEYS = {"predicted_class", "confidence", "model_version", "features_used"}

@@ -145,7 +145,7 @@ def test_harness_servers_keep_their_own_metrics_when_another_server_starts(bento
     import urllib.request
 
     from loadtest.bench_servers import our_service
-    from model_store import EXAMPLE_RECORD
+    from model_store.dataset import EXAMPLE_RECORD
 
     def predict(server, times):
         for _ in range(times):

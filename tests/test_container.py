@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from model_store import load_bundle
-from model_store.schema import EXAMPLE_RECORD, FEATURE_NAMES, N_FEATURES
+from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES, N_FEATURES
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE_GOAL_MB = 600

@@ -25,15 +25,16 @@ BATCHES = [
 def test_the_fast_batch_parser_accepts_only_what_the_strict_validator_accepts(template, feat1):
     import orjson
 
-    from model_store import EXAMPLE_RECORD
-    from serving import contract
+    from model_store.dataset import EXAMPLE_RECORD, SCHEMA
+    from serving.contract import Contract
+    from serving.settings import Settings
 
+    contract = Contract(SCHEMA, Settings())
     record = orjson.dumps({**EXAMPLE_RECORD, "feat1": "__V__"}).replace(b'"__V__"', feat1.encode())
     body = template.replace(b'"RECORD"', b'"x"').replace(b"RECORD", record)
-    fast = contract._parse_well_formed_batch(body, 5000)
-    adapter = contract.make_batch_adapter(5000)
+    fast = contract._parse_well_formed_batch(body)
     try:
-        strict = np.array([contract._record_values(r) for r in adapter.validate_json(body)["instances"]])
+        strict = np.array([contract._values(r) for r in contract.batch_adapter.validate_json(body)["instances"]])
     except Exception:
         strict = None
     if fast is not None:
@@ -41,13 +42,14 @@ def test_the_fast_batch_parser_accepts_only_what_the_strict_validator_accepts(te
         np.testing.assert_array_equal(fast, strict)
 
 
-
 def test_the_422_summary_says_how_many_problems_it_does_not_name():
     import orjson
 
-    from model_store import EXAMPLE_RECORD
-    from serving.contract import InputError, parse_record
+    from model_store.dataset import EXAMPLE_RECORD, SCHEMA
+    from serving.contract import Contract, InputError
+    from serving.settings import Settings
 
+    parse_record = Contract(SCHEMA, Settings()).parse_record
     with pytest.raises(InputError) as many:
         parse_record(orjson.dumps({"feat99": 1}))
     assert many.value.error == "invalid input: 37 problem(s) at feat1, feat2, feat3, feat4, feat5 and 32 more (see detail)"

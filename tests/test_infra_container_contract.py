@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra_pulumi"))
 
 from ml_api_infra.mocks import run_program, stack_config  # noqa: E402
-from model_store.schema import EXAMPLE_RECORD  # noqa: E402
+from model_store.dataset import EXAMPLE_RECORD  # noqa: E402
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 MODEL_STORE_MOUNT = "/mnt"  # where the namespace shows the store, read-only (the image's BENTOML_HOME)

@@ -25,7 +25,7 @@ from conftest import REPO, free_port
 
 from loadtest import slo
 from loadtest.traffic import RequestPool, check_batch, check_prediction
-from model_store.schema import FEATURES, FEATURE_NAMES
+from model_store.dataset import FEATURE_NAMES, SCHEMA
 
 STRESS = [sys.executable, "-m", "loadtest.stress"]
 
@@ -48,7 +48,7 @@ def test_request_pool_draws_valid_distinct_records():
     records = [json.loads(pool.record_body()) for _ in range(200)]
     for record in records:
         assert list(record) == list(FEATURE_NAMES)
-        assert all(f.in_range(record[f.name]) for f in FEATURES), record
+        assert all(f.in_range(record[f.name]) for f in SCHEMA.features), record
     assert len({json.dumps(r, sort_keys=True) for r in records}) > 100  # not one record repeated
     batch = json.loads(pool.batch_body(17))
     assert len(batch["instances"]) == 17

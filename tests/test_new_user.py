@@ -13,7 +13,7 @@ import subprocess
 import requests
 from conftest import BENTOML, REPO, ServerProcess
 
-from model_store import EXAMPLE_RECORD
+from model_store.dataset import EXAMPLE_RECORD
 
 
 def test_plain_bentoml_serve_in_a_fresh_clone_serves_the_model_make_train_registered(tmp_path):

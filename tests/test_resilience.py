@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import REPO, listeners, worker_pids
-from model_store import EXAMPLE_RECORD
+from model_store.dataset import EXAMPLE_RECORD
 from model_store.dataset import sample_records
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from model_store import EXAMPLE_RECORD
+from model_store.dataset import EXAMPLE_RECORD
 
 KEY = "s3cr3t-key-for-tests"
 

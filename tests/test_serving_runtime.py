@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from conftest import BENTOML, REPO, listeners, worker_pids
-from model_store import EXAMPLE_RECORD, load_bundle
+from model_store import load_bundle
+from model_store.dataset import EXAMPLE_RECORD
 from serving import bentoml_internals
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -13,8 +14,11 @@ from sklearn.preprocessing import StandardScaler
 
 import train_export
 from conftest import REPO
-from model_store import EXAMPLE_RECORD, FEATURE_NAMES, FEATURES, ModelContractError, load_bundle, stored_model
+from model_store import ModelContractError, load_bundle, stored_model
 from model_store import dataset
+from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES
+
+FEATURES = dataset.SCHEMA.features
 from model_store.bundle import SCALER_FILE
 
 
@@ -64,7 +68,7 @@ def test_cli_registers_booster_scaler_and_metadata(bentoml_home):
     assert 0.4 < meta["metrics"]["accuracy"] <= 1.0 and meta["metrics"]["log_loss"] > 0
     assert {"xgboost-cpu", "numpy", "bentoml", "scikit-learn"} <= meta["library_versions"].keys()
     assert len(meta["class_prior"]) == 5 and sum(meta["class_prior"]) == pytest.approx(1.0, abs=1e-3)
-    assert [f["name"] for f in meta["feature_schema"]] == list(FEATURE_NAMES)
+    assert meta["schema"] == dataset.SCHEMA.to_dict()
     assert load_bundle().tag == str(model.tag)
     bentoml.models.delete(model.tag)  # the default model is the latest again for the other tests
 
@@ -152,19 +156,36 @@ def test_missing_model_names_the_tag_and_the_fix(bentoml_home, monkeypatch):
         stored_model()
 
 
-def test_a_model_with_another_schema_is_refused(bentoml_home, monkeypatch):
+def store_legacy_model(feature_schema: list[dict]) -> str:
+    """A model as stored before the schema travelled with it: booster + scaler, metadata "feature_schema"."""
     x, y = dataset.generate(500, seed=1)
     booster, scaler, _ = train_export.train(x, y, seed=1)
-    with bentoml.models.create("xgb_classifier", metadata={"feature_schema": [{"name": "age"}]}) as model:
+    with bentoml.models.create("xgb_classifier", metadata={"feature_schema": feature_schema, "class_names": list("01234")}) as model:
         booster.save_model(model.path_of("booster.ubj"))
-    monkeypatch.setenv("MODEL_TAG", str(model.tag))
+        with open(model.path_of(SCALER_FILE), "w") as f:
+            json.dump({"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()}, f)
+    return str(model.tag)
+
+
+def test_a_model_stored_before_schemas_of_another_dataset_is_refused_with_the_fix(bentoml_home, monkeypatch):
+    tag = store_legacy_model([{"name": "age"}])
+    monkeypatch.setenv("MODEL_TAG", tag)
     try:
-        with pytest.raises(ModelContractError, match="different feature schema"):
-            load_bundle()
-        with pytest.raises(ModelContractError, match="different feature schema"):
-            stored_model()
+        for load in (load_bundle, stored_model):
+            with pytest.raises(ModelContractError, match=rf"{tag}.*no feature schema.*make train"):
+                load()
     finally:
-        bentoml.models.delete(model.tag)
+        bentoml.models.delete(tag)
+
+
+def test_a_default_model_stored_before_schemas_is_served_with_the_default_schema(bentoml_home, monkeypatch):
+    tag = store_legacy_model(dataset.legacy_fingerprint())
+    monkeypatch.setenv("MODEL_TAG", tag)
+    try:
+        assert load_bundle().schema == dataset.SCHEMA
+        assert str(stored_model().tag) == tag
+    finally:
+        bentoml.models.delete(tag)
 
 
 def test_a_corrupt_scaler_is_refused(bentoml_home, monkeypatch, tmp_path):

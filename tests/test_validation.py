@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from model_store import EXAMPLE_RECORD
+from model_store.dataset import EXAMPLE_RECORD
 
 JSON = {"Content-Type": "application/json"}
 

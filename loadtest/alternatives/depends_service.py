@@ -23,7 +23,8 @@ import bentoml
 import numpy as np
 from pydantic import ConfigDict, create_model
 
-from model_store import FEATURE_NAMES, N_FEATURES, load_bundle, model_tag
+from model_store import load_bundle, model_tag
+from model_store.dataset import FEATURE_NAMES, N_FEATURES
 
 SESSION_FIX = os.environ.get("DEPENDS_SESSION_FIX") == "1"
 # Never recycle the client session (1e9 requests, ~31 years); BentoML's defaults are 100 and 300 s.

@@ -21,7 +21,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, create_model
 from sklearn.preprocessing import StandardScaler
 
-from model_store import FEATURE_NAMES, N_FEATURES, load_bundle
+from model_store import load_bundle
+from model_store.dataset import FEATURE_NAMES, N_FEATURES
 
 # The seed's request body: 36 required float fields, feat1..feat36.
 PredictionRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
