@@ -13,8 +13,8 @@ PORT ?= 3000
 # the command line), so `make train` registers the model that plain `bentoml serve` and
 # `bentoml models list` see.
 INSTALLED := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
-# Debian packages that tests and tools need; each mk/*.mk adds its own.
-APT_PACKAGES := hey
+# Debian packages that tests and tools need; each mk/*.mk adds its own. chromium: the docs page's test.
+APT_PACKAGES := hey chromium
 
 .PHONY: help install sysdeps lock train model serve test
 help:  ## list the targets

@@ -5,7 +5,9 @@ BentoML's own API route and middleware chain cost more per request than the pred
 starts, puts its handler in front of that chain for the two prediction routes. The handler counts
 and times each request in BentoML's own request metrics, reads the body with a size limit and a
 timeout, validates it with pydantic-core, sends single records through BentoML's adaptive
-batching, and writes the JSON with orjson. Every other route goes through BentoML as usual.
+batching, and writes the JSON with orjson. The docs page (/, its files, /docs.json) is served
+from memory (docs_page.py). Every other route goes through BentoML as usual, and its router's
+plain-text 404 and 405 become JSON errors like ours.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, metrics, openapi
+from . import bentoml_internals, docs_page, metrics, openapi
 from .bentoml_internals import ASGIApp
 from .contract import Contract, InputError
 from .settings import Settings
@@ -43,7 +45,7 @@ class PredictionRoutes:
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
         }
-        self.openapi_document = openapi.document(contract, settings)
+        self.pages = docs_page.pages(openapi.build(contract, settings))  # /, its files, /docs.json
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
         self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
         self.traffic = bentoml_internals.TrafficMetrics(None)
@@ -64,12 +66,15 @@ class PredictionRoutes:
             return await self.app(scope, receive, send)
         if scope["path"] in self.routes:
             return await self.front(scope, receive, send)
-        if scope["path"] == "/docs.json":
-            return await respond(send, 200, self.openapi_document)
+        page = self.pages.get(scope["path"])
+        if page is not None:
+            if scope["method"] != "GET":
+                return await respond(send, 405, not_allowed(scope).body(), [(b"allow", b"GET")])
+            return await respond(send, 200, page.body, list(page.headers), page.content_type)
         if scope["path"] == f"/{BATCHED_API}":
             # Internal: reachable only through /predict, which validates what it sends.
-            return await respond(send, 404, InputError(404, "not found").body())
-        return await self.app(scope, receive, send_with_security_headers(send))
+            return await respond(send, 404, not_found(scope).body())
+        return await self.app(scope, receive, bentoml_route_sender(scope, send))
 
     async def handle(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         """One /predict or /predict_batch request, counted in BentoML's request metrics."""
@@ -122,7 +127,7 @@ class PredictionRoutes:
 
     def check_request(self, scope: dict[str, Any]) -> None:
         if scope["method"] != "POST":
-            raise InputError(405, f"method {scope['method']} not allowed on {scope['path']}: use POST")
+            raise not_allowed(scope, "POST")
         headers = dict(scope["headers"])
         if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key):
             raise InputError(401, "missing or wrong API key: send it in the X-API-Key header")
@@ -194,19 +199,40 @@ def cors_options(settings: Settings) -> dict[str, Any]:
     return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "X-API-Key"]}
 
 
-def send_with_security_headers(send: Callable) -> Callable:
-    """BentoML's own routes (probes, metrics, docs UI) get the same security headers as ours."""
+def not_found(scope: dict[str, Any]) -> InputError:
+    return InputError(404, f"not found: {scope['path'][:200]}")
+
+
+def not_allowed(scope: dict[str, Any], allowed: str = "GET") -> InputError:
+    return InputError(405, f"method {scope['method']} not allowed on {scope['path'][:200]}: use {allowed}")
+
+
+def bentoml_route_sender(scope: dict[str, Any], send: Callable) -> Callable:
+    """BentoML's own routes (probes, metrics) get the same security headers as ours, and its router's
+    plain-text "Not Found" and "Method Not Allowed" become our JSON errors, like every other error."""
+    replaced = False
 
     async def wrapped(message: dict[str, Any]) -> None:
+        nonlocal replaced
         if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", ()))
+            if message["status"] in (404, 405) and not headers.get(b"content-type", b"").startswith(b"application/json"):
+                replaced = True
+                if message["status"] == 404:
+                    return await respond(send, 404, not_found(scope).body())
+                allowed = headers.get(b"allow", b"GET")
+                return await respond(send, 405, not_allowed(scope, allowed.decode("latin-1")).body(), [(b"allow", allowed)])
             message["headers"] = [*message.get("headers", ()), *_SECURITY_HEADERS]
+        elif replaced:
+            return  # the body of the response replaced above
         await send(message)
 
     return wrapped
 
 
-async def respond(send: Callable, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
+async def respond(send: Callable, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None,
+                  content_type: bytes = b"application/json") -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
     if extra_headers:
         headers.extend(extra_headers)
     start = {"type": "http.response.start", "status": status, "headers": headers}

@@ -1,4 +1,4 @@
-"""The OpenAPI document served at /docs.json (read by the docs UI at / and by schemathesis).
+"""The OpenAPI document served at /docs.json (read by the docs page at / and by schemathesis).
 
 Generated from the same pydantic types that validate requests (the served model's Contract), so
 the documented contract and the enforced one cannot drift apart.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
@@ -74,16 +73,23 @@ def _probe(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "503": {"description": "Not ready"}}}}
 
 
+API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The value of XGB_API_KEY"}
+
+
 def build(contract: Contract, settings: Settings) -> dict[str, Any]:
     errors = _errors(400, 401, 405, 413, 415, 422, 503)
     body = {"required": True, "content": _json("Record")}
     body["content"]["application/json"]["example"] = contract.schema.example
-    return {
+    doc = {
         "openapi": "3.0.2",
         "info": {
             "title": "XGBoost prediction API",
             "version": "1",
-            "description": "The seed's /predict contract, served by BentoML with adaptive micro-batching.",
+            "description": (
+                f"Predicts one record of {contract.schema.n_features} features (`/predict`) or many (`/predict_batch`) with "
+                f"an XGBoost {contract.schema.task} model, served by BentoML with adaptive micro-batching. Every error is "
+                'JSON: `{"error": "...", "detail": [...]}`, naming the field and the problem.'
+            ),
         },
         "paths": {
             "/predict": {
@@ -109,7 +115,8 @@ def build(contract: Contract, settings: Settings) -> dict[str, Any]:
         },
         "components": {"schemas": _schemas(contract)},
     }
-
-
-def document(contract: Contract, settings: Settings) -> bytes:
-    return orjson.dumps(build(contract, settings))
+    if settings.api_key:  # the docs page then shows "Authorize", and "Try it out" sends the key
+        doc["components"]["securitySchemes"] = {"ApiKey": API_KEY_SCHEME}
+        for path in ("/predict", "/predict_batch"):
+            doc["paths"][path]["post"]["security"] = [{"ApiKey": []}]
+    return doc
