@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import free_port
+from conftest import REPO, free_port
 
 from model_store.dataset import sample_records
 from monitoring import check_dashboards, localstack
@@ -231,3 +232,13 @@ def test_make_monitor_entry_point_starts_and_stops_cleanly(tmp_path):
     for port in (ports.prometheus, ports.alertmanager, ports.node_exporter, ports.alert_logger):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_the_prometheus_pages_the_docs_name_are_served_at_those_paths(scraped):
+    """docs/monitoring.md names Prometheus' own pages (Debian's 2.42 serves its classic UI under /classic/)."""
+    stack = scraped[0]
+    pages = set(re.findall(r"http://127\.0\.0\.1:9090(/[\w/.-]+)", (REPO / "docs/monitoring.md").read_text()))
+    assert len(pages) >= 3, pages
+    for page in pages:
+        answer = requests.get(stack.prometheus_url + page, timeout=10, allow_redirects=False)
+        assert answer.status_code == 200, f"{page}: {answer.status_code} {answer.headers.get('location', '')}"
