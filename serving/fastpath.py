@@ -3,9 +3,10 @@
 BentoML's own API route and middleware chain cost more per request than the prediction itself
 (see bentoml_internals.py). PredictionRoutes is added with add_asgi_middleware and, when the app
 starts, puts its handler in front of that chain for the two prediction routes. The handler counts
-and times each request in BentoML's own request metrics, reads the body with a size limit and a
-timeout, validates it with pydantic-core, sends single records through BentoML's adaptive
-batching, and writes the JSON with orjson. The docs page (/, its files, /docs.json) is served
+and times each request in BentoML's own request metrics, reads the body with a size limit
+(body.py), answers within the request timeout (deadlines.py), validates it with pydantic-core,
+sends single records through BentoML's adaptive batching and batches to a pool of their own
+(batch_pool.py), and writes the JSON with orjson. The docs page (/, its files, /docs.json) is served
 from memory (docs_page.py). Every other route goes through BentoML as usual, and its router's
 plain-text 404 and 405 become JSON errors like ours.
 """
@@ -17,7 +18,6 @@ import hmac
 import logging
 from typing import Any, Awaitable, Callable
 
-import anyio.to_thread
 import numpy as np
 import orjson
 from bentoml.exceptions import ServiceUnavailable
@@ -25,7 +25,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import bentoml_internals, docs_page, metrics, openapi
 from .bentoml_internals import ASGIApp
+from .batch_pool import BatchPool
+from .body import BodyTooLarge, read_body
 from .contract import Contract, InputError
+from .deadlines import Deadlines, timed_out
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
@@ -51,6 +54,8 @@ class PredictionRoutes:
         self.traffic = bentoml_internals.TrafficMetrics(None)
         self._in_front = False
         self.inflight = 0
+        self.deadlines = Deadlines(settings.request_timeout_s)
+        self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
 
@@ -90,11 +95,13 @@ class PredictionRoutes:
         if self._service is None:
             self._bind(scope["app"])
         handler, max_bytes = self.routes[scope["path"]]
-        status, headers = 200, None
+        status, headers, body = 200, None, None
         self.inflight += 1
+        task = asyncio.current_task()
+        cohort = self.deadlines.start(task)
         try:
             self.check_request(scope)
-            body = await read_body(receive, max_bytes, scope, self.settings.request_timeout_s)
+            body = await read_body(receive, max_bytes, scope)
             if self.inflight > self.settings.max_inflight:
                 raise ServiceUnavailable("too many predictions in flight")
             payload = await handler(body)
@@ -104,18 +111,35 @@ class PredictionRoutes:
             headers = [(b"www-authenticate", b"API-Key")] if exc.status == 401 else []
             if exc.status == 405:
                 headers.append((b"allow", b"POST"))
-        except ServiceUnavailable:
-            metrics.rejected.labels(reason="overloaded").inc()
-            status, headers = 503, [(b"retry-after", RETRY_AFTER_SECONDS)]
-            payload = orjson.dumps({"error": "overloaded: the prediction queue is full, retry shortly", "detail": []})
+            if isinstance(exc, BodyTooLarge) and exc.close_connection:
+                headers.append((b"connection", b"close"))
+        except (asyncio.CancelledError, ServiceUnavailable) as exc:
+            # BentoML's dispatcher turns a cancelled wait into ServiceUnavailable: either may be the deadline.
+            if timed_out(cohort, task):
+                status, payload = self.timeout_answer(body is None)
+            elif isinstance(exc, asyncio.CancelledError):
+                raise
+            else:
+                metrics.rejected.labels(reason="overloaded").inc()
+                status, headers = 503, [(b"retry-after", RETRY_AFTER_SECONDS)]
+                payload = orjson.dumps({"error": "overloaded: the prediction queue is full, retry shortly", "detail": []})
         except Exception:
             logger.exception("prediction failed")
             status = 500
             payload = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
         finally:
             self.inflight -= 1
+            cohort.discard(task)
         await respond(send, status, payload, headers)
         return status
+
+    def timeout_answer(self, reading_body: bool) -> tuple[int, bytes]:
+        """408 for a client still trickling its body at the deadline, 504 for a prediction not done by then."""
+        metrics.rejected.labels(reason="timeout").inc()
+        timeout = self.settings.request_timeout_s
+        if reading_body:
+            return 408, InputError(408, f"request body not received within {timeout:g} s").body()
+        return 504, InputError(504, f"the prediction did not finish within {timeout:g} s (XGB_REQUEST_TIMEOUT_S)").body()
 
     def _bind(self, app: Any) -> None:
         """Find BentoML's batch dispatcher and service instance (they exist once the app has started)."""
@@ -143,10 +167,11 @@ class PredictionRoutes:
         return answer
 
     async def predict_batch(self, body: bytes) -> bytes:
+        self.batch_pool.admit()
         rows = self.contract.parse_batch(body)
         self.check_ranges(rows, batch=True)
-        # Already a batch: straight to the model, off the event loop.
-        return orjson.dumps({"predictions": await anyio.to_thread.run_sync(self._service.answers, rows)})
+        # Already a batch: straight to the model, off the event loop, on this route's own threads.
+        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows)})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
@@ -161,38 +186,6 @@ class PredictionRoutes:
 
 def _reason(status: int) -> str:
     return {401: "unauthorized", 413: "too_large"}.get(status, "invalid_input")
-
-
-async def read_body(receive: Callable, max_bytes: int, scope: dict[str, Any], timeout_s: float) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise InputError(413, f"request body of {int(value)} bytes is over the {max_bytes}-byte limit of {scope['path']}")
-    message = await receive()  # a small body is all here already: no timer needed
-    body = _body_chunk(message, 0, max_bytes, scope)
-    if message.get("more_body", False):
-        chunks = [body]
-        size = len(body)
-        try:
-            async with asyncio.timeout(timeout_s):  # a client trickling its body must not hold a slot forever
-                while message.get("more_body", False):
-                    message = await receive()
-                    chunks.append(_body_chunk(message, size, max_bytes, scope))
-                    size += len(chunks[-1])
-        except TimeoutError:
-            raise InputError(408, f"request body not received within {timeout_s:g} s") from None
-        body = b"".join(chunks)
-    if not body:
-        raise InputError(400, "empty body: send a JSON object")
-    return body
-
-
-def _body_chunk(message: dict[str, Any], size_so_far: int, max_bytes: int, scope: dict[str, Any]) -> bytes:
-    if message["type"] == "http.disconnect":
-        raise InputError(400, "client disconnected before sending the whole body")
-    chunk = message.get("body", b"")
-    if size_so_far + len(chunk) > max_bytes:
-        raise InputError(413, f"request body is over the {max_bytes}-byte limit of {scope['path']}")
-    return chunk
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:

@@ -36,6 +36,10 @@ class Settings:
     # XGB_MAX_INFLIGHT, which is exact and cheap.
     batch_max_size: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_SIZE", 128))
     batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 5000))
+    # /predict_batch's model calls, per worker: threads that run them (a worker has one core's share)
+    # and how many more may wait for one before the request is answered 503 + Retry-After.
+    batch_threads: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_THREADS", 1))
+    batch_queue: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_QUEUE", 8))
     # Seconds a request may take: BentoML's traffic timeout (504) and the prediction routes' body read (408).
     request_timeout_s: float = dataclasses.field(default_factory=lambda: _float("XGB_REQUEST_TIMEOUT_S", 30.0))
     # Each worker listens on its own SO_REUSEPORT socket (Linux), so the kernel spreads connections evenly.

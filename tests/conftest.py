@@ -110,8 +110,9 @@ def server_factory(bentoml_home):
     """Start extra servers with their own settings; all are stopped at the end of the session."""
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str] | None = None, workers: int = 2, wait: bool = True) -> ServerProcess:
-        server = ServerProcess(env, workers)
+    def start(env: dict[str, str] | None = None, workers: int = 2, wait: bool = True,
+              service: tuple[str, ...] = ("service:XGBoostService",)) -> ServerProcess:
+        server = ServerProcess(env, workers, service=service)
         started.append(server)
         return server.start(wait=wait)
 

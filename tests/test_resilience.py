@@ -205,3 +205,67 @@ def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(server_factor
     assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"].startswith("request body not received within 1 s")
     assert waited < 5
     assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
+def test_a_prediction_that_stalls_gets_504_at_the_request_timeout(server_factory, path):
+    from stalling_service import STALL_MARKER
+
+    stall_s = 4.0
+    server = server_factory({"XGB_REQUEST_TIMEOUT_S": "1", "XGB_TEST_STALL_S": str(stall_s)}, workers=1,
+                            service=("tests.stalling_service:XGBoostService",))  # fmt: skip
+    stalled = {**EXAMPLE_RECORD, next(iter(EXAMPLE_RECORD)): STALL_MARKER}
+    body = stalled if path == "/predict" else {"instances": [EXAMPLE_RECORD, stalled]}
+    started = time.monotonic()
+    response = requests.post(f"{server.url}{path}", json=body, timeout=30)
+    waited = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == "the prediction did not finish within 1 s (XGB_REQUEST_TIMEOUT_S)"
+    assert 1.0 <= waited < stall_s - 1, f"answered after {waited:.2f} s"
+    # The stalled call still finishes in the background; then the route answers as usual.
+    good = EXAMPLE_RECORD if path == "/predict" else {"instances": [EXAMPLE_RECORD]}
+    time.sleep(stall_s - waited + 0.5)
+    assert requests.post(f"{server.url}{path}", json=good, timeout=30).status_code == 200
+
+
+def test_a_burst_of_large_batches_is_bounded_and_predict_keeps_answering(server_factory):
+    from stalling_service import STALL_MARKER
+
+    # Each batch holds the batch thread for 1 s, as a large batch on a slow model would.
+    server = server_factory({"XGB_TEST_STALL_S": "1"}, workers=1, service=("tests.stalling_service:XGBoostService",))
+    records = sample_records(np.random.default_rng(5), 2000)
+    records[0] = {**records[0], next(iter(EXAMPLE_RECORD)): STALL_MARKER}
+    body = json.dumps({"instances": records}).encode()
+    latencies: list[float] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def probe_predict() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                statuses.append(session.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=30).status_code)
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+    def post_batch(_: int) -> requests.Response:
+        return requests.post(f"{server.url}/predict_batch", data=body, headers={"Content-Type": "application/json"}, timeout=120)
+
+    prober = threading.Thread(target=probe_predict)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            batches = list(pool.map(post_batch, range(16)))
+    finally:
+        stop.set()
+        prober.join()
+    codes = sorted(r.status_code for r in batches)
+    print(f"16 slow 2000-record batches at once: {codes.count(200)} answered, {codes.count(503)} refused; "
+          f"/predict meanwhile: {len(latencies)} probes, max {max(latencies) * 1000:.0f} ms")  # fmt: skip
+    assert set(codes) <= {200, 503}, codes
+    # XGB_BATCH_THREADS=1 runs one, XGB_BATCH_QUEUE=8 queue: the rest are refused at once.
+    assert 9 <= codes.count(200) < 16, codes
+    refused = [r for r in batches if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
+    assert statuses and set(statuses) == {200}, statuses
+    assert max(latencies) < 2.0, "/predict must keep answering while the batches run"
