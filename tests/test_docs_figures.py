@@ -79,7 +79,7 @@ def test_the_readmes_prose_repeats_the_same_limits(monkeypatch):
         f"body over {s.max_predict_bytes // 1024} KiB (`/predict`) or {s.max_batch_bytes // 2**20} MiB (`/predict_batch`)",
         f"over {s.max_batch_records:,} records",
         f"`XGB_MAX_INFLIGHT` ({s.max_inflight})",
-        f"BentoML's request timeout is {s.request_timeout_s:g} s",
+        f"`XGB_REQUEST_TIMEOUT_S` ({s.request_timeout_s:g} s) from arrival to answer",
     ):
         assert sentence in README, f"README no longer says {sentence!r}: update it to the code's default"
 
