@@ -4,7 +4,7 @@
                           "features_used", "probabilities"} (+ "predicted_label" for named classes);
                           regression: {"prediction", "model_version", "features_used"}
     POST /predict_batch   {"instances": [...]} -> {"predictions": [...]}, same order
-    GET  /healthz /livez /readyz /metrics, / (docs UI), /docs.json (OpenAPI)
+    GET  /healthz /livez /readyz /metrics, / (docs page, serving/docs_page.py), /docs.json (OpenAPI)
 
 The records' fields, types and ranges are the model's stored schema (model_store/schema.py), turned
 into a Contract once at start-up. /predict and /predict_batch are answered by serving.fastpath
