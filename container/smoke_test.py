@@ -5,8 +5,13 @@ into buildah's storage. No registry is contacted: the image is built FROM that b
 (pip still reaches PyPI for the pinned requirements), and run with podman.
 
   1. container/containerize.sh: `bentoml build`, then `bentoml containerize --backend buildah`;
-  2. `podman run` with the image's own entrypoint and user, on a free port of the host network;
-  3. wait for /readyz, POST the seed's example to /predict, compare with the model in-process;
+  2. `podman run` as ECS Fargate runs the task definition (infra_pulumi's, under Pulumi mocks): its
+     user (1034), a read-only root filesystem with no tmpfs anywhere, its environment unchanged,
+     and at /tmp what Fargate mounts for the task's bind-mount volume: a directory owned by root
+     with mode 0755, unless the image declares /tmp a VOLUME, whose ownership and mode it then
+     gets (`fargate_tmp_volume`); the host port is forwarded to the container port;
+  3. wait for /readyz, POST the seed's example to /predict, compare with the model in-process, and
+     run the task definition's container health-check command inside the container;
   4. read the uid of every process of the container from /proc;
   5. stop it with SIGTERM (as ECS does) and print the image size.
 
@@ -21,8 +26,10 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +38,12 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "infra_pulumi"))
 
 from loadtest.bench_servers import free_port  # noqa: E402
 from model_store import load_bundle  # noqa: E402
 from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
+from ml_api_infra.mocks import task_container  # noqa: E402
 
 CONTAINERIZE = REPO / "container" / "containerize.sh"
 LOG_DIR = REPO / ".build" / "container"
@@ -140,20 +149,44 @@ def wait_ready(name: str, url: str) -> float:
     raise RuntimeError(f"/readyz not 200 after {READY_TIMEOUT_S} s:\n{podman('logs', name, check=False)[-3000:]}")
 
 
-def run_and_check(image: str) -> dict:
+def fargate_tmp_volume(image_volumes: list[str], image_tmp: dict, directory: Path) -> dict:
+    """What Fargate (platform 1.4+) mounts for a task bind-mount volume at /tmp: a fresh directory
+    owned by root with mode 0755, unless the image declares /tmp a VOLUME, in which case it takes
+    the ownership and mode the image gives /tmp."""
+    directory.mkdir(parents=True)
+    if "/tmp" in image_volumes:
+        owner = {"uid": image_tmp["uid"], "gid": image_tmp["gid"], "mode": image_tmp["mode"]}
+    else:
+        owner = {"uid": 0, "gid": 0, "mode": 0o755}
+    os.chown(directory, owner["uid"], owner["gid"])
+    os.chmod(directory, owner["mode"])
+    return owner
+
+
+def run_and_check(image: str, image_volumes: list[str], image_tmp: dict, scratch: Path) -> dict:
+    container = task_container()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     name = f"xgb-smoke-{os.getpid()}"
-    log(f"==> podman run {image} (its entrypoint and user; port {port})")
-    # As ECS runs it (infra_pulumi's task definition): read-only root, a writable /tmp, BENTOML_HOME there.
-    podman("run", "--detach", "--name", name, "--network", "host", *rlimit_options(),
-           "--read-only", "--tmpfs", "/tmp", "--env", "BENTOML_HOME=/tmp/bentoml",
-           "--env", f"PORT={port}", "--env", "XGB_WORKERS=1", image)
+    [mount] = container["mountPoints"]
+    tmp_owner = fargate_tmp_volume(image_volumes, image_tmp, scratch / "tmp-volume")
+    container_port = container["portMappings"][0]["containerPort"]
+    env = [arg for e in container["environment"] for arg in ("--env", f"{e['name']}={e['value']}")]
+    log(f"==> podman run {image} as the task definition runs it: user {container['user']}, read-only root, "
+        f"/tmp volume uid {tmp_owner['uid']} mode {tmp_owner['mode']:o}; port {port} -> {container_port}")
+    assert container["readonlyRootFilesystem"] is True and mount["containerPath"] == "/tmp"
+    podman("run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:{container_port}",
+           *rlimit_options(), "--user", container["user"], "--read-only", "--read-only-tmpfs=false",
+           "--volume", f"{scratch / 'tmp-volume'}:/tmp", *env, image)
     try:
         ready_s = wait_ready(name, url)
         log(f"    ready in {ready_s:.1f} s")
         response = requests.post(f"{url}/predict", json=EXAMPLE_RECORD, timeout=10)
         log(f"==> POST /predict -> {response.status_code} {response.text[:200]}")
+        # ECS runs this command inside the container; a non-zero exit marks the task unhealthy.
+        kind, command = container["healthCheck"]["command"]
+        health = subprocess.run([*PODMAN, "exec", name, "sh", "-c", command], capture_output=True, text=True)
+        log(f"==> health check ({kind}) inside the container: exit {health.returncode}")
         pid = int(podman("inspect", "--format", "{{.State.Pid}}", name))
         processes = process_uids(pid)
         log("==> processes: " + ", ".join(f"pid {p['pid']} uid {p['uid']}" for p in processes))
@@ -167,20 +200,26 @@ def run_and_check(image: str) -> dict:
     log(f"==> stopped in {stop_s:.1f} s, exit code {exit_code}")
     return {"port": port, "ready_seconds": round(ready_s, 1), "status_code": response.status_code,
             "response": response.json() if response.ok else response.text, "processes": processes,
+            "health_check_exit": health.returncode, "tmp_volume": tmp_owner, "run_user": container["user"],
+            "run_user_uid": processes[0]["uid"] if processes else None,
+            "environment": {e["name"]: e["value"] for e in container["environment"]},
             "stop_seconds": round(stop_s, 1), "exit_code": int(exit_code) if exit_code.isdigit() else exit_code,
             "log_tail": logs[-2000:]}
 
 
 # Run inside the image (as its user): what is installed, to check that only the runtime is there.
 INVENTORY_SCRIPT = """
-import json, platform, shutil, importlib.metadata as md
+import json, os, platform, shutil, importlib.metadata as md
+tmp = os.stat("/tmp")
 print(json.dumps({"python": platform.python_version(),
+                  "tmp": {"uid": tmp.st_uid, "gid": tmp.st_gid, "mode": tmp.st_mode & 0o7777},
                   "distributions": sorted({d.metadata["Name"].lower() for d in md.distributions()}),
                   "tools": {t: bool(shutil.which(t)) for t in ("gcc", "cc", "make", "git", "uv", "curl")}}))
 """
 
 
 def inventory(image: str) -> dict:
+    # --volume-less run: an image VOLUME gets an anonymous volume holding the image's own /tmp.
     out = podman("run", "--rm", "--network", "none", *rlimit_options(), "--entrypoint", "python", image,
                  "-c", INVENTORY_SCRIPT)
     return json.loads(out.splitlines()[-1])
@@ -208,6 +247,8 @@ def failures(result: dict) -> list[str]:
             problems.append(f"predicted class {answer.get('predicted_class')}, expected {expected['predicted_class']}")
         if not np.allclose(answer.get("probabilities", []), expected["probabilities"], atol=PROBABILITY_TOLERANCE):
             problems.append(f"probabilities {answer.get('probabilities')} differ from {expected['probabilities']}")
+    if result["health_check_exit"] != 0:
+        problems.append(f"the task definition's health-check command failed (exit {result['health_check_exit']})")
     if not result["processes"] or any(p["uid"] == 0 or p["euid"] == 0 for p in result["processes"]):
         problems.append(f"a process runs as root (or none was found): {result['processes']}")
     if not result["inventory"]["python"].startswith("3.11."):
@@ -227,10 +268,17 @@ def main() -> int:
     image, build_s, build_log = build_image(args.base_image)
     inspect = json.loads(podman("image", "inspect", image))[0]
     size = int(inspect["Size"])
+    volumes = sorted(inspect["Config"].get("Volumes") or {})
+    found = inventory(image)
+    scratch = Path(tempfile.mkdtemp(prefix="smoke-", dir=LOG_DIR))
+    try:
+        ran = run_and_check(image, volumes, found["tmp"], scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     result = {"image": image, "build_seconds": round(build_s, 1), "build_log": build_log,
-              "size_bytes": size, "size_mb": round(size / 1e6, 1),
+              "size_bytes": size, "size_mb": round(size / 1e6, 1), "volumes": volumes,
               "user": inspect["Config"].get("User"), "entrypoint": inspect["Config"].get("Entrypoint"),
-              "inventory": inventory(image), **run_and_check(image), "expected": expected_prediction()}
+              "inventory": found, **ran, "expected": expected_prediction()}
     problems = failures(result)
     log(f"==> image {image}: {result['size_mb']} MB (goal <= {SIZE_GOAL_MB} MB), built in {result['build_seconds']} s")
     for problem in problems:

@@ -6,18 +6,21 @@ APT_PACKAGES += util-linux  # unshare, for that mount namespace
 OPS_STACK ?= prod
 OPS := $(PY) -m ops --stack $(OPS_STACK)
 
-.PHONY: test-deploy infra-preview aws-deploy aws-update aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
+.PHONY: test-deploy infra-preview aws-deploy aws-update aws-rollback aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
 test-deploy: install  ## Pulumi program policy tests (mocks) and ops tests (moto/Stubber)
 	$(PY) -m pytest tests/test_infra_*.py tests/test_ops_*.py
 
 infra-preview: install  ## pulumi preview of stack OPS_STACK (default prod)
 	cd infra_pulumi && pulumi preview --stack $(OPS_STACK)
 
-aws-deploy: model  ## build + push the image, pulumi up, wait until the service is stable
-	$(OPS) deploy
+aws-deploy: model  ## pulumi preview, confirm (YES=1 skips), pulumi up (builds + pushes the image), wait until stable
+	$(OPS) deploy $(if $(YES),--yes)
 
 aws-update: model  ## roll out a new image (IMAGE_TAG=... to reuse one already in ECR)
 	$(OPS) update $(if $(IMAGE_TAG),--image-tag $(IMAGE_TAG))
+
+aws-rollback: install  ## back to the previous task definition (TO=<image tag> for a given image), wait
+	$(OPS) rollback $(if $(TO),--to $(TO))
 
 aws-status: install  ## service, tasks, deployments
 	$(OPS) status
@@ -38,5 +41,5 @@ aws-scale: install  ## set the desired task count: make aws-scale N=8
 	@test -n "$(N)" || { echo "usage: make aws-scale N=<tasks>" >&2; exit 2; }
 	$(OPS) scale $(N)
 
-aws-destroy: install  ## empty the ECR repository and pulumi destroy (asks for the stack name)
+aws-destroy: install  ## pulumi destroy, then delete the images and the repository (asks for the stack name)
 	$(OPS) destroy

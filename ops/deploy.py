@@ -1,4 +1,9 @@
-"""Verbs that change the deployment: `deploy`, `update`, `destroy`."""
+"""Verbs that change the deployment: `deploy`, `update`, `rollback`, `destroy`.
+
+`update` and `rollback` change only the service's task definition (a new revision, or an older
+one) and then record the image tag in the stack config, so the next `pulumi up` keeps it; both go
+through `roll_out`, as any later verb that moves the service to another revision should.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,25 @@ from typing import Optional
 from ops import image
 from ops.context import Context
 from ops.errors import OpsError
-from ops.rollout import RolloutResult, describe_service, register_revision, wait_for_rollout
+from ops.rollout import (RolloutResult, container_image, describe_service, previous_revision,
+                         register_revision, wait_for_rollout)
+
+
+def _name(task_definition: str) -> str:
+    return task_definition.rsplit("/", 1)[-1]
 
 
 def _report(ctx: Context, result: RolloutResult) -> RolloutResult:
+    detail = f": {result.detail}" if result.detail else ""
     if result.outcome == "completed":
-        ctx.echo(f"==> rollout complete: {result.task_definition.rsplit('/', 1)[-1]} is serving")
+        ctx.echo(f"==> rollout complete: {_name(result.task_definition)} is serving")
+        return result
+    if result.outcome == "rolled_back":
+        ctx.echo(f"==> ROLLED BACK by the deployment circuit breaker to {_name(result.task_definition)}{detail}")
     else:
-        ctx.echo(f"==> ROLLED BACK by the deployment circuit breaker to "
-                 f"{result.task_definition.rsplit('/', 1)[-1] or 'the previous revision'}"
-                 + (f": {result.detail}" if result.detail else ""))
-        ctx.echo("    see why with `python -m ops logs --since 30m` and `python -m ops status`")
+        ctx.echo(f"==> DEPLOYMENT FAILED: {_name(result.task_definition)} did not become healthy, and the "
+                 f"service had no earlier deployment to roll back to{detail}")
+    ctx.echo("    see why with `python -m ops logs --since 30m` and `python -m ops status`")
     return result
 
 
@@ -28,45 +41,59 @@ def _wait(ctx: Context, task_definition: str) -> RolloutResult:
         timeout=ctx.rollout_timeout, poll=ctx.poll_seconds, sleep=ctx.sleep, clock=ctx.clock))
 
 
-def deploy(ctx: Context) -> RolloutResult:
-    """Build and push the image, `pulumi up` the whole stack with it, wait until it is stable."""
+def _confirm(ctx: Context, prompt: str, expected: tuple[str, ...]) -> bool:
+    try:
+        return ctx.confirm(prompt).strip().lower() in expected
+    except EOFError:  # no terminal to answer on
+        return False
+
+
+def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = None) -> RolloutResult:
+    """`pulumi preview`, confirm, `pulumi up` (which builds and pushes the image unless a tag is
+    pinned, and waits for the service to be steady), then report the rollout."""
     account = ctx.aws.check_credentials()
     ctx.echo(f"==> AWS account {account}, region {ctx.stack.region}, stack {ctx.stack.name}")
     ctx.pulumi.select(create=True)
-    repo_uri = image.repository_uri(ctx.aws, ctx.stack)
-    if repo_uri is None:
-        # The image must be in ECR before the service exists, so the registry goes up first.
-        ctx.echo("==> creating the ECR repository (pulumi up --target the registry)")
-        ctx.pulumi.up(ctx.stack.registry_urn)
-        repo_uri = image.repository_uri(ctx.aws, ctx.stack)
-        if repo_uri is None:
-            raise OpsError(f"`pulumi up` finished but ECR repository {ctx.stack.repository} does not exist")
-    tag = image.build_and_push(ctx.aws, ctx.stack, ctx.run, repo_uri, ctx.echo)
-    ctx.echo(f"==> pulumi up with imageTag {tag}")
-    ctx.pulumi.set_image_tag(tag)
-    ctx.pulumi.up()
-    svc = describe_service(ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service)
-    return _wait(ctx, svc["taskDefinition"])
+    if image_tag:
+        if not image.image_exists(ctx.aws, ctx.stack, image_tag):
+            raise OpsError(f"image tag {image_tag} is not in ECR repository {ctx.stack.repository}")
+        ctx.echo(f"==> pinning imageTag {image_tag}")
+        ctx.pulumi.set_image_tag(image_tag)
+    elif ctx.stack.image_tag:
+        ctx.echo(f"==> unpinning imageTag {ctx.stack.image_tag}: `pulumi up` builds and pushes this checkout")
+        ctx.pulumi.unpin_image_tag()
+    ctx.echo("==> pulumi preview: what `pulumi up` will change")
+    ctx.pulumi.preview()
+    if not assume_yes and not _confirm(
+            ctx, f"Apply these changes to stack '{ctx.stack.name}' ({ctx.stack.prefix}, {ctx.stack.region})? "
+                 f"[y/N] ", ("y", "yes")):
+        raise OpsError("not confirmed: nothing was changed (pass --yes to apply without asking)")
+    ctx.echo("==> pulumi up: image build and push (unless imageTag is pinned), the stack, "
+             "then waiting for the service to be steady")
+    try:
+        ctx.pulumi.up()
+        up_failure = None
+    except OpsError as err:
+        up_failure = err
+    try:
+        svc = describe_service(ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service)
+    except OpsError:
+        if up_failure is not None:
+            raise up_failure from None
+        raise
+    result = _wait(ctx, svc["taskDefinition"])
+    if up_failure is not None and result.outcome == "completed":
+        raise up_failure  # the service is fine; something else in the stack failed
+    return result
 
 
-def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
-    """Roll out a new image on the running service: new task definition revision, no `pulumi up`."""
-    ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
-    repo_uri = image.repository_uri(ctx.aws, ctx.stack)
-    if repo_uri is None:
-        raise OpsError(f"ECR repository {ctx.stack.repository} not found: run `python -m ops deploy` first")
-    if image_tag is None:
-        image_tag = image.build_and_push(ctx.aws, ctx.stack, ctx.run, repo_uri, ctx.echo)
-    elif not image.image_exists(ctx.aws, ctx.stack, image_tag):
-        raise OpsError(f"{repo_uri}:{image_tag} is not in ECR")
-    ecs = ctx.client("ecs")
-    svc = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)
-    new_arn = register_revision(ecs, svc["taskDefinition"], f"{repo_uri}:{image_tag}")
-    ctx.echo(f"==> registered {new_arn.rsplit('/', 1)[-1]} with image tag {image_tag}; rolling out")
-    ecs.update_service(cluster=ctx.stack.cluster, service=ctx.stack.service, taskDefinition=new_arn)
-    result = _wait(ctx, new_arn)
+def roll_out(ctx: Context, task_definition: str, image_tag: str) -> RolloutResult:
+    """Point the service at `task_definition`, wait, and on success pin `image_tag` in the stack
+    config, or the next `pulumi up` would put the stack's image back."""
+    ctx.client("ecs").update_service(cluster=ctx.stack.cluster, service=ctx.stack.service,
+                                     taskDefinition=task_definition)
+    result = _wait(ctx, task_definition)
     if result.outcome == "completed":
-        # Keep the stack config in step, or the next `pulumi up` would roll the old image back out.
         try:
             ctx.pulumi.set_image_tag(image_tag)
         except OpsError as err:
@@ -75,15 +102,76 @@ def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
     return result
 
 
+def _existing_image(ctx: Context, tag: str) -> str:
+    repo_uri = image.repository_uri(ctx.aws, ctx.stack)
+    if repo_uri is None:
+        raise OpsError(f"ECR repository {ctx.stack.repository} not found: run `python -m ops deploy` first")
+    if not image.image_exists(ctx.aws, ctx.stack, tag):
+        raise OpsError(f"{repo_uri}:{tag} is not in ECR")
+    return f"{repo_uri}:{tag}"
+
+
+def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
+    """Roll out a new image on the running service: new task definition revision, no `pulumi up`."""
+    ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
+    if image_tag is None:
+        repo_uri = image.repository_uri(ctx.aws, ctx.stack)
+        if repo_uri is None:
+            raise OpsError(f"ECR repository {ctx.stack.repository} not found: run `python -m ops deploy` first")
+        image_tag = image.build_and_push(ctx.aws, ctx.stack, ctx.run, repo_uri, ctx.echo)
+    target = _existing_image(ctx, image_tag)
+    ecs = ctx.client("ecs")
+    svc = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)
+    new_arn = register_revision(ecs, svc["taskDefinition"], target)
+    ctx.echo(f"==> registered {_name(new_arn)} with image tag {image_tag}; rolling out")
+    return roll_out(ctx, new_arn, image_tag)
+
+
+def rollback(ctx: Context, to_tag: Optional[str] = None) -> RolloutResult:
+    """Back to the previous task definition revision, or (with `to_tag`) to an image in ECR."""
+    ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
+    ecs = ctx.client("ecs")
+    current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
+    if to_tag:
+        target = register_revision(ecs, current, _existing_image(ctx, to_tag))
+        tag = to_tag
+    else:
+        older = previous_revision(ecs, current)
+        if older is None:
+            raise OpsError(f"nothing to roll back to: {_name(current)} is the oldest active revision; "
+                           f"`python -m ops rollback --to TAG` runs an image from ECR instead")
+        target, tag = older, container_image(ecs, older).rsplit(":", 1)[-1]
+    ctx.echo(f"==> rolling back {_name(current)} -> {_name(target)} (image tag {tag})")
+    return roll_out(ctx, target, tag)
+
+
+def _deletion_protected(ctx: Context) -> bool:
+    elb = ctx.client("elbv2")
+    try:
+        alb = elb.describe_load_balancers(Names=[ctx.stack.load_balancer])["LoadBalancers"][0]
+    except elb.exceptions.LoadBalancerNotFoundException:
+        return False
+    attributes = elb.describe_load_balancer_attributes(LoadBalancerArn=alb["LoadBalancerArn"])["Attributes"]
+    return any(a["Key"] == "deletion_protection.enabled" and a["Value"] == "true" for a in attributes)
+
+
 def destroy(ctx: Context, assume_yes: bool = False) -> None:
-    """Empty the ECR repository and `pulumi destroy` the stack, after typing its name."""
+    """`pulumi destroy` all but the image repository; only once that succeeded, delete the images
+    and destroy the (now empty) repository. A failed destroy leaves every image in place."""
     ctx.aws.check_credentials()
-    if not assume_yes:
-        answer = ctx.confirm(f"This deletes every resource and image of stack '{ctx.stack.name}' "
-                             f"({ctx.stack.prefix}, {ctx.stack.region}). Type the stack name to go on: ")
-        if answer.strip() != ctx.stack.name:
-            raise OpsError("not confirmed: nothing was destroyed")
+    if not assume_yes and not _confirm(
+            ctx, f"This deletes every resource and image of stack '{ctx.stack.name}' "
+                 f"({ctx.stack.prefix}, {ctx.stack.region}). Type the stack name to go on: ",
+            (ctx.stack.name.lower(),)):
+        raise OpsError("not confirmed: nothing was destroyed")
     ctx.pulumi.select()
+    if _deletion_protected(ctx):
+        scope = f"--stack {ctx.stack.name} --cwd {ctx.stack.infra_dir}"
+        raise OpsError(f"load balancer {ctx.stack.load_balancer} has deletion protection (on for prod): "
+                       f"turn it off first with `pulumi config set ml-api:deletionProtection false {scope} "
+                       f"&& pulumi up {scope}`; nothing was destroyed")
+    ctx.echo(f"==> pulumi destroy (stack {ctx.stack.name}), keeping the image repository for now")
+    ctx.pulumi.destroy(ctx.stack.registry_urns)
     ecr = ctx.client("ecr")
     if image.repository_uri(ctx.aws, ctx.stack) is not None:
         ids = [{"imageDigest": img["imageDigest"]}
@@ -92,6 +180,6 @@ def destroy(ctx: Context, assume_yes: bool = False) -> None:
         ctx.echo(f"==> deleting {len(ids)} images from {ctx.stack.repository}")
         for start in range(0, len(ids), 100):
             ecr.batch_delete_image(repositoryName=ctx.stack.repository, imageIds=ids[start:start + 100])
-    ctx.echo(f"==> pulumi destroy (stack {ctx.stack.name})")
+    ctx.echo("==> pulumi destroy (the emptied repository)")
     ctx.pulumi.destroy()
     ctx.echo("==> destroyed")

@@ -35,9 +35,14 @@ def find_edge(ctx: Context) -> EdgeInfo:
     except botocore.exceptions.ClientError as err:
         raise OpsError(f"load balancer or target group {ctx.stack.load_balancer} not found in "
                        f"{ctx.stack.region}: is the stack deployed? ({err.response['Error']['Code']})") from None
-    listeners = elb.describe_listeners(LoadBalancerArn=alb["LoadBalancerArn"])["Listeners"]
-    scheme = "https" if any(l["Protocol"] == "HTTPS" for l in listeners) else "http"
-    return EdgeInfo(f"{scheme}://{alb['DNSName']}", alb["LoadBalancerArn"], tg["TargetGroupArn"])
+    if ctx.stack.domain_name:
+        # The certificate covers the domain, never the ALB's own DNS name.
+        url = f"https://{ctx.stack.domain_name}"
+    else:
+        listeners = elb.describe_listeners(LoadBalancerArn=alb["LoadBalancerArn"])["Listeners"]
+        scheme = "https" if any(l["Protocol"] == "HTTPS" for l in listeners) else "http"
+        url = f"{scheme}://{alb['DNSName']}"
+    return EdgeInfo(url, alb["LoadBalancerArn"], tg["TargetGroupArn"])
 
 
 def target_health(ctx: Context, edge: EdgeInfo) -> list[dict]:

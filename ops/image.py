@@ -3,6 +3,8 @@
 ECR tags are immutable, and a Bento version names exactly one build, so a tag that is already in
 the repository is not pushed again. The image is built by the repository's
 `container/containerize.sh` (the same build as `make image`), then re-tagged for ECR.
+`python -m ops push` is what `pulumi up` runs (infra_pulumi/ml_api_infra/image.py): progress on
+stderr, and on stdout only `__image__:<repository>:<tag>`, which the program reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ops.runner import Runner
 from ops.stack import REPO_ROOT, Stack
 
 TAG_LINE = re.compile(r"__tag__:(\S+:\S+)")
+IMAGE_LINE_PREFIX = "__image__:"
 CONTAINERIZE = "container/containerize.sh"
 # The task definition runs X86_64; without this an ARM laptop would push an image Fargate can't start.
 PLATFORM = "linux/amd64"
@@ -98,3 +101,13 @@ def build_and_push(aws: Aws, stack: Stack, run: Runner, repo_uri: str,
     echo(f"==> pushing {image}")
     run(["docker", "push", image])
     return tag
+
+
+def push(aws: Aws, stack: Stack, run: Runner, echo: Callable[[str], None],
+         repository_url: str | None = None) -> str:
+    """Build and push to the stack's repository (or `repository_url`); returns `<uri>:<tag>`."""
+    repo_uri = repository_url or repository_uri(aws, stack)
+    if repo_uri is None:
+        raise OpsError(f"ECR repository {stack.repository} not found in {stack.region}: "
+                       f"`pulumi up` creates it (run `python -m ops deploy`)")
+    return f"{repo_uri}:{build_and_push(aws, stack, run, repo_uri, echo)}"

@@ -1,7 +1,8 @@
 """New task definition revisions and waiting for an ECS rolling deployment to settle.
 
-A deployment ends one of three ways: COMPLETED (all new tasks healthy, old ones drained), FAILED
-with the circuit breaker rolling back to the previous revision, or still running at our timeout.
+A deployment ends one of four ways: COMPLETED (all new tasks healthy, old ones drained), FAILED
+with the circuit breaker rolling back to the previous revision, FAILED with nothing to roll back to
+(the service's first deployment), or still running at our timeout.
 """
 
 from __future__ import annotations
@@ -40,9 +41,31 @@ def register_revision(ecs: Any, current_arn: str, image: str) -> str:
 
 @dataclass
 class RolloutResult:
-    outcome: str  # "completed" | "rolled_back"
+    # "completed" | "rolled_back" (to task_definition) | "failed" (task_definition could not start
+    # and there was no earlier deployment to go back to)
+    outcome: str
     task_definition: str
     detail: str = ""
+
+
+def revision_number(task_definition_arn: str) -> int:
+    return int(task_definition_arn.rsplit(":", 1)[1])
+
+
+def previous_revision(ecs: Any, current_arn: str) -> str | None:
+    """The newest ACTIVE revision of the family older than `current_arn`, or None."""
+    family = current_arn.rsplit("/", 1)[1].rsplit(":", 1)[0]
+    arns = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
+                familyPrefix=family, status="ACTIVE")
+            for arn in page["taskDefinitionArns"]
+            if arn.rsplit("/", 1)[1].rsplit(":", 1)[0] == family]
+    older = [arn for arn in arns if revision_number(arn) < revision_number(current_arn)]
+    return max(older, key=revision_number, default=None)
+
+
+def container_image(ecs: Any, task_definition_arn: str) -> str:
+    containers = ecs.describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"]["containerDefinitions"]
+    return next(c["image"] for c in containers if c["name"] == CONTAINER_NAME)
 
 
 def describe_service(ecs: Any, cluster: str, service: str) -> dict:
@@ -85,8 +108,10 @@ def wait_for_rollout(ecs: Any, cluster: str, service: str, task_definition: str,
             echo(line)
             last = line
         if state == "FAILED" or (ours["status"] == "ACTIVE" and primary is not None):
-            return RolloutResult("rolled_back", primary["taskDefinition"] if primary else "",
-                                 ours.get("rolloutStateReason", ""))
+            back_to = primary["taskDefinition"] if primary else ""
+            if back_to in ("", task_definition):  # a first deployment has nothing to go back to
+                return RolloutResult("failed", task_definition, ours.get("rolloutStateReason", ""))
+            return RolloutResult("rolled_back", back_to, ours.get("rolloutStateReason", ""))
         if state == "COMPLETED" and len(deployments) == 1 and ours["runningCount"] == ours["desiredCount"]:
             return RolloutResult("completed", task_definition, ours.get("rolloutStateReason", ""))
         if clock() >= deadline:

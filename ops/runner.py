@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 from ops.errors import OpsError
 
@@ -26,10 +26,12 @@ class Completed:
 
 
 class Runner:
-    """Runs a command, streaming its output unless `capture`; raises OpsError when it fails."""
+    """Runs a command, streaming its output (to `stream`, default our stdout) unless `capture`;
+    raises OpsError when it fails."""
 
-    def __init__(self, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, echo: Callable[[str], None] = print, stream: Optional[TextIO] = None) -> None:
         self.echo = echo
+        self.stream = stream
 
     def __call__(self, cmd: Sequence[str], *, cwd: Optional[Path] = None, stdin: Optional[str] = None,
                  capture: bool = False, check: bool = True, secret_stdin: bool = False,
@@ -39,7 +41,7 @@ class Runner:
         try:
             proc = subprocess.run(list(cmd), cwd=cwd, input=stdin, text=True,
                                   env={**os.environ, **env} if env else None,
-                                  stdout=subprocess.PIPE if capture else None,
+                                  stdout=subprocess.PIPE if capture else self.stream,
                                   stderr=subprocess.PIPE if capture else None)
         except FileNotFoundError:
             raise OpsError(f"`{cmd[0]}` not found: {INSTALL_HINTS.get(cmd[0], 'install it')}") from None

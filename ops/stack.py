@@ -2,12 +2,14 @@
 
 The program names its resources `<project>-<environment>` (ml-api-prod): cluster, service, task
 family, ECR repository, ALB and target group; the log group is `/ecs/<project>-<environment>`.
-Reading `Pulumi.<stack>.yaml` gives those names (and the region) without the Pulumi CLI or a
-backend login, so every verb but deploy/destroy works with AWS credentials alone.
+Reading `Pulumi.<stack>.yaml` gives those names (and the region, and the domain) without the
+Pulumi CLI or a backend login, so every verb but deploy/destroy works with AWS credentials alone.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +22,50 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = REPO_ROOT / "infra_pulumi"
 PROJECT = "ml-api"  # the Pulumi project name (Pulumi.yaml), prefix of its config keys
 # Same defaults as infra_pulumi/ml_api_infra/settings.py.
-DEFAULTS = {"aws:region": "us-west-2", f"{PROJECT}:project": "ml-api", f"{PROJECT}:environment": "prod"}
+DEFAULTS = {f"{PROJECT}:project": "ml-api", f"{PROJECT}:environment": "prod"}
+DEFAULT_REGION = "us-west-2"
 CONTAINER_NAME = "api"
+
+
+def default_region() -> str:
+    """The region Pulumi's AWS provider uses when the stack sets no `aws:region` (the program's
+    settings.default_region follows the same rule)."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def urn_selected(urn: str, patterns: list[str]) -> bool:
+    """Pulumi's `--target`/`--exclude` rule: a pattern names one exact URN, unless it has wildcards
+    (`*` within a URN segment, `**` across segments). A component's children have URNs of their own
+    (`...::ml-api:registry:Registry$aws:ecr/repository:Repository::ml-api-prod-repo`), so naming the
+    component does not select them; `<type prefix>**` does."""
+    for pattern in patterns:
+        if "*" not in pattern:
+            if urn == pattern:
+                return True
+            continue
+        regex = "".join(".*" if part == "**" else "[^:]*" if part == "*" else re.escape(part)
+                        for part in _split_wildcards(pattern))
+        if re.fullmatch(regex, urn):
+            return True
+    return False
+
+
+def _split_wildcards(pattern: str) -> list[str]:
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            parts.append("**")
+            i += 2
+        elif pattern[i] == "*":
+            parts.append("*")
+            i += 1
+        else:
+            j = i
+            while j < len(pattern) and pattern[j] != "*":
+                j += 1
+            parts.append(pattern[i:j])
+            i = j
+    return parts
 
 
 @dataclass(frozen=True)
@@ -30,6 +74,8 @@ class Stack:
     region: str
     prefix: str
     infra_dir: Path = INFRA_DIR
+    domain_name: str = ""
+    image_tag: str = ""  # pinned in the stack config; empty: `pulumi up` builds the image
 
     @property
     def cluster(self) -> str:
@@ -60,9 +106,9 @@ class Stack:
         return f"service/{self.cluster}/{self.service}"
 
     @property
-    def registry_urn(self) -> str:
-        # Targeting a component includes its children (the repository and its lifecycle policy).
-        return f"urn:pulumi:{self.name}::{PROJECT}::{PROJECT}:registry:Registry::{self.prefix}"
+    def registry_urns(self) -> str:
+        """The Registry component and its children (the repository, its lifecycle policy)."""
+        return f"urn:pulumi:{self.name}::{PROJECT}::{PROJECT}:registry:Registry**"
 
 
 def load_stack(name: str, infra_dir: Path = INFRA_DIR) -> Stack:
@@ -72,7 +118,9 @@ def load_stack(name: str, infra_dir: Path = INFRA_DIR) -> Stack:
                        f"`pulumi stack init {name}` in {infra_dir} (or pass --stack)")
     config = {**DEFAULTS, **(yaml.safe_load(config_file.read_text()) or {}).get("config", {})}
     prefix = f"{config[f'{PROJECT}:project']}-{config[f'{PROJECT}:environment']}"
-    return Stack(name=name, region=str(config["aws:region"]), prefix=prefix, infra_dir=infra_dir)
+    return Stack(name=name, region=str(config.get("aws:region") or default_region()), prefix=prefix,
+                 infra_dir=infra_dir, domain_name=str(config.get(f"{PROJECT}:domainName", "")),
+                 image_tag=str(config.get(f"{PROJECT}:imageTag", "")))
 
 
 class Pulumi:
@@ -93,12 +141,19 @@ class Pulumi:
             raise OpsError(f"Pulumi stack '{self.stack.name}' not found (or not logged in to its backend): "
                            f"run `pulumi login`, then `python -m ops deploy` to create it")
 
-    def up(self, *targets: str) -> None:
-        extra = [arg for t in targets for arg in ("--target", t)]
-        self.run(self._cmd("up", "--yes", "--skip-preview", *extra))
+    def preview(self) -> None:
+        """Show what `up` would change (streamed to the terminal)."""
+        self.run(self._cmd("preview", "--diff"))
+
+    def up(self) -> None:
+        self.run(self._cmd("up", "--yes", "--skip-preview"))
 
     def set_image_tag(self, tag: str) -> None:
         self.run(self._cmd("config", "set", f"{PROJECT}:imageTag", tag))
 
-    def destroy(self) -> None:
-        self.run(self._cmd("destroy", "--yes", "--skip-preview"))
+    def unpin_image_tag(self) -> None:
+        self.run(self._cmd("config", "rm", f"{PROJECT}:imageTag"))
+
+    def destroy(self, *exclude: str) -> None:
+        extra = [arg for pattern in exclude for arg in ("--exclude", pattern)]
+        self.run(self._cmd("destroy", "--yes", "--skip-preview", *extra))

@@ -1,11 +1,14 @@
-"""Test kit for ops: a moto account holding what the Pulumi program creates, and a command runner
-that records command lines and applies their AWS side effects (a push puts an image in ECR,
-`pulumi up` creates the stack), since Docker and the Pulumi CLI cannot run in tests."""
+"""Test kit for ops: a moto account holding what the Pulumi program creates, a command runner that
+records command lines and applies their AWS side effects (a push puts an image in ECR), and a fake
+`pulumi` that behaves as the engine does for this program (`FakePulumi`), since Docker and the
+Pulumi CLI cannot run in tests."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -16,7 +19,7 @@ from ops.aws import Aws
 from ops.context import Context
 from ops.errors import OpsError
 from ops.runner import Completed
-from ops.stack import CONTAINER_NAME, Stack, load_stack
+from ops.stack import CONTAINER_NAME, INFRA_DIR, PROJECT, Stack, load_stack, urn_selected
 
 BENTO_TAG = "xgboost_service:v3kq2hxa6sxyz"
 
@@ -135,3 +138,117 @@ def make_context(session: boto3.session.Session, runner: FakeRunner, stack_name:
     ctx = Context(stack=stack, aws=Aws(stack.region, session), run=runner, echo=printed.append,
                   sleep=lambda _s: None, poll_seconds=0, **kwargs)
     return ctx, printed
+
+
+@functools.lru_cache(maxsize=None)
+def program_urns(stack_name: str = "prod") -> tuple[str, ...]:
+    """The URNs the real Pulumi program declares for the committed stack config (under mocks)."""
+    sys.path.insert(0, str(INFRA_DIR))
+    from ml_api_infra.mocks import run_program, stack_config
+
+    return tuple(run_program(stack_config(stack_name), stack=stack_name).urns)
+
+
+def urn_type(urn: str) -> str:
+    """`urn:pulumi:prod::ml-api::ml-api:registry:Registry$aws:ecr/repository:Repository::x` -> the
+    resource's own type, `aws:ecr/repository:Repository`."""
+    return urn.split("::")[2].rsplit("$", 1)[-1]
+
+
+@dataclass
+class FakePulumi:
+    """`pulumi` for this stack as the engine behaves: its resources are the URNs the real program
+    declares; `up --target`/`destroy --exclude` select among them by Pulumi's rule (exact URNs, or
+    wildcards; a component's URN alone does not select its children); the resources ops can observe
+    appear in (or leave) moto. `pulumi config set|rm ml-api:imageTag` changes the config `up` uses:
+    without a tag, `up` runs the program's build command, which pushes `version`."""
+
+    session: boto3.session.Session
+    stack: Stack
+    version: str = BENTO_TAG.split(":")[1]
+    image_tag: str = ""
+    fail_up_after_create: str = ""  # e.g. a wait_for_steady_state timeout: up exits non-zero
+    fail_destroy: str = ""
+    urns: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)  # what each command did, in order
+
+    def __post_init__(self) -> None:
+        self.urns = self.urns or list(program_urns(self.stack.name))
+        self.image_tag = self.image_tag or self.stack.image_tag
+
+    def effects(self) -> dict[str, Callable[[list[str]], Optional[Completed]]]:
+        return {"pulumi up": self.up, "pulumi destroy": self.destroy,
+                "pulumi config set": self.config_set, "pulumi config rm": self.config_rm}
+
+    @staticmethod
+    def _flag_values(cmd: list[str], flag: str) -> list[str]:
+        return [cmd[i + 1] for i, arg in enumerate(cmd) if arg == flag]
+
+    def _selected(self, cmd: list[str]) -> set[str]:
+        targets, excluded = self._flag_values(cmd, "--target"), self._flag_values(cmd, "--exclude")
+        chosen = [u for u in self.urns if not targets or urn_selected(u, targets)]
+        return {urn_type(u) for u in chosen if not urn_selected(u, excluded)}
+
+    def up(self, cmd: list[str]) -> Optional[Completed]:
+        types = self._selected(cmd)
+        ecr = self.session.client("ecr")
+        if "aws:ecr/repository:Repository" in types and not self._repository_exists():
+            create_registry(self.session, self.stack)
+            self.history.append("created repository")
+        tag = self.image_tag
+        if not tag and "command:local:Command" in types:
+            if self._repository_exists():
+                existing = ecr.describe_images(repositoryName=self.stack.repository)["imageDetails"]
+                if not any(self.version in img.get("imageTags", []) for img in existing):
+                    push_image(self.session, self.stack, self.version)
+                self.history.append(f"pushed {self.version}")
+                tag = self.version
+            else:
+                return Completed(255, "ops push: ECR repository not found")
+        if "aws:ecs/service:Service" in types and not self._service_exists():
+            create_stack(self.session, self.stack, tag)
+            self.history.append(f"created service with {tag}")
+        if self.fail_up_after_create:
+            return Completed(255, self.fail_up_after_create)
+        return None
+
+    def destroy(self, cmd: list[str]) -> Optional[Completed]:
+        if self.fail_destroy:
+            return Completed(255, self.fail_destroy)
+        types = self._selected(cmd)
+        if "aws:ecs/service:Service" in types and self._service_exists():
+            ecs = self.session.client("ecs")
+            ecs.delete_service(cluster=self.stack.cluster, service=self.stack.service, force=True)
+            self.history.append("deleted service")
+        if "aws:ecr/repository:Repository" in types and self._repository_exists():
+            ecr = self.session.client("ecr")
+            if ecr.describe_images(repositoryName=self.stack.repository)["imageDetails"]:
+                # force_delete is off: ECR refuses to delete a repository that holds images.
+                return Completed(255, "RepositoryNotEmptyException")
+            ecr.delete_repository(repositoryName=self.stack.repository)
+            self.history.append("deleted repository")
+        return None
+
+    def config_set(self, cmd: list[str]) -> None:
+        if cmd[3] == f"{PROJECT}:imageTag":
+            self.image_tag = cmd[4]
+
+    def config_rm(self, cmd: list[str]) -> None:
+        if cmd[3] == f"{PROJECT}:imageTag":
+            self.image_tag = ""
+
+    def _repository_exists(self) -> bool:
+        ecr = self.session.client("ecr")
+        try:
+            ecr.describe_repositories(repositoryNames=[self.stack.repository])
+        except ecr.exceptions.RepositoryNotFoundException:
+            return False
+        return True
+
+    def _service_exists(self) -> bool:
+        ecs = self.session.client("ecs")
+        try:
+            found = ecs.describe_services(cluster=self.stack.cluster, services=[self.stack.service])
+        except ecs.exceptions.ClusterNotFoundException:
+            return False
+        return any(s.get("status") == "ACTIVE" for s in found.get("services", []))

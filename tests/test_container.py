@@ -78,6 +78,24 @@ def test_predict_inside_the_container_matches_the_model_in_process(smoke):
     assert answer["features_used"] == N_FEATURES
 
 
+def test_runs_as_fargate_runs_the_task_definition(smoke):
+    """Fargate mounts the task's /tmp volume root-owned 0755 unless the image declares /tmp a VOLUME
+    (then with the image's ownership); the container runs as uid 1034 on a read-only root with the
+    task definition's environment. The image must declare /tmp, or `bentoml serve` cannot start."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "infra_pulumi"))
+    from ml_api_infra.mocks import task_container
+
+    container = task_container()
+    assert smoke["volumes"] == ["/tmp"], "the image must declare /tmp a VOLUME"
+    assert smoke["tmp_volume"]["uid"] == smoke["run_user_uid"] == 1034, smoke["tmp_volume"]
+    assert smoke["run_user"] == container["user"]
+    assert smoke["environment"] == {e["name"]: e["value"] for e in container["environment"]}
+    assert smoke["environment"]["BENTOML_HOME"].startswith("/tmp/")
+    assert smoke["status_code"] == 200 and smoke["health_check_exit"] == 0, smoke["log_tail"]
+
+
 def test_the_service_does_not_run_as_root(smoke):
     assert smoke["user"] == "bentoml"
     processes = smoke["processes"]

@@ -6,11 +6,12 @@ timeout. Here a private mount namespace gives the server exactly that (`/` remou
 a tmpfs on /tmp, the model store bind-mounted read-only), with the environment taken from the
 program's container definition. Runs as root: the Python here lives under /root (mode 700), so
 the image's uid 1034 can't be emulated; the read-only mounts stop root's writes all the same.
+What uid 1034 meets on Fargate (a /tmp volume owned as the image declares it) is checked on the
+real image in tests/test_container.py (`make test-container`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -27,7 +28,7 @@ from conftest import free_port
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra_pulumi"))
 
-from ml_api_infra.mocks import run_program, stack_config  # noqa: E402
+from ml_api_infra.mocks import task_container  # noqa: E402
 from model_store.dataset import EXAMPLE_RECORD  # noqa: E402
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -36,10 +37,7 @@ MODEL_STORE_MOUNT = "/mnt"  # where the namespace shows the store, read-only (th
 
 @pytest.fixture(scope="module")
 def container() -> dict:
-    program = run_program(stack_config("prod"))
-    task = program.one("aws:ecs/taskDefinition:TaskDefinition")
-    [definition] = json.loads(task.inputs["containerDefinitions"])
-    return definition
+    return task_container()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -46,9 +47,51 @@ def test_prod_stack_config_holds_the_seed_values():
 def test_every_concern_is_a_component(prod):
     components = {r.type for r in prod.resources if r.type.startswith("ml-api:")}
     assert components == {
-        "ml-api:network:Network", "ml-api:registry:Registry", "ml-api:iam:TaskRoles",
-        "ml-api:service:Service", "ml-api:edge:Edge", "ml-api:scaling:Scaling",
-        "ml-api:observability:LogGroups", "ml-api:observability:Monitoring"}
+        "ml-api:network:Network", "ml-api:registry:Registry", "ml-api:image:ServiceImage",
+        "ml-api:iam:TaskRoles", "ml-api:service:Service", "ml-api:edge:Edge", "ml-api:edge:AccessLogs",
+        "ml-api:scaling:Scaling", "ml-api:observability:LogGroups", "ml-api:observability:Monitoring"}
+
+
+# --- image: `pulumi up` on a fresh stack builds and pushes it -----------------------------------
+
+def test_pulumi_up_on_a_fresh_stack_builds_and_pushes_the_image(prod):
+    from ml_api_infra.image import build_fingerprint
+    from ops.cli import parser
+
+    assert "ml-api:imageTag" not in stack_config("prod"), "a committed tag names an image nobody pushed"
+    build = prod.one("command:local:Command")
+    repo_url = prod.outputs["ecrRepositoryUrl"]
+    argv = shlex.split(build.inputs["create"])
+    assert argv[:3] == [".venv/bin/python", "-m", "ops"] and build.inputs["dir"] == "..", build.inputs
+    args = parser().parse_args(argv[3:])  # a command ops understands, for this stack and repository
+    assert (args.verb, args.stack, args.region, args.repository_url) == ("push", "prod", "us-west-2", repo_url)
+    assert build.inputs["triggers"] == [build_fingerprint()], "a changed build input must rebuild"
+    # The task runs exactly the image the command pushed (its last line), not a configured tag.
+    image = container(prod)["image"]
+    assert image == prod.outputs["image"] == f"{repo_url}:{build_fingerprint()[:16]}", image
+
+
+def test_build_fingerprint_follows_the_sources_and_the_model(tmp_path):
+    from ml_api_infra.image import build_fingerprint
+
+    for name in ("service.py", "bentofile.yaml", "serving/app.py", "requirements-serve.lock"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    home = tmp_path / "home"
+    before = build_fingerprint(tmp_path, home)
+    (tmp_path / "serving/app.py").write_text("changed")
+    after_source = build_fingerprint(tmp_path, home)
+    (home / "models/xgb_classifier").mkdir(parents=True)
+    (home / "models/xgb_classifier/latest").write_text("newversion")
+    after_model = build_fingerprint(tmp_path, home)
+    assert len({before, after_source, after_model}) == 3
+    assert build_fingerprint(tmp_path, home) == after_model, "the same inputs must not rebuild"
+
+
+def test_a_pinned_image_tag_is_used_without_building():
+    program = run_program({**stack_config(), "ml-api:imageTag": "v7"})
+    assert program.of_type("command:local:Command") == []
+    assert container(program)["image"] == "123456789012.dkr.ecr.us-west-2.amazonaws.com/ml-api-prod:v7"
 
 
 # --- network -------------------------------------------------------------------------------------
@@ -174,6 +217,20 @@ def test_service_runs_privately_with_circuit_breaker(prod):
     assert svc.inputs["loadBalancers"][0]["containerPort"] == 3000
 
 
+def test_pulumi_up_waits_until_the_service_is_steady(prod):
+    svc = prod.one(SERVICE)
+    assert svc.inputs["waitForSteadyState"] is True, \
+        f"{svc.name}: without it `pulumi up` succeeds while tasks fail to pull or start"
+
+
+def test_candidate_model_settings_reach_the_task():
+    program = run_program({**stack_config(), "ml-api:candidateTag": "xgb_classifier:abc",
+                           "ml-api:candidateMode": "shadow", "ml-api:candidatePercent": "10"})
+    env = {e["name"]: e["value"] for e in container(program)["environment"]}
+    assert (env["XGB_CANDIDATE_TAG"], env["XGB_CANDIDATE_MODE"], env["XGB_CANDIDATE_PERCENT"]) == \
+        ("xgb_classifier:abc", "shadow", "10")
+
+
 def test_task_security_group_admits_only_the_alb(prod):
     task_sg = prod.one("aws:ec2/securityGroup:SecurityGroup", "task-sg")
     alb_sg = prod.one("aws:ec2/securityGroup:SecurityGroup", "alb-sg")
@@ -208,7 +265,8 @@ def test_without_certificate_http_forwards_and_there_is_no_https(prod):
 
 def test_with_certificate_http_redirects_to_tls_listener():
     cert = "arn:aws:acm:us-west-2:123456789012:certificate/abc"
-    program = run_program({**stack_config(), "ml-api:certificateArn": cert})
+    program = run_program({**stack_config(), "ml-api:certificateArn": cert,
+                           "ml-api:domainName": "api.example.com"})
     http = program.one("aws:lb/listener:Listener", "-http")
     https = program.one("aws:lb/listener:Listener", "-https")
     action = http.inputs["defaultActions"][0]
@@ -217,9 +275,41 @@ def test_with_certificate_http_redirects_to_tls_listener():
     assert https.inputs["protocol"] == "HTTPS" and https.inputs["certificateArn"] == cert, https.name
     assert "TLS13" in https.inputs["sslPolicy"], https.name
     assert https.inputs["defaultActions"][0]["type"] == "forward"
-    assert program.outputs["url"].startswith("https://")
+    assert program.outputs["url"] == "https://api.example.com", "no certificate covers the ALB's DNS name"
     alb_sg = program.one("aws:ec2/securityGroup:SecurityGroup", "alb-sg")
     assert sorted(r["fromPort"] for r in alb_sg.inputs["ingress"]) == [80, 443], alb_sg.name
+    assert program.of_type("aws:acm/certificate:Certificate") == [], "an issued certificate is reused"
+
+
+def test_domain_gets_a_dns_validated_certificate_an_alias_and_the_url():
+    program = run_program({**stack_config(), "ml-api:domainName": "api.example.com",
+                           "ml-api:hostedZoneId": "Z0123456789ABCDEFGHIJ"})
+    cert = program.one("aws:acm/certificate:Certificate")
+    assert (cert.inputs["domainName"], cert.inputs["validationMethod"]) == ("api.example.com", "DNS")
+    records = {r.inputs["type"]: r for r in program.of_type("aws:route53/record:Record")}
+    validation_record = records["CNAME"]
+    assert validation_record.inputs["zoneId"] == "Z0123456789ABCDEFGHIJ"
+    # The record ACM asks for (the certificate's domain validation option), not one we made up.
+    assert validation_record.inputs["name"].startswith("_") and \
+        validation_record.inputs["name"].endswith(".api.example.com.")
+    assert validation_record.inputs["records"][0].endswith(".acm-validations.aws.")
+    validation = program.one("aws:acm/certificateValidation:CertificateValidation")
+    assert validation.inputs["validationRecordFqdns"] == [validation_record.inputs["name"].rstrip(".")]
+    https = program.one("aws:lb/listener:Listener", "-https")
+    assert https.inputs["certificateArn"] == validation.inputs["certificateArn"] == cert_arn(cert), \
+        "the listener must wait for the validated certificate"
+    http = program.one("aws:lb/listener:Listener", "-http")
+    assert http.inputs["defaultActions"][0]["redirect"]["protocol"] == "HTTPS"
+    alias = records["A"]
+    alb = program.one("aws:lb/loadBalancer:LoadBalancer")
+    assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z0123456789ABCDEFGHIJ"
+    assert alias.inputs["aliases"] == [{"name": f"{alb.inputs['name']}-1234567890.us-west-2.elb.amazonaws.com",
+                                        "zoneId": "Z1H1FL5HABSF5", "evaluateTargetHealth": True}]
+    assert program.outputs["url"] == "https://api.example.com"
+
+
+def cert_arn(cert) -> str:
+    return f"arn:aws:acm:us-west-2:123456789012:certificate/{cert.name}"
 
 
 def test_waf_rate_limits_and_uses_managed_rules_and_logs(prod):
@@ -243,6 +333,55 @@ def test_waf_rate_limits_and_uses_managed_rules_and_logs(prod):
     logging = prod.one("aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration")
     [destination] = logging.inputs["logDestinationConfigs"]
     assert ":log-group:aws-waf-logs-" in destination, f"{logging.name} logs to {destination}"
+    assert rate[0]["statement"]["rateBasedStatement"]["limit"] == 2000, "the documented default"
+    assert "scopeDownStatement" not in rate[0]["statement"]["rateBasedStatement"]
+    assert prod.of_type("aws:wafv2/ipSet:IpSet") == []
+
+
+def test_waf_rate_limit_is_config_and_load_test_sources_skip_it():
+    program = run_program({**stack_config(), "ml-api:wafRateLimit": "100000",
+                           "ml-api:loadTestCidrs": '["203.0.113.7/32", "198.51.100.0/24"]'})
+    ip_set = program.one("aws:wafv2/ipSet:IpSet")
+    assert ip_set.inputs["addresses"] == ["203.0.113.7/32", "198.51.100.0/24"]
+    assert (ip_set.inputs["scope"], ip_set.inputs["ipAddressVersion"]) == ("REGIONAL", "IPV4")
+    rules = program.one("aws:wafv2/webAcl:WebAcl").inputs["rules"]
+    [rate] = [r["statement"]["rateBasedStatement"] for r in rules if "rateBasedStatement" in r["statement"]]
+    assert rate["limit"] == 100000
+    # Counted (and blocked) only when NOT from the allow-list.
+    assert rate["scopeDownStatement"] == {"notStatement": {"statement": {"ipSetReferenceStatement": {
+        "arn": f"arn:aws:wafv2:us-west-2:123456789012:ipset/{ip_set.inputs['name']}"}}}}
+    # The managed rules still inspect load-test traffic.
+    assert all("scopeDownStatement" not in json.dumps(r) for r in rules if "managedRuleGroupStatement" in r["statement"])
+
+
+def test_alb_access_logs_go_to_a_private_expiring_bucket(prod):
+    alb = prod.one("aws:lb/loadBalancer:LoadBalancer")
+    bucket = prod.one("aws:s3/bucket:Bucket")
+    logs = alb.inputs["accessLogs"]
+    assert logs["enabled"] is True and logs["prefix"] == "alb", alb.name
+    assert logs["bucket"].startswith(bucket.inputs["bucketPrefix"]), (logs, bucket.inputs)
+    lifecycle = prod.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    [rule] = lifecycle.inputs["rules"]
+    assert rule["status"] == "Enabled" and rule["expiration"]["days"] == 30, lifecycle.name
+    block = prod.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(block.inputs[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                         "restrictPublicBuckets")), block.name
+    sse = prod.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256", \
+        "ALB log delivery supports SSE-S3 only"
+    [statement] = json.loads(prod.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])["Statement"]
+    # us-west-2's Elastic Load Balancing account writes the logs, under this account's prefix only.
+    assert statement["Principal"] == {"AWS": "arn:aws:iam::797873946194:root"}
+    assert statement["Action"] == "s3:PutObject"
+    assert statement["Resource"] == f"arn:aws:s3:::{logs['bucket']}/alb/AWSLogs/123456789012/*"
+
+
+def test_alb_deletion_protection_is_on_for_prod_only(prod):
+    assert prod.one("aws:lb/loadBalancer:LoadBalancer").inputs["enableDeletionProtection"] is True
+    staging = run_program({**stack_config(), "ml-api:environment": "staging"})
+    assert staging.one("aws:lb/loadBalancer:LoadBalancer").inputs["enableDeletionProtection"] is False
+    off = run_program({**stack_config(), "ml-api:deletionProtection": "false"})
+    assert off.one("aws:lb/loadBalancer:LoadBalancer").inputs["enableDeletionProtection"] is False
 
 
 # --- scaling -------------------------------------------------------------------------------------
@@ -306,6 +445,25 @@ def test_alarms_cover_errors_latency_health_cpu_and_task_count(prod):
         assert a.inputs["alarmActions"] == [f"arn:aws:sns:us-west-2:123456789012:topic/{topic.inputs['name']}"], \
             f"{a.name} notifies nobody"
         assert a.inputs["dimensions"], f"{a.name} watches no resource"
+
+
+def test_ecs_deployment_failures_notify_the_alarm_topic(prod):
+    rule = prod.one("aws:cloudwatch/eventRule:EventRule")
+    pattern = json.loads(rule.inputs["eventPattern"])
+    assert pattern == {"source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change"],
+                       "resources": ["arn:aws:ecs:us-west-2:123456789012:service/ml-api-prod/ml-api-prod"],
+                       "detail": {"eventName": ["SERVICE_DEPLOYMENT_FAILED"]}}, rule.name
+    topic = prod.one("aws:sns/topic:Topic")
+    topic_arn = f"arn:aws:sns:us-west-2:123456789012:topic/{topic.inputs['name']}"
+    target = prod.one("aws:cloudwatch/eventTarget:EventTarget")
+    assert (target.inputs["rule"], target.inputs["arn"]) == (rule.inputs["name"], topic_arn)
+    statements = json.loads(prod.one("aws:sns/topicPolicy:TopicPolicy").inputs["policy"])["Statement"]
+    events = [s for s in statements if s["Principal"] == {"Service": "events.amazonaws.com"}]
+    assert events and events[0]["Action"] == "sns:Publish" and events[0]["Resource"] == topic_arn
+    assert events[0]["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f"/{rule.inputs['name']}")
+    owner = [s for s in statements if s["Principal"] == {"AWS": "*"}]
+    assert owner and owner[0]["Condition"] == {"StringEquals": {"AWS:SourceOwner": "123456789012"}}, \
+        "the alarms publish under SNS's default (owner) policy, which this policy replaces"
 
 
 def test_dashboard_shows_the_service(prod):

@@ -50,10 +50,32 @@ def test_overrides_are_read_from_config():
     ({"ml-api:taskMemory": "512"}, "taskMemory"),
     ({"ml-api:rangeCheck": "maybe"}, "rangeCheck"),
     ({"ml-api:azCount": "1"}, "azCount"),
+    ({"ml-api:wafRateLimit": "5"}, "wafRateLimit"),
+    ({"ml-api:loadTestCidrs": '["203.0.113.300/32"]'}, "loadTestCidrs"),
+    ({"ml-api:loadTestCidrs": '["2001:db8::/64"]'}, "loadTestCidrs"),
+    ({"ml-api:certificateArn": "arn:aws:acm:us-west-2:123456789012:certificate/abc"}, "certificateArn"),
+    ({"ml-api:hostedZoneId": "Z0123456789ABCDEFGHIJ"}, "hostedZoneId"),
+    ({"ml-api:domainName": "api.example.com"}, "domainName"),
+    ({"ml-api:candidatePercent": "120"}, "candidatePercent"),
 ])
 def test_invalid_values_name_their_key(config, key):
     with pytest.raises(SettingsError, match=f"ml-api:{key}"):
         settings_from(config)
+
+
+def test_region_comes_from_the_stack_then_aws_region(monkeypatch):
+    """Without `aws:region` the AWS provider deploys to AWS_REGION; the program's region-dependent
+    values (log driver region, S3 endpoint) must follow it, as `python -m ops` does."""
+    from ops.stack import load_stack
+
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert settings_from({}).region == "eu-central-1"
+    assert settings_from({"aws:region": "us-east-2"}).region == "us-east-2"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert settings_from({}).region == "us-west-2"
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert load_stack("prod").region == "us-west-2", "the committed stack sets aws:region"
 
 
 def test_subnet_blocks_are_disjoint_and_sized_per_az():
@@ -79,7 +101,8 @@ def test_stack_config_has_no_unknown_keys(stack):
 def test_every_config_key_sets_its_field():
     from ml_api_infra.settings import CONFIG_KEYS
 
-    samples = {"get": "x-1", "get_int": "3", "get_float": "55.5", "get_bool": "true"}
+    samples = {"get": "x-1", "get_int": "3", "get_float": "55.5", "get_bool": "true",
+               "get_object": '["198.51.100.0/24"]'}
     fields = {f: getter for f, getter in CONFIG_KEYS.values()}
     assert len(fields) == len(CONFIG_KEYS), "two keys write the same field"
     pulumi.runtime.set_mocks(RecordingMocks(), project="ml-api", stack="prod", preview=False)
@@ -89,6 +112,6 @@ def test_every_config_key_sets_its_field():
         read = {f: getattr(cfg, g)(k) for k, (f, g) in CONFIG_KEYS.items()}
     finally:
         pulumi.runtime.set_all_config({}, [])
-    assert set(read.values()) == {"x-1", 3, 55.5, True}
+    assert {repr(v) for v in read.values()} == {repr(v) for v in ("x-1", 3, 55.5, True, ["198.51.100.0/24"])}
     assert set(fields) <= set(StackSettings.__dataclass_fields__), \
         f"unknown fields {set(fields) - set(StackSettings.__dataclass_fields__)}"

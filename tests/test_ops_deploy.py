@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,9 @@ from ops.errors import OpsError
 from ops.image import bentoml_executable
 from ops.rollout import register_revision, wait_for_rollout
 from ops.runner import Completed
-from ops.testing import (BENTO_TAG, FakeRunner, create_registry, create_stack, make_context,
-                         moto_session, push_image)
-from ops.stack import load_stack
+from ops.stack import load_stack, urn_selected
+from ops.testing import (BENTO_TAG, FakePulumi, FakeRunner, create_registry, create_stack, make_context,
+                         moto_session, program_urns, push_image, urn_type)
 
 VERSION = BENTO_TAG.split(":")[1]
 CLUSTER = SERVICE = "ml-api-prod"
@@ -39,69 +41,155 @@ def session(monkeypatch):
         yield moto_session()
 
 
-def pulumi_world_runner(session) -> FakeRunner:
-    """bentoml/docker/pulumi as recorded commands whose AWS effects land in moto."""
-    stack = load_stack("prod")
-    pushed: list[str] = []
-    runner = FakeRunner()
-    runner.effects = {
+def pulumi_world(session, **fake) -> tuple[FakeRunner, FakePulumi]:
+    """bentoml/docker as recorded commands, `pulumi` as FakePulumi (the engine's rules), in moto."""
+    pulumi = FakePulumi(session, load_stack("prod"), **fake)
+    runner = FakeRunner(effects={
         "bentoml build": lambda cmd: Completed(0, f"building...\n__tag__:{BENTO_TAG}\n"),
-        "pulumi up --yes --skip-preview --target": lambda cmd: create_registry(session, stack) and None,
-        "docker push": lambda cmd: pushed.append(push_image(session, stack, cmd[2].rsplit(":", 1)[1])) or None,
-        "pulumi up --yes --skip-preview --stack": lambda cmd: create_stack(session, stack, VERSION) and None,
-    }
-    return runner
+        "docker push": lambda cmd: push_image(session, load_stack("prod"), cmd[2].rsplit(":", 1)[1]) and None,
+        **pulumi.effects()})
+    return runner, pulumi
 
 
-def test_first_deploy_creates_registry_pushes_then_brings_up_the_stack(session):
-    runner = pulumi_world_runner(session)
-    ctx, printed = make_context(session, runner)
+def test_first_deploy_on_a_fresh_account_previews_then_pulumi_up_builds_and_serves(session):
+    """One `pulumi up` creates the repository, builds and pushes the image and the service, in the
+    program's dependency order. (The old deploy's `pulumi up --target <Registry component URN>`
+    creates no repository under Pulumi's targeting rule, and stopped at its second step.)"""
+    runner, pulumi = pulumi_world(session)
+    prompts = []
+    ctx, printed = make_context(session, runner, confirm=lambda p: prompts.append(p) or "y")
     result = deploy.deploy(ctx)
 
     assert result.outcome == "completed", printed
     infra = str(ctx.stack.infra_dir)
     scope = ["--stack", "prod", "--cwd", infra, "--non-interactive"]
-    registry_host = REPO_URI.split("/")[0]
     assert runner.commands == [
         ["pulumi", "stack", "select", "prod", "--cwd", infra, "--non-interactive", "--create"],
-        ["pulumi", "up", "--yes", "--skip-preview", "--target",
-         "urn:pulumi:prod::ml-api::ml-api:registry:Registry::ml-api-prod", *scope],
-        [bentoml_executable(), "build", "--output", "tag"],
-        ["container/containerize.sh"],
-        ["docker", "tag", BENTO_TAG, f"{REPO_URI}:{VERSION}"],
-        ["docker", "login", "--username", "AWS", "--password-stdin", registry_host],
-        ["docker", "push", f"{REPO_URI}:{VERSION}"],
-        ["pulumi", "config", "set", "ml-api:imageTag", VERSION, *scope],
+        ["pulumi", "preview", "--diff", *scope],
         ["pulumi", "up", "--yes", "--skip-preview", *scope],
     ]
-    # The ECR password goes to docker through stdin, never on a command line.
-    token = session.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
-    password = base64.b64decode(token).decode().split(":", 1)[1]
-    assert runner.stdins[5] == password and not any(password in line for line in runner.lines())
-    # The image is the repository's own build (make container), for the platform Fargate runs.
-    assert runner.envs[3] == {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml"),
-                              "BENTO_TAG": BENTO_TAG, "CONTAINER_BACKEND": "docker",
-                              "BENTOML": bentoml_executable(), "DOCKER_DEFAULT_PLATFORM": "linux/amd64"}
+    assert pulumi.history == ["created repository", f"pushed {VERSION}", f"created service with {VERSION}"]
+    assert prompts == ["Apply these changes to stack 'prod' (ml-api-prod, us-west-2)? [y/N] "]
     service = session.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     image = session.client("ecs").describe_task_definition(
         taskDefinition=service["taskDefinition"])["taskDefinition"]["containerDefinitions"][0]["image"]
     assert image == f"{REPO_URI}:{VERSION}"
     assert any(line.startswith("==> rollout complete") for line in printed), printed
-    assert any("creating the ECR repository" in line for line in printed)
 
 
-def test_redeploy_of_the_same_bento_skips_registry_and_push(session):
+def test_deploy_applies_nothing_unless_confirmed(session, capsys):
+    runner, pulumi = pulumi_world(session)
+    ctx, printed = make_context(session, runner, confirm=lambda p: "n")
+    assert main(["deploy"], context=ctx) == 2
+    assert [c[:2] for c in runner.commands] == [["pulumi", "stack"], ["pulumi", "preview"]]
+    assert pulumi.history == []
+    assert "not confirmed: nothing was changed (pass --yes" in capsys.readouterr().err
+
+    def no_terminal(prompt):
+        raise EOFError
+    ctx, _ = make_context(session, runner, confirm=no_terminal)
+    assert main(["deploy"], context=ctx) == 2 and pulumi.history == []
+    ctx, _ = make_context(session, runner, confirm=no_terminal)
+    assert main(["deploy", "--yes"], context=ctx) == 0 and pulumi.history[0] == "created repository"
+
+
+def test_pulumis_targeting_rule_as_the_fake_models_it(session):
+    """`--target` names exact URNs; a component's children are selected only by a `**` glob."""
     stack = load_stack("prod")
-    create_stack(session, stack, VERSION)
-    push_image(session, stack, VERSION)
-    runner = pulumi_world_runner(session)
-    runner.effects["pulumi up --yes --skip-preview --stack"] = lambda cmd: None  # nothing changes
-    ctx, printed = make_context(session, runner)
+    component = f"urn:pulumi:prod::ml-api::ml-api:registry:Registry::{stack.prefix}"
+    urns = program_urns()
+    assert component in urns
+    children = [u for u in urns if u.startswith("urn:pulumi:prod::ml-api::ml-api:registry:Registry$")]
+    assert {urn_type(u) for u in children} == {"aws:ecr/repository:Repository",
+                                               "aws:ecr/lifecyclePolicy:LifecyclePolicy"}
+    assert [u for u in urns if urn_selected(u, [component])] == [component]
+    assert sorted(u for u in urns if urn_selected(u, [stack.registry_urns])) == sorted([component, *children])
 
-    assert deploy.deploy(ctx).outcome == "completed"
-    verbs = [" ".join(line.split()[:3]) for line in runner.lines()]
-    assert verbs == ["pulumi stack select", "bentoml build --output", "pulumi config set", "pulumi up --yes"]
-    assert any("already in ECR" in line for line in printed), printed
+    runner, pulumi = pulumi_world(session)
+    runner(["pulumi", "up", "--yes", "--skip-preview", "--target", component])
+    assert pulumi.history == [], "targeting the component alone creates none of its children"
+    runner(["pulumi", "up", "--yes", "--skip-preview", "--target", stack.registry_urns])
+    assert pulumi.history == ["created repository"]
+
+
+def test_deploy_of_a_pinned_tag_and_unpinning(session):
+    stack = load_stack("prod")
+    create_registry(session, stack)
+    push_image(session, stack, "v1")
+    runner, pulumi = pulumi_world(session)
+    ctx, printed = make_context(session, runner)
+    assert main(["deploy", "--yes", "--image-tag", "v1"], context=ctx) == 0
+    assert ["pulumi", "config", "set", "ml-api:imageTag", "v1"] in [c[:5] for c in runner.commands]
+    assert pulumi.history == ["created service with v1"], "a pinned tag is not built"
+
+    pinned = dataclasses.replace(stack, image_tag="v1")
+    runner, pulumi = pulumi_world(session)
+    ctx, printed = make_context(session, runner)
+    ctx.stack = pinned
+    ctx.pulumi.stack = pinned
+    assert deploy.deploy(ctx, assume_yes=True).outcome == "completed"
+    assert ["pulumi", "config", "rm", "ml-api:imageTag"] in [c[:4] for c in runner.commands]
+    assert pulumi.history == [f"pushed {VERSION}"], "unpinned, `pulumi up` builds this checkout"
+
+
+def test_deploy_refuses_a_tag_that_is_not_in_ecr(session, capsys):
+    create_registry(session, load_stack("prod"))
+    runner, pulumi = pulumi_world(session)
+    ctx, _ = make_context(session, runner)
+    assert main(["deploy", "--yes", "--image-tag", "nope"], context=ctx) == 2
+    assert "image tag nope is not in ECR repository ml-api-prod" in capsys.readouterr().err
+    assert pulumi.history == []
+
+
+def test_push_prints_only_the_image_on_stdout(session, capsys):
+    """`pulumi up` runs `python -m ops push` and reads its stdout: the program's parser must find
+    the image in what push really prints."""
+    sys.path.insert(0, str(REPO / "infra_pulumi"))
+    from ml_api_infra.image import pushed_image
+    from ml_api_infra.mocks import pushed_stdout
+
+    stack = load_stack("prod")
+    create_registry(session, stack)
+    runner, _ = pulumi_world(session)
+    ctx, printed = make_context(session, runner)
+    assert main(["push", "--repository-url", REPO_URI], context=ctx) == 0
+    stdout = capsys.readouterr().out
+    assert stdout == f"__image__:{REPO_URI}:{VERSION}\n", "progress must not go to stdout"
+    assert any("pushing" in line for line in printed)
+    assert pushed_image(stdout) == f"{REPO_URI}:{VERSION}"
+    # The ECR password goes to docker through stdin, never on a command line.
+    token = session.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    password = base64.b64decode(token).decode().split(":", 1)[1]
+    assert [Path(c[0]).name for c in runner.commands] == ["bentoml", "containerize.sh", "docker", "docker", "docker"]
+    assert runner.stdins[3] == password and not any(password in line for line in runner.lines())
+    # The image is the repository's own build (make image), for the platform Fargate runs.
+    assert runner.envs[1] == {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml"),
+                              "BENTO_TAG": BENTO_TAG, "CONTAINER_BACKEND": "docker",
+                              "BENTOML": bentoml_executable(), "DOCKER_DEFAULT_PLATFORM": "linux/amd64"}
+    modelled = pushed_stdout(f".venv/bin/python -m ops push --repository-url {REPO_URI}", VERSION)
+    assert pushed_image(modelled) == pushed_image(stdout), "the mocks model push's output"
+
+
+def test_failed_first_deploy_says_failed_never_rolled_back_to_revision_1(session):
+    """The service's first deployment fails (tasks never healthy): `pulumi up` fails waiting for
+    steady state, and there is no earlier revision the circuit breaker could go back to."""
+    reason = "ECS deployment circuit breaker: tasks failed to start."
+    runner, pulumi = pulumi_world(session, fail_up_after_create="waiting for service to reach a steady state: timeout")
+    ctx, printed = make_context(session, runner)
+    ecs = session.client("ecs", region_name="us-west-2")
+    stubber = Stubber(ecs)
+    stubber.add_response("describe_services", service_response(TD1, deployment(TD1, "PRIMARY", "IN_PROGRESS", 0, failed=6)),
+                         {"cluster": CLUSTER, "services": [SERVICE]})
+    stubber.add_response("describe_services", service_response(
+        TD1, deployment(TD1, "PRIMARY", "FAILED", 0, failed=6, reason=reason)), {"cluster": CLUSTER, "services": [SERVICE]})
+    stubber.add_response("describe_services", service_response(
+        TD1, deployment(TD1, "PRIMARY", "FAILED", 0, failed=6, reason=reason)), {"cluster": CLUSTER, "services": [SERVICE]})
+    ctx.aws._clients["ecs"] = ecs
+    with stubber:
+        assert main(["deploy", "--yes"], context=ctx) == 1
+    assert not any("ROLLED BACK" in line for line in printed), printed
+    assert (f"==> DEPLOYMENT FAILED: ml-api-prod:1 did not become healthy, and the service had no "
+            f"earlier deployment to roll back to: {reason}") in printed
 
 
 def test_register_revision_changes_only_the_image(session):
@@ -168,17 +256,22 @@ def stub_update_calls(stubber: Stubber, rollout: list[dict]) -> None:
         stubber.add_response("describe_services", response, {"cluster": CLUSTER, "services": [SERVICE]})
 
 
-def update_context(session, rollout):
+def stubbed_ecs_context(session, pushed_tag, stub):
+    """A context on moto whose ECS client answers through a Stubber that `stub` fills in."""
     stack = load_stack("prod")
     create_registry(session, stack)
-    push_image(session, stack, "v2")
+    push_image(session, stack, pushed_tag)
     runner = FakeRunner()
     ctx, printed = make_context(session, runner)
     ecs = session.client("ecs", region_name="us-west-2")
     stubber = Stubber(ecs)
-    stub_update_calls(stubber, rollout)
+    stub(stubber)
     ctx.aws._clients["ecs"] = ecs
     return ctx, printed, runner, stubber
+
+
+def update_context(session, rollout):
+    return stubbed_ecs_context(session, "v2", lambda stubber: stub_update_calls(stubber, rollout))
 
 
 def test_update_rolls_out_a_new_revision_and_records_the_tag(session):
@@ -244,6 +337,88 @@ def test_wait_times_out_with_a_hint():
         "progress is printed when it changes, not on every poll"
 
 
+# --- rollback ---------------------------------------------------------------------------------
+
+TD3 = "arn:aws:ecs:us-west-2:123456789012:task-definition/ml-api-prod:3"
+
+
+def rollback_context(session, rollout, *, current=TD2, revisions=(TD1, TD2), register=None):
+    """ECS through Stubber (moto keeps a deployment's task definition fixed): the service runs
+    `current`; the family has `revisions` (or, with `register`, the rollback registers that
+    revision); `rollout` are the describe_services answers after."""
+    def stub(stubber):
+        stubber.add_response("describe_services", service_response(current, deployment(current, "PRIMARY", "COMPLETED", 5)),
+                             {"cluster": CLUSTER, "services": [SERVICE]})
+        target = register
+        if register is None:
+            stubber.add_response("list_task_definitions", {"taskDefinitionArns": list(revisions)},
+                                 {"familyPrefix": "ml-api-prod", "status": "ACTIVE"})
+            older = [r for r in revisions if int(r[-1]) < int(current[-1])]
+            target = max(older, key=lambda r: int(r[-1])) if older else None
+            if target is not None:
+                containers = copy.deepcopy(TASK_DEFINITION["containerDefinitions"])
+                containers[0]["image"] = f"{REPO_URI}:v{target[-1]}"
+                stubber.add_response("describe_task_definition",
+                                     {"taskDefinition": {**TASK_DEFINITION, "taskDefinitionArn": target,
+                                                         "containerDefinitions": containers}},
+                                     {"taskDefinition": target})
+        else:
+            stubber.add_response("describe_task_definition", {"taskDefinition": TASK_DEFINITION, "tags": []},
+                                 {"taskDefinition": current, "include": ["TAGS"]})
+            stubber.add_response("register_task_definition",
+                                 {"taskDefinition": {**TASK_DEFINITION, "taskDefinitionArn": register}}, None)
+        if target is not None:
+            stubber.add_response("update_service", {"service": service_response(target)["services"][0]},
+                                 {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": target})
+        for response in rollout:
+            stubber.add_response("describe_services", response, {"cluster": CLUSTER, "services": [SERVICE]})
+    return stubbed_ecs_context(session, "v0", stub)
+
+
+def test_rollback_goes_to_the_previous_revision_waits_and_pins_its_tag(session):
+    ctx, printed, runner, stubber = rollback_context(session, [
+        service_response(TD1, deployment(TD1, "PRIMARY", "IN_PROGRESS", 2), deployment(TD2, "ACTIVE", "COMPLETED", 5)),
+        service_response(TD1, deployment(TD1, "PRIMARY", "COMPLETED", 5)),
+    ])
+    with stubber:
+        assert main(["rollback"], context=ctx) == 0
+        stubber.assert_no_pending_responses()
+    assert "==> rolling back ml-api-prod:2 -> ml-api-prod:1 (image tag v1)" in printed
+    assert "==> rollout complete: ml-api-prod:1 is serving" in printed
+    assert [c[:5] for c in runner.commands] == [["pulumi", "config", "set", "ml-api:imageTag", "v1"]]
+
+
+def test_rollback_to_an_image_tag_registers_a_revision_with_it(session):
+    ctx, printed, runner, stubber = rollback_context(session, [
+        service_response(TD3, deployment(TD3, "PRIMARY", "COMPLETED", 5)),
+    ], register=TD3)
+    with stubber:
+        assert main(["rollback", "--to", "v0"], context=ctx) == 0
+        stubber.assert_no_pending_responses()
+    assert "==> rolling back ml-api-prod:2 -> ml-api-prod:3 (image tag v0)" in printed
+    assert [c[:5] for c in runner.commands] == [["pulumi", "config", "set", "ml-api:imageTag", "v0"]]
+
+
+def test_rollback_from_the_first_revision_says_there_is_nothing_to_go_back_to(session, capsys):
+    ctx, printed, runner, stubber = rollback_context(session, [], current=TD1, revisions=(TD1,))
+    with stubber:
+        assert main(["rollback"], context=ctx) == 2
+    err = capsys.readouterr().err
+    assert "nothing to roll back to: ml-api-prod:1 is the oldest active revision" in err
+    assert "--to TAG" in err and runner.commands == []
+
+
+def test_a_rollback_that_fails_is_reported_and_not_pinned(session):
+    ctx, printed, runner, stubber = rollback_context(session, [
+        service_response(TD2, deployment(TD2, "PRIMARY", "IN_PROGRESS", 5),
+                         deployment(TD1, "ACTIVE", "FAILED", 0, failed=4, reason="tasks failed to start")),
+    ])
+    with stubber:
+        assert main(["rollback"], context=ctx) == 1
+    assert "==> ROLLED BACK by the deployment circuit breaker to ml-api-prod:2: tasks failed to start" in printed
+    assert runner.commands == []
+
+
 # --- destroy ---------------------------------------------------------------------------------
 
 def test_destroy_needs_the_stack_name_typed(session):
@@ -257,20 +432,58 @@ def test_destroy_needs_the_stack_name_typed(session):
     assert len(session.client("ecr").describe_images(repositoryName=stack.repository)["imageDetails"]) == 1
 
 
-def test_destroy_empties_the_repository_then_pulumi_destroys(session):
+def image_count(session, stack) -> int:
+    try:
+        return len(session.client("ecr").describe_images(repositoryName=stack.repository)["imageDetails"])
+    except session.client("ecr").exceptions.RepositoryNotFoundException:
+        return -1
+
+
+def test_destroy_deletes_images_only_after_pulumi_destroy_succeeded(session):
     stack = load_stack("prod")
-    create_registry(session, stack)
+    create_stack(session, stack, "v1")
     for tag in ("v1", "v2", "v3"):
         push_image(session, stack, tag)
-    runner = FakeRunner()
+    runner, pulumi = pulumi_world(session)
+    seen = []  # images in ECR when each `pulumi destroy` ran
+    destroy_effect = runner.effects["pulumi destroy"]
+    runner.effects["pulumi destroy"] = lambda cmd: seen.append(image_count(session, stack)) or destroy_effect(cmd)
     prompts = []
     ctx, printed = make_context(session, runner, confirm=lambda prompt: prompts.append(prompt) or "prod")
     assert main(["destroy"], context=ctx) == 0
     assert "Type the stack name" in prompts[0] and "ml-api-prod" in prompts[0]
-    assert session.client("ecr").describe_images(repositoryName=stack.repository)["imageDetails"] == []
-    assert [" ".join(c[:4]) for c in runner.commands] == ["pulumi stack select prod",
-                                                          "pulumi destroy --yes --skip-preview"]
+    assert [c[:4] + c[4:6] for c in runner.commands if c[1] == "destroy"] == [
+        ["pulumi", "destroy", "--yes", "--skip-preview", "--exclude", stack.registry_urns],
+        ["pulumi", "destroy", "--yes", "--skip-preview", "--stack", "prod"]]
+    assert seen == [3, 0], "the images go after the first destroy succeeded, before the repository's"
+    assert pulumi.history == ["deleted service", "deleted repository"]
     assert "==> deleting 3 images from ml-api-prod" in printed
+
+
+def test_a_failed_pulumi_destroy_keeps_every_image(session, capsys):
+    stack = load_stack("prod")
+    create_stack(session, stack, "v1")
+    push_image(session, stack, "v1")
+    runner, pulumi = pulumi_world(session, fail_destroy="error: deleting subnet: DependencyViolation")
+    ctx, _ = make_context(session, runner)
+    assert main(["destroy", "--yes"], context=ctx) == 2
+    assert image_count(session, stack) == 1
+    assert "pulumi destroy" in capsys.readouterr().err
+
+
+def test_destroy_refuses_while_the_alb_has_deletion_protection(session, capsys):
+    stack = load_stack("prod")
+    world = create_stack(session, stack, "v1")
+    push_image(session, stack, "v1")
+    session.client("elbv2").modify_load_balancer_attributes(
+        LoadBalancerArn=world["alb"]["LoadBalancerArn"],
+        Attributes=[{"Key": "deletion_protection.enabled", "Value": "true"}])
+    runner, pulumi = pulumi_world(session)
+    ctx, _ = make_context(session, runner)
+    assert main(["destroy", "--yes"], context=ctx) == 2
+    err = capsys.readouterr().err
+    assert "has deletion protection" in err and "pulumi config set ml-api:deletionProtection false" in err
+    assert not any(c[1] == "destroy" for c in runner.commands) and image_count(session, stack) == 1
 
 
 def test_destroy_of_a_missing_stack_says_so(session, capsys):

@@ -3,6 +3,7 @@ percentile statistics), `health` (real HTTP probes to a local server), `logs`.""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.server
 import threading
@@ -13,6 +14,7 @@ from moto import mock_aws
 
 from ops import logs, status
 from ops.cli import main
+from ops.edge import find_edge
 from ops.errors import OpsError
 from ops.stack import load_stack
 from ops.testing import FakeRunner, create_stack, make_context, moto_session
@@ -142,6 +144,22 @@ def test_health_without_targets_or_reachable_url_is_unhealthy(world):
     assert status.health(ctx, url="http://127.0.0.1:9") is False
     assert printed[0].startswith("GET http://127.0.0.1:9/livez: unreachable")
     assert "targets: none registered" in printed
+
+
+def test_health_probes_the_domain_when_the_stack_has_one(world):
+    """With a domain the certificate covers that name, not the ALB's DNS name (an https:// probe of
+    the ALB name fails with an SSL error): status and health use https://<domainName>."""
+    session, created = world
+    session.client("elbv2").register_targets(TargetGroupArn=created["target_group"]["TargetGroupArn"],
+                                             Targets=[{"Id": "10.0.0.11", "Port": 3000}])
+    ctx, printed = make_context(session, FakeRunner())
+    ctx.stack = dataclasses.replace(STACK, domain_name="api.example.com")
+    probed = []
+    assert status.health(ctx, get=lambda url: probed.append(url) or 200) is True
+    assert probed == ["https://api.example.com/livez", "https://api.example.com/readyz"]
+    assert find_edge(ctx).url == "https://api.example.com"
+    ctx.stack = STACK
+    assert find_edge(ctx).url == f"http://{created['alb']['DNSName']}"
 
 
 def put_events(session, stream, messages_at):

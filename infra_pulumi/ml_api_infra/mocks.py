@@ -6,6 +6,7 @@ The tests use this to check policy on the inputs the engine would receive (camel
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
 REGION = "us-west-2"
 AVAILABILITY_ZONES = ["us-west-2a", "us-west-2b", "us-west-2c", "us-west-2d"]
+# us-west-2's Elastic Load Balancing account (delivers ALB access logs) and ALB hosted zone.
+ELB_ACCOUNT_ID = "797873946194"
+ALB_ZONE_ID = "Z1H1FL5HABSF5"
 
 
 @dataclass
@@ -51,8 +55,16 @@ def _arn(type_: str, name: str) -> str:
     return f"arn:aws:{service}:{REGION}:{ACCOUNT_ID}:{type_.rsplit(':', 1)[-1].lower()}/{name}"
 
 
+def pushed_stdout(create: str, version: str) -> str:
+    """What `python -m ops push --repository-url URL` prints: build and push progress, then the image."""
+    args = shlex.split(create)
+    url = args[args.index("--repository-url") + 1]
+    return f"==> building the Bento\n==> pushing {url}:{version}\n__image__:{url}:{version}"
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Echo inputs back as state, plus the computed attributes the program reads."""
+    """Echo inputs back as state, plus the computed attributes the program reads, computed as AWS
+    (or the provider) computes them."""
 
     def __init__(self) -> None:
         self.declared: list[Declared] = []
@@ -67,6 +79,27 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == "aws:lb/loadBalancer:LoadBalancer":
             state["arnSuffix"] = f"app/{physical}/50dc6c495c0c9188"
             state["dnsName"] = f"{physical}-1234567890.{REGION}.elb.amazonaws.com"
+            state["zoneId"] = ALB_ZONE_ID
+        if args.typ == "aws:s3/bucket:Bucket":
+            state["bucket"] = state.get("bucket") or f"{state['bucketPrefix']}20260101000000000000000001"
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+            return state["bucket"], state
+        if args.typ == "aws:acm/certificate:Certificate":
+            domain = state["domainName"]
+            state["domainValidationOptions"] = [{
+                "domainName": domain, "resourceRecordName": f"_3f9a2c.{domain}.",
+                "resourceRecordType": "CNAME", "resourceRecordValue": "_7b1d0e.xlfgrmvvlj.acm-validations.aws."}]
+        if args.typ == "aws:route53/record:Record":
+            state["fqdn"] = state["name"].rstrip(".")
+        if args.typ == "aws:ecs/service:Service":
+            # An ECS service's id is its ARN.
+            arn = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:service/{physical}/{physical}"
+            state["arn"] = arn
+            return arn, state
+        if args.typ == "command:local:Command":
+            # The build's version is new whenever the triggers (the build's fingerprint) change.
+            state["stdout"] = pushed_stdout(state["create"], str(state["triggers"][0])[:16])
+            state["stderr"] = ""
         if args.typ == "aws:lb/targetGroup:TargetGroup":
             state["arnSuffix"] = f"targetgroup/{physical}/73e2d6bc24d8a067"
         if args.typ == "aws:cloudwatch/logGroup:LogGroup":
@@ -80,6 +113,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": AVAILABILITY_ZONES, "zoneIds": [f"usw2-az{i}" for i in range(1, 5)],
                     "id": REGION}, []
+        if args.token == "aws:elb/getServiceAccount:getServiceAccount":
+            return {"arn": f"arn:aws:iam::{ELB_ACCOUNT_ID}:root", "id": ELB_ACCOUNT_ID}, []
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
@@ -107,3 +142,12 @@ def run_program(config: Optional[dict[str, str]] = None, secret_keys: Optional[l
     # registry:Registry::ml-api-prod`); MockMonitor.make_urn keeps it, so drop it here.
     program.urns = [urn.replace("::pulumi:pulumi:Stack$", "::", 1) for urn in monitor.resources]
     return program
+
+
+def task_container(stack: str = "prod") -> dict:
+    """The service's container definition, as the program declares it for the committed stack."""
+    import json
+
+    task = run_program(stack_config(stack)).one("aws:ecs/taskDefinition:TaskDefinition")
+    [definition] = json.loads(task.inputs["containerDefinitions"])
+    return definition

@@ -82,9 +82,33 @@ def dashboard_body(region: str, cluster: str, service: str, alb: str, target_gro
     return json.dumps({"widgets": widgets})
 
 
+def deployment_failure_pattern(service_arn: str) -> str:
+    """EventBridge pattern: ECS reports this service's deployment failed (circuit breaker)."""
+    return json.dumps({"source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change"],
+                       "resources": [service_arn], "detail": {"eventName": ["SERVICE_DEPLOYMENT_FAILED"]}})
+
+
+# SNS's default topic policy: the owning account (CloudWatch alarms included) may use the topic.
+OWNER_ACTIONS = ["SNS:GetTopicAttributes", "SNS:SetTopicAttributes", "SNS:AddPermission",
+                 "SNS:RemovePermission", "SNS:DeleteTopic", "SNS:Subscribe",
+                 "SNS:ListSubscriptionsByTopic", "SNS:Publish"]
+
+
+def topic_policy(topic_arn: str, account_id: str, rule_arn: str) -> str:
+    """SNS's default policy, plus EventBridge publishing for the deployment-failure rule only."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "AccountOwner", "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": OWNER_ACTIONS,
+         "Resource": topic_arn, "Condition": {"StringEquals": {"AWS:SourceOwner": account_id}}},
+        {"Sid": "DeploymentFailures", "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
+         "Action": "sns:Publish", "Resource": topic_arn,
+         "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}}},
+    ]})
+
+
 class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, settings: StackSettings, *, cluster_name: pulumi.Input[str],
-                 service_name: pulumi.Input[str], alb_arn_suffix: pulumi.Input[str],
+                 service_name: pulumi.Input[str], service_arn: pulumi.Input[str],
+                 alb_arn_suffix: pulumi.Input[str],
                  target_group_arn_suffix: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:observability:Monitoring", name, None, opts)
@@ -111,6 +135,20 @@ class Monitoring(pulumi.ComponentResource):
                 comparison_operator=spec["comparison"], threshold=spec["threshold"],
                 treat_missing_data=spec["missing"], alarm_actions=[self.topic.arn],
                 ok_actions=[self.topic.arn], tags=settings.tags, **statistic, opts=child)
+
+        # Seed parity: a failed ECS deployment (circuit breaker) notifies the same topic as the alarms.
+        self.deployment_failed = aws.cloudwatch.EventRule(
+            f"{name}-deployment-failed", name=f"{settings.prefix}-deployment-failed",
+            description="ECS deployment of the service failed (circuit breaker)",
+            event_pattern=pulumi.Output.from_input(service_arn).apply(deployment_failure_pattern),
+            tags=settings.tags, opts=child)
+        aws.cloudwatch.EventTarget(f"{name}-deployment-failed", rule=self.deployment_failed.name,
+                                   arn=self.topic.arn, opts=child)
+        aws.sns.TopicPolicy(
+            f"{name}-alarms", arn=self.topic.arn,
+            policy=pulumi.Output.all(self.topic.arn, aws.get_caller_identity_output().account_id,
+                                     self.deployment_failed.arn).apply(lambda a: topic_policy(*a)),
+            opts=child)
 
         self.dashboard = aws.cloudwatch.Dashboard(
             f"{name}-dashboard", dashboard_name=settings.prefix,

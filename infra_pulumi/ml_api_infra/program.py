@@ -6,6 +6,7 @@ import pulumi
 
 from .edge import Edge
 from .iam import TaskRoles
+from .image import ServiceImage
 from .network import Network
 from .observability import LogGroups, Monitoring
 from .registry import Registry
@@ -19,6 +20,8 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
     name = settings.prefix
     network = Network(name, settings)
     registry = Registry(name, settings)
+    image = ServiceImage(name, settings, repository_url=registry.repository.repository_url,
+                         repository=registry.repository)
     logs = LogGroups(name, settings)
     secret_arn = ApiKeySecret(name, settings).secret.arn if settings.api_key is not None else None
     roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
@@ -29,7 +32,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
     service = Service(
         name, settings, vpc_id=network.vpc.id,
         private_subnet_ids=[s.id for s in network.private_subnets],
-        image_url=pulumi.Output.concat(registry.repository.repository_url, ":", settings.image_tag),
+        image_url=image.image_url,
         log_group_name=logs.app.name, execution_role_arn=roles.execution_role.arn,
         task_role_arn=roles.task_role.arn, target_group_arn=edge.target_group.arn,
         alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn)
@@ -38,7 +41,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
                       alb_arn_suffix=edge.load_balancer.arn_suffix,
                       target_group_arn_suffix=edge.target_group.arn_suffix)
     monitoring = Monitoring(name, settings, cluster_name=service.cluster.name,
-                            service_name=service.service.name,
+                            service_name=service.service.name, service_arn=service.service.id,
                             alb_arn_suffix=edge.load_balancer.arn_suffix,
                             target_group_arn_suffix=edge.target_group.arn_suffix)
     # The first five are for people; the rest let `python -m ops` find what it operates on.
@@ -49,7 +52,8 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         "serviceName": service.service.name,
         "dashboardUrl": monitoring.dashboard_url,
         "region": settings.region,
-        "imageTag": settings.image_tag,
+        "image": image.image_url,
+        "albDnsName": edge.load_balancer.dns_name,
         "ecrRepositoryName": registry.repository.name,
         "logGroupName": logs.app.name,
         "taskFamily": service.task_definition.family,

@@ -43,6 +43,11 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         environment["XGB_CORS_ORIGINS"] = settings.cors_origins
     if settings.model_tag:
         environment["MODEL_TAG"] = settings.model_tag
+    if settings.candidate_tag:
+        environment["XGB_CANDIDATE_TAG"] = settings.candidate_tag
+        if settings.candidate_mode:
+            environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
+        environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
     container = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -113,6 +118,9 @@ class Service(pulumi.ComponentResource):
             load_balancers=[{"target_group_arn": target_group_arn, "container_name": CONTAINER_NAME,
                              "container_port": CONTAINER_PORT}],
             propagate_tags="SERVICE", enable_ecs_managed_tags=True, tags=settings.tags,
+            # `pulumi up` returns only once the deployment is steady (new tasks healthy in the target
+            # group), so tasks that cannot pull or start fail the `up` instead of passing silently.
+            wait_for_steady_state=True,
             # Auto scaling owns the desired count after creation; `pulumi up` must not reset it.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[listener],
                                         ignore_changes=["desiredCount"]))

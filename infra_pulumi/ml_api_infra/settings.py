@@ -6,6 +6,8 @@ restates them; another stack (say `staging`) overrides what differs.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,6 +22,15 @@ FARGATE_MEMORY_BY_CPU = {
     4096: range(8192, 30721, 1024),
 }
 CONTAINER_PORT = 3000
+DEFAULT_REGION = "us-west-2"
+# AWS WAF's bounds for a rate-based rule's limit (requests per evaluation window per key).
+WAF_RATE_LIMIT_RANGE = (10, 2_000_000_000)
+
+
+def default_region() -> str:
+    """Where the AWS provider deploys when the stack sets no `aws:region`: the environment's region
+    (AWS_REGION, then AWS_DEFAULT_REGION), else us-west-2. `python -m ops` resolves it the same way."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
 class SettingsError(ValueError):
@@ -30,7 +41,7 @@ class SettingsError(ValueError):
 class StackSettings:
     project: str = "ml-api"
     environment: str = "prod"
-    region: str = "us-west-2"
+    region: str = DEFAULT_REGION
     # Scaling (Application Auto Scaling owns the desired count between these bounds).
     min_capacity: int = 5
     max_capacity: int = 20
@@ -46,16 +57,32 @@ class StackSettings:
     # Task size
     task_cpu: int = 1024
     task_memory: int = 2048
-    image_tag: str = "initial"
+    # Empty: `pulumi up` builds the Bento and its image and pushes it to the stack's ECR (image.py).
+    # Set (by `ops update`/`ops rollback`, or by hand): the service runs that tag from the repository.
+    image_tag: str = ""
     # Service environment
     xgb_workers: int = 1
     range_check: str = "warn"
     cors_origins: str = ""
     model_tag: str = ""
+    # Candidate model next to the primary (the service reads XGB_CANDIDATE_TAG/MODE/PERCENT and
+    # checks their values); passed through to the task only when set.
+    candidate_tag: str = ""
+    candidate_mode: str = ""
+    candidate_percent: float = 0.0
     api_key: Optional[pulumi.Output] = field(default=None, compare=False)
-    # Edge
+    # Edge. With domain_name + hosted_zone_id the program issues an ACM certificate validated in
+    # that Route 53 zone and points the name at the ALB; certificate_arn uses an existing certificate
+    # for domain_name instead.
+    domain_name: str = ""
+    hosted_zone_id: str = ""
     certificate_arn: str = ""
-    waf_rate_limit: int = 2000  # requests per 5 minutes per client IP
+    # Requests per 5 minutes per client IP (~6.7 req/s): well above one person or service using the
+    # API, low enough to stop a single abusive host. Load tests come from load_test_cidrs.
+    waf_rate_limit: int = 2000
+    load_test_cidrs: tuple[str, ...] = ()
+    # ALB deletion protection; None means "on for the prod environment".
+    deletion_protection: Optional[bool] = None
     # Network
     vpc_cidr: str = "10.0.0.0/16"
     az_count: int = 2
@@ -71,6 +98,16 @@ class StackSettings:
     def prefix(self) -> str:
         """Physical-name prefix, e.g. `ml-api-prod` (cluster, service, log group, repository)."""
         return f"{self.project}-{self.environment}"
+
+    @property
+    def alb_deletion_protection(self) -> bool:
+        if self.deletion_protection is None:
+            return self.environment == "prod"
+        return self.deletion_protection
+
+    @property
+    def https(self) -> bool:
+        return bool(self.domain_name)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -100,8 +137,26 @@ class StackSettings:
             fail("rangeCheck", f"one of warn|reject|off, got {self.range_check!r}")
         if self.az_count < 2:
             fail("azCount", f"an ALB needs subnets in at least 2 AZs, got {self.az_count}")
-        if not self.image_tag:
-            fail("imageTag", "must not be empty")
+        if self.certificate_arn and not self.domain_name:
+            fail("certificateArn", "needs domainName, the name the certificate covers (the ALB's own "
+                                   "DNS name cannot be on a certificate)")
+        if self.hosted_zone_id and not self.domain_name:
+            fail("hostedZoneId", "needs domainName, the record to create in that zone")
+        if self.domain_name and not (self.hosted_zone_id or self.certificate_arn):
+            fail("domainName", "needs hostedZoneId (to issue and validate a certificate in Route 53) "
+                               "or certificateArn (an issued certificate for that name)")
+        low, high = WAF_RATE_LIMIT_RANGE
+        if not low <= self.waf_rate_limit <= high:
+            fail("wafRateLimit", f"AWS WAF accepts {low}..{high} requests per 5 minutes, got {self.waf_rate_limit}")
+        for cidr in self.load_test_cidrs:
+            try:
+                network = ipaddress.ip_network(cidr)
+            except ValueError:
+                fail("loadTestCidrs", f"{cidr!r} is not a CIDR block (e.g. 203.0.113.7/32)")
+            if network.version != 4:
+                fail("loadTestCidrs", f"{cidr!r}: only IPv4 blocks (the ALB listens on IPv4)")
+        if not 0 <= self.candidate_percent <= 100:
+            fail("candidatePercent", f"a percentage in [0, 100], got {self.candidate_percent}")
         return self
 
 
@@ -121,12 +176,19 @@ CONFIG_KEYS = {
     "taskCpu": ("task_cpu", "get_int"),
     "taskMemory": ("task_memory", "get_int"),
     "imageTag": ("image_tag", "get"),
+    "candidateTag": ("candidate_tag", "get"),
+    "candidateMode": ("candidate_mode", "get"),
+    "candidatePercent": ("candidate_percent", "get_float"),
     "xgbWorkers": ("xgb_workers", "get_int"),
     "rangeCheck": ("range_check", "get"),
     "corsOrigins": ("cors_origins", "get"),
     "modelTag": ("model_tag", "get"),
+    "domainName": ("domain_name", "get"),
+    "hostedZoneId": ("hosted_zone_id", "get"),
     "certificateArn": ("certificate_arn", "get"),
     "wafRateLimit": ("waf_rate_limit", "get_int"),
+    "loadTestCidrs": ("load_test_cidrs", "get_object"),
+    "deletionProtection": ("deletion_protection", "get_bool"),
     "vpcCidr": ("vpc_cidr", "get"),
     "azCount": ("az_count", "get_int"),
     "natPerAz": ("nat_per_az", "get_bool"),
@@ -146,8 +208,6 @@ def load_settings() -> StackSettings:
     for key, (field_name, getter) in CONFIG_KEYS.items():
         value = getattr(cfg, getter)(key)
         if value is not None:
-            values[field_name] = value
-    region = pulumi.Config("aws").get("region")
-    if region is not None:
-        values["region"] = region
+            values[field_name] = tuple(value) if isinstance(value, list) else value
+    values["region"] = pulumi.Config("aws").get("region") or default_region()
     return StackSettings(**values, api_key=cfg.get_secret("apiKey")).validate()
