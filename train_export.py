@@ -1,134 +1,144 @@
-"""Train the default XGBoost classifier (+ StandardScaler) and register it in the BentoML model store.
+"""Train an XGBoost model (+ StandardScaler) and register it, with its schema, in the BentoML model store.
 
-    python train_export.py                         # the embedded synthetic dataset
-    python train_export.py --data my.csv --label target
+    python train_export.py                                        # the embedded synthetic dataset
+    python train_export.py --data my.csv --label target [--task auto|binary|multiclass|regression]
+    python train_export.py import --model booster.json [--sample my.csv --label target]
 
-The CSV must have exactly the 36 feature columns of model_store/schema.py plus the label column
-(integers 0-4). Anything else is refused with an error naming the column, and nothing is registered.
+Any CSV with a header row: its columns become the API's fields, verbatim; the typing rules are in
+model_store/tabular.py (and the README's "Serve your own model"). A column that cannot be used is
+refused with an error naming it, and nothing is registered. A model no better than the class prior
+(or, for regression, than predicting the mean) is registered only with --force.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import platform
 import sys
 import time
 from importlib import metadata as pkg_metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from model_store import dataset, save_bundle
-from model_store.dataset import FEATURE_NAMES, N_CLASSES
-
-CLASS_NAMES = dataset.SCHEMA.class_names
+from model_store import ModelSchema, dataset, save_bundle
+from model_store.tabular import TASK_CHOICES, DataError, read_table
 
 # The default model's size. The benchmark's baseline serves a model of exactly this size.
-PARAMS = {
-    "objective": "multi:softprob",
-    "num_class": N_CLASSES,
-    "max_depth": 6,
-    "eta": 0.1,
-    "tree_method": "hist",
-    "eval_metric": "mlogloss",
-    "seed": 0,
+TREE_PARAMS = {"max_depth": 6, "eta": 0.1, "tree_method": "hist"}
+OBJECTIVES = {
+    "multiclass": {"objective": "multi:softprob", "eval_metric": "mlogloss"},
+    "binary": {"objective": "binary:logistic", "eval_metric": "logloss"},
+    "regression": {"objective": "reg:squarederror", "eval_metric": "rmse"},
 }
 NUM_BOOST_ROUND = 100
 TEST_FRACTION = 0.2
-
-
-class DataError(ValueError):
-    """The user's CSV does not fit the feature schema."""
+EXIT_DATA_ERROR = 2
+EXIT_NO_BETTER = 3
 
 
 def log(msg: str) -> None:
     print(f"[train] {msg}", flush=True)
 
 
-def read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path} is empty") from None
-        if label not in header:
-            raise DataError(f"label column {label!r} is missing from {path}")
-        if len(set(header)) != len(header):
-            dupes = sorted({h for h in header if header.count(h) > 1})
-            raise DataError(f"duplicate column(s) {dupes} in {path}")
-        missing = [name for name in FEATURE_NAMES if name not in header]
-        if missing:
-            raise DataError(f"feature column(s) missing from {path}: {', '.join(missing)}")
-        extra = [h for h in header if h != label and h not in FEATURE_NAMES]
-        if extra:
-            raise DataError(f"unknown column(s) in {path}: {', '.join(extra)} (the schema has feat1..feat36 and the label)")
-        feature_cols = [header.index(name) for name in FEATURE_NAMES]
-        label_col = header.index(label)
-        xs, ys = [], []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path} line {line_no}: {len(row)} values, expected {len(header)}")
-            values = []
-            for name, col in zip(FEATURE_NAMES, feature_cols):
-                try:
-                    v = float(row[col])
-                except ValueError:
-                    raise DataError(f"{path} line {line_no}: column {name!r} is not numeric: {row[col]!r}") from None
-                if not math.isfinite(v):
-                    raise DataError(f"{path} line {line_no}: column {name!r} is not finite: {row[col]!r}")
-                values.append(v)
-            raw_label = row[label_col].strip()
-            if raw_label not in CLASS_NAMES:
-                raise DataError(
-                    f"{path} line {line_no}: label {label!r} must be one of {', '.join(CLASS_NAMES)}, got {raw_label!r}"
-                )
-            xs.append(values)
-            ys.append(CLASS_NAMES.index(raw_label))
-    if len(xs) < 10 * N_CLASSES:
-        raise DataError(f"{path} has {len(xs)} rows; at least {10 * N_CLASSES} are needed")
-    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.int64)
+def params_for(schema: ModelSchema, seed: int) -> dict[str, Any]:
+    objective = OBJECTIVES[schema.task]
+    classes = {"num_class": schema.n_classes} if schema.task == "multiclass" else {}
+    return {"objective": objective["objective"], **classes, **TREE_PARAMS, "eval_metric": objective["eval_metric"], "seed": seed}
 
 
-def split(x: np.ndarray, y: np.ndarray, seed: int):
+def split(x: np.ndarray, y: np.ndarray, seed: int, stratify: bool = True):
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y)
+    return train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y if stratify else None)
 
 
-def train(x: np.ndarray, y: np.ndarray, seed: int):
-    """Fit scaler + booster; returns (booster, scaler, metrics)."""
-    import xgboost as xgb
-    from sklearn.metrics import accuracy_score, log_loss
+def fit_scaler(x_train: np.ndarray, schema: ModelSchema):
+    """StandardScaler for the numbers (missing values ignored); category codes pass through unchanged."""
     from sklearn.preprocessing import StandardScaler
 
-    x_train, x_test, y_train, y_test = split(x, y, seed)
     scaler = StandardScaler().fit(x_train)
-    dtrain = xgb.DMatrix(scaler.transform(x_train), label=y_train, feature_names=list(FEATURE_NAMES))
-    dtest = xgb.DMatrix(scaler.transform(x_test), label=y_test, feature_names=list(FEATURE_NAMES))
-    params = {**PARAMS, "seed": seed}
-    log(f"training {NUM_BOOST_ROUND} rounds, max_depth {params['max_depth']}, {N_CLASSES} classes ...")
+    categorical = np.array([f.kind == "categorical" for f in schema.features])
+    scaler.mean_[categorical] = 0.0
+    scaler.scale_[categorical] = 1.0
+    return scaler
+
+
+def dmatrix(x: np.ndarray, y: np.ndarray | None, schema: ModelSchema):
+    """Feature names when XGBoost allows them ("[", "]" and "<" it does not: the schema keeps the real
+    names either way); categorical columns typed "c" for XGBoost's native categorical splits."""
+    import xgboost as xgb
+
+    names = list(schema.feature_names) if not any(c in n for n in schema.feature_names for c in "[]<") else None
+    if any(f.kind == "categorical" for f in schema.features):
+        types = ["c" if f.kind == "categorical" else "q" for f in schema.features]
+        return xgb.DMatrix(x, label=y, feature_names=names, feature_types=types, enable_categorical=True)
+    return xgb.DMatrix(x, label=y, feature_names=names)
+
+
+def probabilities(booster: Any, data: Any) -> np.ndarray:
+    proba = booster.predict(data)
+    return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
+
+
+def held_out_metrics(schema: ModelSchema, booster: Any, dtest: Any, y_train: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """Held-out metrics, and the same metrics for the prior: the training class shares (classification)
+    or the training mean (regression). A useful model beats them."""
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score
+
+    if schema.task == "regression":
+        predicted = booster.predict(dtest)
+        return {
+            "rmse": round(float(np.sqrt(mean_squared_error(y_test, predicted))), 6),
+            "r2": round(float(r2_score(y_test, predicted)), 4),
+            "prior_rmse": round(float(np.sqrt(mean_squared_error(y_test, np.full(len(y_test), y_train.mean())))), 6),
+        }
+    labels = list(range(schema.n_classes))
+    proba = probabilities(booster, dtest)
+    prior = np.bincount(y_train, minlength=schema.n_classes) / len(y_train)
+    return {
+        "accuracy": round(float(accuracy_score(y_test, proba.argmax(axis=1))), 4),
+        "log_loss": round(float(log_loss(y_test, proba, labels=labels)), 4),
+        "prior_accuracy": round(float(np.mean(y_test == prior.argmax())), 4),
+        "prior_log_loss": round(float(log_loss(y_test, np.tile(prior, (len(y_test), 1)), labels=labels)), 4),
+    }
+
+
+def no_better_than_prior(metrics: dict[str, Any]) -> str | None:
+    """Why the model is no better than the prior, or None when it is better."""
+    if "r2" in metrics:
+        if metrics["rmse"] >= metrics["prior_rmse"]:
+            return f"held-out RMSE {metrics['rmse']:g} is no better than predicting the training mean ({metrics['prior_rmse']:g}; R² {metrics['r2']:g})"
+        return None
+    reasons = []
+    if metrics["accuracy"] <= metrics["prior_accuracy"]:
+        reasons.append(f"held-out accuracy {metrics['accuracy']:.4f} is no better than always predicting the most frequent class ({metrics['prior_accuracy']:.4f})")
+    if metrics["log_loss"] >= metrics["prior_log_loss"]:
+        reasons.append(f"held-out log loss {metrics['log_loss']:.4f} is no better than the class prior's ({metrics['prior_log_loss']:.4f})")
+    return "; ".join(reasons) or None
+
+
+def train(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema = dataset.SCHEMA, rounds: int = NUM_BOOST_ROUND):
+    """Fit scaler + booster; returns (booster, scaler, metrics)."""
+    import xgboost as xgb
+
+    x_train, x_test, y_train, y_test = split(x, y, seed, stratify=schema.is_classification)
+    scaler = fit_scaler(x_train, schema)
+    dtrain = dmatrix(scaler.transform(x_train), y_train, schema)
+    dtest = dmatrix(scaler.transform(x_test), y_test, schema)
+    params = params_for(schema, seed)
+    metric = params["eval_metric"]
+    log(f"training {rounds} rounds, max_depth {params['max_depth']}, {schema.task}" + (f", {schema.n_classes} classes" if schema.n_classes else "") + " ...")
 
     class Progress(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log):
             if (epoch + 1) % 25 == 0:
-                log(f"  round {epoch + 1}/{NUM_BOOST_ROUND}  held-out mlogloss {evals_log['test']['mlogloss'][-1]:.4f}")
+                log(f"  round {epoch + 1}/{rounds}  held-out {metric} {evals_log['test'][metric][-1]:.4f}")
             return False
 
-    booster = xgb.train(
-        params, dtrain, NUM_BOOST_ROUND, evals=[(dtest, "test")], verbose_eval=False, callbacks=[Progress()]
-    )
-    proba = booster.predict(dtest)
-    metrics = {
-        "accuracy": round(float(accuracy_score(y_test, proba.argmax(axis=1))), 4),
-        "log_loss": round(float(log_loss(y_test, proba, labels=list(range(N_CLASSES)))), 4),
-        "train_rows": int(len(y_train)),
-        "test_rows": int(len(y_test)),
-    }
+    booster = xgb.train(params, dtrain, rounds, evals=[(dtest, "test")], verbose_eval=False, callbacks=[Progress()])
+    metrics = {**held_out_metrics(schema, booster, dtest, y_train, y_test), "train_rows": int(len(y_train)), "test_rows": int(len(y_test))}
     return booster, scaler, metrics
 
 
@@ -142,58 +152,91 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="CSV with feat1..feat36 and a label column (default: embedded synthetic data)")
-    parser.add_argument("--label", default="label", help="label column of --data (default: %(default)s)")
-    parser.add_argument("--rows", type=int, default=dataset.DEFAULT_ROWS, help="rows of synthetic data (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED, help="data, split and model seed (default: %(default)s)")
-    args = parser.parse_args(argv)
-
+def register(booster: Any, scaler: Any, schema: ModelSchema, *, dataset_label: str, metadata: dict[str, Any]):
+    """Save as the new latest version and print where it went."""
     import bentoml
 
-    started = time.perf_counter()
-    if args.data:
-        log(f"reading {args.data} (label column {args.label!r})")
-        try:
-            x, y = read_csv(args.data, args.label)
-        except (DataError, OSError) as exc:
-            print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
-            return 2
-        source = args.data
-    else:
-        log(f"generating the embedded synthetic dataset: {args.rows} rows, seed {args.seed}")
-        x, y = dataset.generate(args.rows, args.seed)
-        source = "synthetic-default"
-    digest = dataset.data_hash(x, y)
-    log(f"data: {x.shape[0]} rows x {x.shape[1]} features, classes {np.bincount(y, minlength=N_CLASSES).tolist()}, sha256 {digest[:12]}")
-
-    booster, scaler, metrics = train(x, y, args.seed)
-    seconds = time.perf_counter() - started
     model = save_bundle(
         booster,
         scaler,
-        schema=dataset.SCHEMA,
-        labels={"framework": "xgboost", "task": "multiclass", "dataset": "synthetic" if not args.data else "csv"},
-        metadata={
-            "metrics": metrics,
-            "data_source": source,
-            "data_sha256": digest,
-            # The training label distribution: monitoring compares the served class mix with it.
-            "class_prior": (np.bincount(y, minlength=N_CLASSES) / len(y)).round(4).tolist(),
-            "training_params": {**PARAMS, "seed": args.seed, "num_boost_round": NUM_BOOST_ROUND, "test_fraction": TEST_FRACTION},
-            "library_versions": library_versions(),
-            "train_seconds": round(seconds, 2),
-        },
+        schema=schema,
+        labels={"framework": "xgboost", "task": schema.task, "dataset": dataset_label},
+        metadata={**metadata, "library_versions": library_versions()},
     )
     stored = bentoml.models.get(model.tag)
     size_kb = sum(f.stat().st_size for f in Path(stored.path).iterdir()) / 1024
     log("summary:")
     log(f"  model       {model.tag}  ({size_kb:.0f} KiB in {stored.path})")
+    log(f"  task        {schema.task}, {schema.n_features} features" + (f", classes {', '.join(schema.class_names)}" if schema.class_names else ""))
+    return model
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    if "r2" in metrics:
+        return f"R² {metrics['r2']:.4f}, RMSE {metrics['rmse']:g} (predicting the mean: RMSE {metrics['prior_rmse']:g})"
+    return (
+        f"accuracy {metrics['accuracy']:.4f}, log loss {metrics['log_loss']:.4f} "
+        f"(class prior: accuracy {metrics['prior_accuracy']:.4f}, log loss {metrics['prior_log_loss']:.4f})"
+    )
+
+
+def train_main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.data:
+        log(f"reading {args.data} (label column {args.label!r}, task {args.task})")
+        try:
+            table = read_table(args.data, args.label, args.task)
+        except (DataError, OSError, UnicodeDecodeError) as exc:
+            print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
+            return EXIT_DATA_ERROR
+        x, y, schema, digest, source = table.x, table.y, table.schema, table.sha256, args.data
+    else:
+        log(f"generating the embedded synthetic dataset: {args.rows} rows, seed {args.seed}")
+        x, y = dataset.generate(args.rows, args.seed)
+        schema, digest, source = dataset.SCHEMA, dataset.data_hash(x, y), "synthetic-default"
+    kinds = {k: sum(f.kind == k for f in schema.features) for k in ("continuous", "binary", "categorical")}
+    log(f"data: {x.shape[0]} rows x {x.shape[1]} features ({', '.join(f'{n} {k}' for k, n in kinds.items() if n)}), "
+        f"{sum(f.nullable for f in schema.features)} with missing values, sha256 {digest[:12]}")  # fmt: skip
+    if schema.is_classification:
+        log(f"classes: {dict(zip(schema.class_names, np.bincount(y, minlength=schema.n_classes).tolist()))}")
+
+    booster, scaler, metrics = train(x, y, args.seed, schema, args.rounds)
+    log(f"held-out    {describe(metrics)}")
+    weak = no_better_than_prior(metrics)
+    if weak and not args.force:
+        print(f"[train] error: {weak}: the model has learned nothing usable; nothing was registered "
+              "(check the label column and the data, or pass --force to register it anyway)", file=sys.stderr)  # fmt: skip
+        return EXIT_NO_BETTER
+    if weak:
+        print(f"[train] warning: {weak}; registered anyway because of --force", file=sys.stderr)
+    metadata: dict[str, Any] = {
+        "metrics": metrics,
+        "data_source": source,
+        "data_sha256": digest,
+        "training_params": {**params_for(schema, args.seed), "num_boost_round": args.rounds, "test_fraction": TEST_FRACTION},
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    if schema.is_classification:
+        # The training label distribution: monitoring compares the served class mix with it.
+        metadata["class_prior"] = (np.bincount(y, minlength=schema.n_classes) / len(y)).round(4).tolist()
+    register(booster, scaler, schema, dataset_label="csv" if args.data else "synthetic", metadata=metadata)
     log(f"  data        {metrics['train_rows']} train / {metrics['test_rows']} held-out rows")
-    log(f"  held-out    accuracy {metrics['accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
-    log(f"  time        {seconds:.1f} s")
+    log(f"  time        {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="CSV with a header row: the features and the label column (default: embedded synthetic data)")
+    parser.add_argument("--label", default="label", help="label column of --data (default: %(default)s)")
+    parser.add_argument("--task", choices=TASK_CHOICES, default="auto",
+                        help="auto: classification for text labels or integers with at most 20 values, else regression (default)")  # fmt: skip
+    parser.add_argument("--rows", type=int, default=dataset.DEFAULT_ROWS, help="rows of synthetic data (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED, help="data, split and model seed (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=NUM_BOOST_ROUND, help="boosting rounds (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="register a model even when it is no better than the class prior")
+    return train_main(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

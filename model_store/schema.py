@@ -42,10 +42,11 @@ class Feature:
         return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "kind": self.kind, "minimum": self.minimum, "maximum": self.maximum,
-            "categories": list(self.categories), "nullable": self.nullable, "description": self.description,
-        }  # fmt: skip
+        """Stored form. BentoML's metadata refuses None: an absent bound is left out."""
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        d.update({key: value for key, value in (("minimum", self.minimum), ("maximum", self.maximum)) if value is not None})
+        d.update(categories=list(self.categories), nullable=self.nullable, description=self.description)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Feature":
@@ -139,14 +140,19 @@ class ModelSchema:
             "task": self.task,
             "features": [f.to_dict() for f in self.features],
             "class_names": list(self.class_names),
-            "example": dict(self.example),
+            # BentoML's metadata refuses None: a null in the example is left out (from_dict puts it back).
+            "example": {name: value for name, value in self.example.items() if value is not None},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSchema":
+        features = tuple(Feature.from_dict(f) for f in d["features"])
+        unknown = set(d["example"]) - {f.name for f in features}
+        if unknown:
+            raise ValueError(f"the example record has unknown field(s) {sorted(unknown)}")
         return cls(
             task=d["task"],
-            features=tuple(Feature.from_dict(f) for f in d["features"]),
+            features=features,
             class_names=tuple(str(c) for c in d.get("class_names", ())),
-            example=dict(d["example"]),
+            example={f.name: d["example"].get(f.name) for f in features},
         )

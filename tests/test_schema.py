@@ -39,7 +39,8 @@ def test_a_schema_round_trips_through_its_stored_form():
     [
         ({"class_names": ["a", "a", "b"]}, "duplicate class"),
         ({"task": "ranking"}, "task 'ranking'"),
-        ({"example": {"petal length (cm)": 1.5}}, "every feature"),
+        ({"example": {"petal length (cm)": 1.5}}, "not allowed by the schema"),
+        ({"example": {**ODD.example, "x": 1}}, "unknown field"),
     ],
 )
 def test_an_inconsistent_schema_is_refused(change, message):

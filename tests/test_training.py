@@ -103,51 +103,66 @@ def test_the_dense_predictor_returns_exactly_what_inplace_predict_returns():
     np.testing.assert_array_equal(first, booster.inplace_predict(scaled[:3], validate_features=False)), "results must be copies"
 
 
-def write_csv(path, rows: int = 400, drop: str | None = None, extra: str | None = None, bad: tuple | None = None):
-    x, y = dataset.generate(rows, seed=4)
-    header = [f for f in FEATURE_NAMES if f != drop] + ["target"] + ([extra] if extra else [])
-    with open(path, "w", newline="") as f:
+def write_csv(path, columns: dict[str, list], header: list[str] | None = None):
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for i, (row, label) in enumerate(zip(x, y)):
-            values = dict(zip(FEATURE_NAMES, row.tolist()))
-            if bad and i == bad[0]:
-                values[bad[1]] = bad[2]
-            writer.writerow([values[h] for h in header if h in values] + [int(label)] + ([1] if extra else []))
+        writer.writerow(header or list(columns))
+        writer.writerows(zip(*columns.values()))
     return path
+
+
+ROWS = 60
+
+
+def good(rows: int = ROWS) -> dict[str, list]:
+    """A learnable binary CSV: a number, a category with missing values, a True/False label."""
+    return {"x": [i % 7 for i in range(rows)], "colour": [["red", "blue", ""][i % 3] for i in range(rows)], "target": [i % 7 > 3 for i in range(rows)]}
+
+
+GOOD = good()
 
 
 def test_cli_trains_on_a_users_csv(bentoml_home, tmp_path):
     before = model_count()
-    result = run_train("--data", str(write_csv(tmp_path / "ok.csv")), "--label", "target")
+    result = run_train("--data", str(write_csv(tmp_path / "ok.csv", GOOD)), "--label", "target", "--rounds", "5")
     assert result.returncode == 0, result.stderr
     assert model_count() == before + 1
     model = bentoml.models.get("xgb_classifier:latest")
-    assert model.info.labels["dataset"] == "csv"
+    assert model.info.labels == {"framework": "xgboost", "task": "binary", "dataset": "csv"}
+    schema = load_bundle(str(model.tag)).schema
+    assert schema.class_names == ("False", "True") and [f.kind for f in schema.features] == ["continuous", "categorical"]
+    assert schema.features[1].categories == ("blue", "red") and schema.features[1].nullable
     bentoml.models.delete(model.tag)  # the default model is the latest again for the other tests
 
 
+def _with(**changes) -> dict[str, list]:
+    return {**GOOD, **changes}
+
+
 @pytest.mark.parametrize(
-    "kwargs,message",
+    "columns,args,message",
     [
-        ({"drop": "feat17"}, "feat17"),
-        ({"extra": "customer_id"}, "customer_id"),
-        ({"bad": (5, "feat3", "n/a")}, "'feat3' is not numeric"),
-        ({"bad": (5, "feat1", "inf")}, "'feat1' is not finite"),
+        (GOOD, ("--label", "outcome"), "label column 'outcome' is missing"),
+        ({**GOOD, "x2": GOOD["x"]}, (), "duplicate column name(s) 'x'"),
+        (_with(empty=[""] * ROWS), (), "column 'empty' is empty in every row"),
+        (_with(x=[*range(ROWS - 1), "n/a"]), (), "column 'x' mixes numbers with text ('n/a')"),
+        (_with(x=[*range(ROWS - 1), "inf"]), (), "column 'x' is not finite: 'inf'"),
+        ({**good(300), "id": [f"customer-{i}" for i in range(300)]}, (), "column 'id' has 300 distinct text values (over 256)"),
+        (_with(target=["yes"] * ROWS), (), "label 'target' has one class only ('yes')"),
+        (_with(target=[i % 3 for i in range(ROWS)]), ("--task", "binary"), "label 'target' has 3 classes; --task binary needs 2"),
+        (_with(target=[0] * (ROWS - 1) + [1]), (), "class '1' has 1 row"),
     ],
-    ids=["missing column", "extra column", "non-numeric value", "infinite value"],
+    ids=["missing label", "duplicate name", "all empty", "mixed column", "infinite value", "identifier column", "one class",
+         "binary with 3 classes", "a class of one row"],
 )
-def test_csv_errors_name_the_column_and_register_nothing(bentoml_home, tmp_path, kwargs, message):
+def test_unusable_csvs_are_refused_naming_the_column_and_register_nothing(bentoml_home, tmp_path, columns, args, message):
+    header = ["x", "colour", "target", "x"] if "x2" in columns else None  # two columns both called "x"
+    path = write_csv(tmp_path / "bad.csv", columns, header)
     before = model_count()
-    result = run_train("--data", str(write_csv(tmp_path / "bad.csv", **kwargs)), "--label", "target")
-    assert result.returncode == 2
-    assert message in result.stderr and "nothing was registered" in result.stderr
+    result = run_train("--data", str(path), "--label", "target", "--rounds", "5", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "nothing was registered" in result.stderr, result.stderr
     assert model_count() == before
-
-
-def test_missing_label_column_is_named(bentoml_home, tmp_path):
-    result = run_train("--data", str(write_csv(tmp_path / "ok.csv")), "--label", "outcome")
-    assert result.returncode == 2 and "'outcome'" in result.stderr
 
 
 def test_missing_model_names_the_tag_and_the_fix(bentoml_home, monkeypatch):
@@ -208,3 +223,27 @@ def test_scaler_file_matches_the_fitted_scaler(bentoml_home):
     reference = StandardScaler().fit(x_train)
     np.testing.assert_allclose(bundle.mean, reference.mean_)
     np.testing.assert_allclose(bundle.scale, reference.scale_)
+
+
+def test_a_model_no_better_than_the_class_prior_needs_force(bentoml_home, tmp_path):
+    from byom_datasets import noise_binary
+
+    path = str(noise_binary(tmp_path / "noise.csv"))
+    before = model_count()
+    refused = run_train("--data", path, "--label", "label", "--rounds", "20")
+    assert refused.returncode == train_export.EXIT_NO_BETTER, refused.stderr
+    assert "no better than the class prior's" in refused.stderr and "--force" in refused.stderr and "nothing was registered" in refused.stderr
+    assert model_count() == before
+    forced = run_train("--data", path, "--label", "label", "--rounds", "20", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "warning:" in forced.stderr and "no better than" in forced.stderr and "registered anyway" in forced.stderr
+    model = bentoml.models.get("xgb_classifier:latest")
+    assert model_count() == before + 1 and model.info.metadata["metrics"]["log_loss"] >= model.info.metadata["metrics"]["prior_log_loss"]
+    bentoml.models.delete(model.tag)
+
+
+def test_the_prior_check_reads_the_right_metrics():
+    assert train_export.no_better_than_prior({"accuracy": 0.9, "log_loss": 0.3, "prior_accuracy": 0.5, "prior_log_loss": 0.69}) is None
+    assert "accuracy 0.5000" in train_export.no_better_than_prior({"accuracy": 0.5, "log_loss": 0.6, "prior_accuracy": 0.5, "prior_log_loss": 0.69})
+    assert "predicting the training mean" in train_export.no_better_than_prior({"rmse": 2.0, "r2": -0.01, "prior_rmse": 1.99})
+    assert train_export.no_better_than_prior({"rmse": 1.0, "r2": 0.7, "prior_rmse": 1.99}) is None
