@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+WELL_FORMED = b'{"instances": [RECORD, RECORD]}'
 BATCHES = [
-    b'{"instances": [RECORD, RECORD]}',
+    WELL_FORMED,
     b'{"instances": [RECORD], "extra": 1}',
     b'{"instances": []}',
     b'{"instances": RECORD}',
@@ -40,6 +41,11 @@ def test_the_fast_batch_parser_accepts_only_what_the_strict_validator_accepts(te
     if fast is not None:
         assert strict is not None, f"fast parser accepted what the validator refuses: {body[:120]!r}"
         np.testing.assert_array_equal(fast, strict)
+    if template == WELL_FORMED and feat1 in ("55.0", "55", "-0.0", "123456789012345678901234567890"):
+        # The common case must not fall back to the slower validator (a parser that always
+        # declines would pass the check above).
+        assert fast is not None, f"fast parser declined a well-formed batch: {body[:120]!r}"
+        assert fast.shape == (2, len(SCHEMA.features))
 
 
 def test_the_422_summary_says_how_many_problems_it_does_not_name():

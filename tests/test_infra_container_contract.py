@@ -107,5 +107,6 @@ def test_stops_on_sigterm_within_the_stop_timeout(container, fargate_like_server
     proc = fargate_like_server["proc"]
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    proc.wait(container["stopTimeout"])
+    exit_code = proc.wait(container["stopTimeout"])
     assert time.monotonic() - started < container["stopTimeout"]
+    assert exit_code == 0, f"a SIGTERM stop must be clean (ECS records the exit code):\n{fargate_like_server['log'].read_text()[-3000:]}"

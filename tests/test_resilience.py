@@ -35,6 +35,28 @@ def status_counts(hey_output: str) -> dict[int, int]:
     return {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_output)}
 
 
+def burst(url: str, path: str, body: bytes, n: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """n POSTs sent at once, each on its own connection (raw sockets: no client-side pool or queue); their answers."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    sockets = [socket.create_connection((host, int(port)), timeout=60) for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.sendall(request)
+        answers = []
+        for sock in sockets:
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answers.append((response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()))
+        return answers
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @pytest.fixture
 def record_file(tmp_path) -> str:
     path = tmp_path / "record.json"
@@ -68,34 +90,49 @@ def test_overload_answers_only_200_or_503_with_retry_after_and_health_stays_fast
     assert "Error distribution" not in output, output  # no resets, no timeouts
     assert max(health_latencies) < 1.0
 
+    assert counts.get(503, 0) >= 1, f"512 connections against 2 x 64 slots shed nothing: {counts}"
+
     # A rejected request says when to retry; the service is back to normal at once after the load.
-    with ThreadPoolExecutor(200) as pool:
-        responses = list(pool.map(lambda _: requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=30), range(400)))
-    rejected = [r for r in responses if r.status_code == 503]
-    assert all(r.headers.get("retry-after") == "1" and "overloaded" in r.json()["error"] for r in rejected)
+    answers = burst(server.url, "/predict", json.dumps(EXAMPLE_RECORD).encode(), 400)
+    rejected = [(headers, body) for status, headers, body in answers if status == 503]
+    print(f"400 requests at once: {len(answers) - len(rejected)} answered, {len(rejected)} refused")
+    assert rejected and {status for status, _, _ in answers} <= {200, 503}
+    assert all(headers.get("retry-after") == "1" and "overloaded" in json.loads(body)["error"] for headers, body in rejected)
     started = time.monotonic()
     while requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=5).status_code != 200:
         assert time.monotonic() - started < 5, "not back to normal within 5 s"
         time.sleep(0.1)
 
 
+def in_progress(url: str, endpoint: str) -> float:
+    """BentoML's bentoml_service_request_in_progress for an endpoint, summed over the workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "bentoml_service_request_in_progress" and sample.labels.get("endpoint") == endpoint)  # fmt: skip
+
+
 def test_sigterm_finishes_every_request_in_flight(server_factory):
-    server = server_factory()
-    body = json.dumps({"instances": sample_records(np.random.default_rng(1), 2000)})
-    in_flight = threading.Barrier(33)
+    from stalling_service import STALL_MARKER
+
+    # Each batch holds one of 4 batch threads for 1 s: 32 of them are in flight for seconds.
+    server = server_factory({"XGB_TEST_STALL_S": "1", "XGB_BATCH_THREADS": "4", "XGB_BATCH_QUEUE": "32"},
+                            service=("tests.stalling_service:XGBoostService",))  # fmt: skip
+    records = sample_records(np.random.default_rng(1), 2000)
+    records[0] = {**records[0], next(iter(EXAMPLE_RECORD)): STALL_MARKER}
+    body = json.dumps({"instances": records})
 
     def send(_: int) -> int:
-        with requests.Session() as session:
-            session.get(f"{server.url}/livez", timeout=10)  # connect first: the connection is accepted
-            in_flight.wait()
-            return session.post(
-                f"{server.url}/predict_batch", data=body, headers={"Content-Type": "application/json"}, timeout=120
-            ).status_code
+        return requests.post(f"{server.url}/predict_batch", data=body, headers={"Content-Type": "application/json"}, timeout=120).status_code
 
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(send, i) for i in range(32)]
-        in_flight.wait()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while (seen := in_progress(server.url, "/predict_batch")) < 32:
+            assert time.monotonic() < deadline, f"only {seen} of 32 requests in flight"
+            assert not any(f.done() for f in futures), "a request finished before all were in flight"
+            time.sleep(0.05)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         statuses = [f.result() for f in futures]
@@ -103,6 +140,7 @@ def test_sigterm_finishes_every_request_in_flight(server_factory):
     drained_in = time.monotonic() - started
     print(f"SIGTERM with 32 x 2000-record batches in flight: statuses {sorted(set(statuses))}, exited {exit_code} after {drained_in:.1f} s")
     assert statuses == [200] * 32
+    assert exit_code == 0
     assert drained_in < 30, "must exit well inside ECS's stop timeout"
 
 
