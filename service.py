@@ -89,7 +89,8 @@ class XGBoostService:
 
     @bentoml.on_startup
     async def sample_process_metrics(self) -> None:
-        metrics.worker_starts.inc()  # a worker replaced after a crash counts again: XGBWorkerRestarts
+        # A worker replaced after a crash counts again (alert XGBWorkerRestarted).
+        metrics.worker_starts.labels(worker_index=str(bentoml.server_context.worker_index)).inc()
 
         async def loop() -> None:
             while True:

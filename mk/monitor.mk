@@ -3,8 +3,9 @@
 # `make monitor PROMETHEUS_PORT=19090`), scraping the service at TARGET (start it first with
 # `make serve`). Ctrl-C stops them all. Configs, data and logs: .build/monitor/.
 # The docker-compose stack: monitoring/docker-compose.yml.
-# docker-compose (v1) only validates monitoring/docker-compose.yml in the tests: no engine needed.
-APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter docker-compose
+# docker-compose (v1) only validates monitoring/docker-compose.yml in the tests: no engine needed;
+# nginx checks monitoring/nginx.conf (`nginx -t`) in the tests.
+APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter docker-compose nginx
 TARGET ?= 127.0.0.1:$(PORT)
 # The defaults are monitoring/localstack.py's (tests/test_docs_figures.py checks they agree).
 PROMETHEUS_PORT ?= 9090

@@ -21,6 +21,12 @@ from monitoring import dashboards
 
 # What Grafana's $__rate_interval becomes with prometheus.yml's 15 s scrape interval (4 x 15 s).
 RATE_INTERVAL = "1m"
+INSTANCE_ALL = ".*"  # the dashboards' $instance variable set to All
+
+
+def expand(expr: str, rate_interval: str = RATE_INTERVAL) -> str:
+    """A dashboard query as Grafana sends it, with its variables filled in."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$instance", INSTANCE_ALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +52,7 @@ def evaluate(prometheus_url: str, rate_interval: str = RATE_INTERVAL) -> list[Re
     results = []
     for dashboard in dashboards.DASHBOARDS:
         for panel, query in dashboard.queries():
-            body = run_query(prometheus_url, query.expr.replace("$__rate_interval", rate_interval))
+            body = run_query(prometheus_url, expand(query.expr, rate_interval))
             if body.get("status") != "success":
                 results.append(Result(dashboard.uid, panel, query.expr, False, body.get("error", "query failed")))
                 continue

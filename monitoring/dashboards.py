@@ -15,10 +15,15 @@ import sys
 from pathlib import Path
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "grafana" / "dashboards"
-# The provisioned datasource (grafana/provisioning/datasources/prometheus.yml)
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+# Panels use the dashboard's datasource variable, whose default is the provisioned datasource
+# (grafana/provisioning/datasources/prometheus.yml): pick another Prometheus without editing panels.
+PROVISIONED_DATASOURCE_UID = "prometheus"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
-SVC = 'job="xgb-service"'
+# $instance: the dashboard's instance variable (All = every instance). Fleet-wide SLO series are
+# recorded without an instance label and are not filtered by it.
+SVC = 'job="xgb-service",instance=~"$instance"'
+NODE = 'job="node",instance=~"$instance"'
 # BentoML's internal batched API: /predict feeds it, it is not client traffic
 CLIENT_ENDPOINTS = f'{SVC},endpoint!="/predict_rows"'
 REQUESTS = "bentoml_service_request_total"
@@ -44,6 +49,7 @@ class Panel:
     width: int = 12
     threshold: float | None = None  # drawn as a red line / turns a stat red
     show_legend_text: bool = False  # stat panels: show the legend (e.g. a version) instead of the value
+    up_down: bool = False  # a 0/1 "up" stat: red DOWN at 0, green UP at 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Dashboard:
     uid: str
     title: str
     rows: tuple[Row, ...]
+    instance_job: str  # the $instance variable lists this job's instances
     tags: tuple[str, ...] = ("xgb-service",)
 
     def queries(self) -> list[tuple[str, Query]]:
@@ -80,11 +87,31 @@ def _ratio_percent(numerator_selector: str, denominator_selector: str) -> str:
 
 
 PREDICT_ENDPOINTS = f'{SVC},endpoint=~"/predict|/predict_batch"'
+SLO_WINDOWS = ("5m", "1h", "6h", "3d")  # of the recorded 5m, 30m, 1h, 6h, 3d (monitoring/rules/slo.yml)
+
+
+def _slo_ratios(slo: str) -> tuple[Query, ...]:
+    return tuple(Query(f'slo:sli_error:ratio_rate{w}{{slo="{slo}"}}', w) for w in SLO_WINDOWS)
+
 
 SERVICE = Dashboard(
     uid="xgb-service",
     title="XGBoost service",
+    instance_job="xgb-service",
     rows=(
+        Row("SLOs (monitoring/slo.md)", (
+            Panel("Availability: failed share of prediction requests by window", _slo_ratios("availability"),
+                  unit="percentunit", threshold=0.001,
+                  description="SLO 99.9%: a 5xx or a shed 503 is a failure. Pages at 14.4x the budget (1h and 5m) "
+                              "and 6x (6h and 30m); a ticket at 1x (3d and 6h)."),
+            Panel("Latency: share of /predict over 50 ms by window", _slo_ratios("latency"),
+                  unit="percentunit", threshold=0.01,
+                  description="SLO 99% of successful /predict under 50 ms. Same burn-rate alerts as availability."),
+            Panel("Error budget burn rate (1h window)", (
+                Query('slo:sli_error:ratio_rate1h{slo="availability"} / 0.001', "availability"),
+                Query('slo:sli_error:ratio_rate1h{slo="latency"} / 0.01', "latency"),
+            ), threshold=14.4, description="1 spends the 30-day budget in 30 days; 14.4 pages."),
+        )),
         Row("Traffic and errors", (
             Panel("Request rate by endpoint and status", (
                 Query(f"sum by (endpoint, http_response_code) (rate({REQUESTS}{{{CLIENT_ENDPOINTS}}}[{RATE}]))",
@@ -93,12 +120,12 @@ SERVICE = Dashboard(
             Panel("Error % (5xx except overload 503)", (
                 Query(_ratio_percent(f'{PREDICT_ENDPOINTS},http_response_code=~"5..",http_response_code!="503"', PREDICT_ENDPOINTS),
                       "5xx %"),
-            ), unit="percent", threshold=1, description="Alert XGBHighErrorRatio: over 1% for 5 minutes."),
-            Panel("Overload: shed requests % (429/503)", (
-                Query(_ratio_percent(f'{PREDICT_ENDPOINTS},http_response_code=~"429|503"', PREDICT_ENDPOINTS), "shed %"),
-            ), unit="percent", threshold=5, description="Alert XGBOverloaded: over 5% for 5 minutes."),
+            ), unit="percent", threshold=0.1, description="Server errors of the prediction routes; with shed 503s they spend the availability budget (0.1%)."),
+            Panel("Overload: shed requests % (503 + Retry-After)", (
+                Query(_ratio_percent(f'{PREDICT_ENDPOINTS},http_response_code="503"', PREDICT_ENDPOINTS), "shed %"),
+            ), unit="percent", threshold=1, description="Alert XGBOverloaded: over 1% for 5 minutes. The service sheds with 503, never 429."),
             Panel("Server errors and shed requests by endpoint", (
-                Query(f'sum by (endpoint, http_response_code) (rate({REQUESTS}{{{CLIENT_ENDPOINTS},http_response_code=~"5..|429"}}[{RATE}]))',
+                Query(f'sum by (endpoint, http_response_code) (rate({REQUESTS}{{{CLIENT_ENDPOINTS},http_response_code=~"5.."}}[{RATE}]))',
                       "{{endpoint}} {{http_response_code}}"),
             ), unit="reqps"),
             Panel("Rejected requests by reason", (
@@ -110,21 +137,23 @@ SERVICE = Dashboard(
         )),
         Row("Latency", (
             Panel("/predict latency p50 / p95 / p99", _quantiles(DURATION, PREDICT_OK, (0.5, 0.95, 0.99)), unit="s",
-                  threshold=0.1, description="SLO: p99 under 100 ms (alert XGBLatencySLOBreach)."),
+                  threshold=0.05, description="Buckets from 0.25 ms (serving/metrics.py): p50 and p95 are measured, not guessed inside one bucket."),
             Panel("p99 latency by endpoint", (
                 Query(f'histogram_quantile(0.99, sum by (le, endpoint) (rate({DURATION}_bucket{{{CLIENT_ENDPOINTS},http_response_code="200"}}[{RATE}])))',
                       "{{endpoint}}"),
             ), unit="s"),
-            Panel("/predict requests within the 100 ms SLO", (
-                Query(f'100 * sum(rate({DURATION}_bucket{{{PREDICT_OK},le="0.1"}}[{RATE}])) / sum(rate({DURATION}_count{{{PREDICT_OK}}}[{RATE}]))',
-                      "within SLO %"),
+            Panel("/predict requests within 50 ms", (
+                Query(f'100 * sum(rate({DURATION}_bucket{{{PREDICT_OK},le="0.05"}}[{RATE}])) / sum(rate({DURATION}_count{{{PREDICT_OK}}}[{RATE}]))',
+                      "within 50 ms %"),
             ), unit="percent", kind="stat", width=6),
-            Panel("Service up", (Query(f"up{{{SVC}}}", "{{instance}}"),), kind="stat", width=6),
+            Panel("Service up", (Query(f"up{{{SVC}}}", "{{instance}}"),), kind="stat", width=6, up_down=True),
         )),
         Row("Adaptive batching (max batch size 128)", (
             Panel("Adaptive batch size distribution", (
-                Query(f"sum by (le) (increase({BATCH}_bucket{{{BATCHING}}}[{RATE}]))", "{{le}}"),
-            ), kind="heatmap", description="Records per model call that BentoML's adaptive batching formed."),
+                Query(f"sum by (le) (rate({BATCH}_bucket{{{BATCHING}}}[{RATE}]))", "{{le}}"),
+            ), kind="heatmap", unit="ops",
+               description="Model calls per second by records per call. A rate, not increase() over the rate interval: "
+                           "those windows overlap from one point to the next and would count each call several times."),
             Panel("Batch size: mean and p99", (
                 Query(f"sum(rate({BATCH}_sum{{{BATCHING}}}[{RATE}])) / sum(rate({BATCH}_count{{{BATCHING}}}[{RATE}]))", "mean"),
                 *_quantiles(BATCH, BATCHING, (0.99,)),
@@ -151,19 +180,24 @@ SERVICE = Dashboard(
                       f" / sum(rate(xgb_prediction_confidence_count{{{SVC}}}[{RATE}]))", "mean"),
             ), unit="percentunit"),
             Panel("Confidence distribution", (
-                Query(f"sum by (le) (increase(xgb_prediction_confidence_bucket{{{SVC}}}[{RATE}]))", "{{le}}"),
-            ), kind="heatmap"),
-            Panel("Out-of-range input values by feature", (
-                Query(f"sum by (feature) (rate(xgb_input_out_of_range_total{{{SVC}}}[{RATE}]))", "{{feature}}"),
-            ), unit="ops", description="Values outside the schema's range (alert XGBInputOutOfRange)."),
+                Query(f"sum by (le) (rate(xgb_prediction_confidence_bucket{{{SVC}}}[{RATE}]))", "{{le}}"),
+            ), kind="heatmap", unit="ops", description="Predictions per second by confidence."),
+            Panel("Out-of-range share of records by feature", (
+                Query(f"sum by (feature) (rate(xgb_input_out_of_range_total{{{SVC}}}[{RATE}]))"
+                      f" / on() group_left() sum(rate(xgb_input_records_checked_total{{{SVC}}}[{RATE}]))", "{{feature}}"),
+            ), unit="percentunit", threshold=0.05,
+               description="Values outside the schema's range per record checked (alert XGBInputOutOfRange: over 5% for 10 minutes)."),
         )),
-        Row("Resources", (
+        Row("Resources and workers", (
             Panel("Service CPU (cores, all workers)", (
                 Query(f"sum(rate(xgb_process_cpu_seconds_total{{{SVC}}}[{RATE}]))", "cores"),
             )),
-            Panel("Service memory (resident, all workers)", (
+            Panel("Service memory (resident, live workers)", (
                 Query(f"sum(xgb_process_resident_memory_bytes{{{SVC}}})", "resident"),
             ), unit="bytes", threshold=1.6e9),
+            Panel("Worker restarts (last 15 minutes)", (
+                Query(f"sum by (instance) (increase(xgb_worker_starts_total{{{SVC}}}[15m]))", "{{instance}}"),
+            ), threshold=1, description="Alerts XGBWorkerRestarted (1) and XGBWorkerCrashLooping (3 in 15 minutes)."),
             Panel("Host CPU busy", (
                 Query(f'100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{{job="node",mode="idle"}}[{RATE}])))',
                       "{{instance}}"),
@@ -179,9 +213,11 @@ SERVICE = Dashboard(
 EDGE = Dashboard(
     uid="xgb-edge",
     title="XGBoost service: edge and host",
+    instance_job="node",
     rows=(
         Row("nginx (docker-compose stack)", (
-            Panel("nginx up", (Query('nginx_up{job="nginx"}', "{{instance}}"),), kind="stat", width=6),
+            Panel("nginx up", (Query('nginx_up{job="nginx"}', "{{instance}}"),), kind="stat", width=6, up_down=True,
+                  description="From nginx-exporter, which stays up when nginx is down (alert NginxDown)."),
             Panel("nginx requests per second", (
                 Query(f'sum(rate(nginx_http_requests_total{{job="nginx"}}[{RATE}]))', "requests"),
             ), unit="reqps", width=9),
@@ -192,17 +228,17 @@ EDGE = Dashboard(
         )),
         Row("Host (node exporter)", (
             Panel("Load average", (
-                Query('node_load1{job="node"}', "1m {{instance}}"),
-                Query('node_load5{job="node"}', "5m {{instance}}"),
+                Query(f'node_load1{{{NODE}}}', "1m {{instance}}"),
+                Query(f'node_load5{{{NODE}}}', "5m {{instance}}"),
             )),
             Panel("CPU by mode", (
-                Query(f'sum by (mode) (rate(node_cpu_seconds_total{{job="node",mode!="idle"}}[{RATE}]))', "{{mode}}"),
+                Query(f'sum by (mode) (rate(node_cpu_seconds_total{{{NODE},mode!="idle"}}[{RATE}]))', "{{mode}}"),
             ), description="Cores busy per mode."),
             Panel("Network traffic", (
-                Query(f'sum by (instance) (rate(node_network_receive_bytes_total{{job="node",device!="lo"}}[{RATE}]))', "in {{instance}}"),
-                Query(f'sum by (instance) (rate(node_network_transmit_bytes_total{{job="node",device!="lo"}}[{RATE}]))', "out {{instance}}"),
-            ), unit="Bps"),
-            Panel("Scrape targets up", (Query("up", "{{job}} {{instance}}"),), kind="stat"),
+                Query(f'sum by (instance) (rate(node_network_receive_bytes_total{{{NODE},device!="lo"}}[{RATE}]))', "in {{instance}}"),
+                Query(f'sum by (instance) (rate(node_network_transmit_bytes_total{{{NODE},device!="lo"}}[{RATE}]))', "out {{instance}}"),
+            ), unit="Bps", description="The host's interfaces: node exporter runs in the host's network namespace."),
+            Panel("Scrape targets up", (Query("up", "{{job}} {{instance}}"),), kind="stat", up_down=True),
         )),
     ),
 )  # fmt: skip
@@ -220,7 +256,11 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     steps = [{"color": "green", "value": None}]
     if panel.threshold is not None:
         steps.append({"color": "red", "value": panel.threshold})
+    if panel.up_down:
+        steps = [{"color": "red", "value": None}, {"color": "green", "value": 1}]
     defaults: dict = {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": steps}}
+    if panel.up_down:
+        defaults["mappings"] = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"}, "1": {"text": "UP", "color": "green"}}}]
     if panel.kind == "timeseries" and panel.threshold is not None:
         defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
     options: dict = {}
@@ -228,7 +268,9 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
         options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                    "textMode": "name" if panel.show_legend_text else "auto", "colorMode": "background"}
     elif panel.kind == "heatmap":
-        options = {"calculate": False, "yAxis": {"axisPlacement": "left"}, "color": {"mode": "scheme", "scheme": "Oranges"}}
+        # The series are cumulative `le` buckets: format "heatmap" makes Grafana subtract neighbours.
+        options = {"calculate": False, "yAxis": {"axisPlacement": "left"}, "color": {"mode": "scheme", "scheme": "Oranges"},
+                   "cellValues": {"unit": panel.unit}}
     elif panel.kind == "timeseries":
         options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}}
     return {
@@ -242,6 +284,18 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
         "options": options,
         "targets": targets,
     }
+
+
+def _variables(dashboard: Dashboard) -> list[dict]:
+    """$datasource (any Prometheus, the provisioned one by default) and $instance (All by default)."""
+    instances = f'label_values(up{{job="{dashboard.instance_job}"}}, instance)'
+    return [
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0,
+         "current": {"text": "Prometheus", "value": PROVISIONED_DATASOURCE_UID}, "options": [], "refresh": 1, "regex": ""},
+        {"type": "query", "name": "instance", "label": "Instance", "datasource": DATASOURCE, "hide": 0,
+         "query": {"query": instances, "refId": "instance"}, "definition": instances, "refresh": 2, "sort": 1,
+         "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "options": []},
+    ]  # fmt: skip
 
 
 def to_json(dashboard: Dashboard) -> dict:
@@ -270,7 +324,7 @@ def to_json(dashboard: Dashboard) -> dict:
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
         "annotations": {"list": []},
-        "templating": {"list": []},
+        "templating": {"list": _variables(dashboard)},
         "panels": panels,
     }
 

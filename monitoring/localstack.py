@@ -49,7 +49,7 @@ def local_counterparts(service_target: str, ports: Ports) -> dict[str, str | Non
     """docker-compose address -> the local process standing in for it (None: not run locally)."""
     return {
         "xgb-service:3000": service_target,
-        "node-exporter:9100": f"127.0.0.1:{ports.node_exporter}",
+        "host.docker.internal:9100": f"127.0.0.1:{ports.node_exporter}",  # node exporter, on the host's network
         "nginx-exporter:9113": None,  # no nginx in front of a local `make serve`
         "alertmanager:9093": f"127.0.0.1:{ports.alertmanager}",
         "localhost:9090": f"127.0.0.1:{ports.prometheus}",

@@ -60,8 +60,12 @@ resident_memory = prom.Gauge(
 )
 # A counter: a replaced worker's seconds stay in the sum (its file is kept), so rate() is exact.
 cpu_seconds = prom.Counter(name="xgb_process_cpu_seconds_total", documentation="CPU seconds used by the serving workers")
+# By worker index: each series starts at 1, so a worker that starts after the first scrape is not
+# counted as a restart; a replaced worker takes its index over and counts 2, 3, ...
 worker_starts = prom.Counter(
-    name="xgb_worker_starts_total", documentation="Serving worker processes started (a replaced worker counts again)"
+    name="xgb_worker_starts_total",
+    documentation="Serving worker processes started, by worker index (a replaced worker counts again)",
+    labelnames=["worker_index"],
 )
 _cpu_seconds_counted = 0.0
 
