@@ -91,7 +91,7 @@ def test_the_monitoring_docs_count_the_dashboard_queries_with_data_as_the_live_t
     with_data = len(queries) - nginx - errors
     sentence = (f"reports {with_data} of {len(queries)}\ndashboard queries returning data ({100 * with_data / len(queries):.0f} %). "
                 f"The rest need things a healthy local service does not\nhave: nginx ({nginx} queries, docker-compose only) "
-                f"and 5xx/429 responses ({errors}).")
+                f"and 5xx responses ({errors}).")
     assert sentence in MONITORING, f"docs/monitoring.md should say:\n{sentence}"
 
 
