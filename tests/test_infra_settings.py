@@ -115,3 +115,14 @@ def test_every_config_key_sets_its_field():
     assert {repr(v) for v in read.values()} == {repr(v) for v in ("x-1", 3, 55.5, True, ["198.51.100.0/24"])}
     assert set(fields) <= set(StackSettings.__dataclass_fields__), \
         f"unknown fields {set(fields) - set(StackSettings.__dataclass_fields__)}"
+
+
+def test_the_deployment_docs_config_table_is_the_settings():
+    """docs/deployment.md's table of stack config keys and defaults is generated from settings.py."""
+    from ml_api_infra.config_docs import DESCRIPTIONS, DOC, current_table, render
+    from ml_api_infra.settings import CONFIG_KEYS, SECRET_KEYS
+
+    assert set(DESCRIPTIONS) == set(CONFIG_KEYS) | set(SECRET_KEYS), "every key is described"
+    assert current_table(DOC.read_text()) == render(), \
+        "run `python infra_pulumi/ml_api_infra/config_docs.py --write`"
+    assert "| `requestsPerTarget` | 60000 |" in render()
