@@ -2,7 +2,7 @@
 
     python train_export.py                                        # the embedded synthetic dataset
     python train_export.py --data my.csv --label target [--task auto|binary|multiclass|regression]
-    python train_export.py import --model booster.json [--sample my.csv --label target]
+    python train_export.py import --model booster.json [--sample my.csv --label target] [--force]
 
 Any CSV with a header row: its columns become the API's fields, verbatim; the typing rules are in
 model_store/tabular.py (and the README's "Serve your own model"). A column that cannot be used is
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from model_store import ModelSchema, dataset, save_bundle
-from model_store.tabular import TASK_CHOICES, DataError, read_table
+from model_store import Feature, ModelSchema, dataset, save_bundle
+from model_store.bundle import CLASSIFICATION_OBJECTIVES, REGRESSION_PREFIXES, booster_objective
+from model_store.tabular import TASK_CHOICES, DataError, read_sample, read_table
 
 # The default model's size. The benchmark's baseline serves a model of exactly this size.
 TREE_PARAMS = {"max_depth": 6, "eta": 0.1, "tree_method": "hist"}
@@ -225,8 +226,101 @@ def train_main(args: argparse.Namespace) -> int:
     return 0
 
 
+class IdentityScaler:
+    """An imported booster takes the raw features: mean 0, scale 1."""
+
+    def __init__(self, n: int) -> None:
+        self.mean_, self.scale_ = np.zeros(n), np.ones(n)
+
+
+def imported_task(path: str, booster: Any) -> tuple[str, int]:
+    objective, num_class = booster_objective(booster)
+    for task, objectives in CLASSIFICATION_OBJECTIVES.items():
+        if objective in objectives:
+            return task, num_class
+    if objective.startswith(REGRESSION_PREFIXES):
+        return "regression", 0
+    raise DataError(
+        f"{path}: objective {objective} does not give probabilities or values to serve "
+        "(classification: binary:logistic or multi:softprob; regression: reg:*, count:*, survival:*)"
+    )
+
+
+def imported_schema(path: str, booster: Any) -> ModelSchema:
+    """Without a sample: names and kinds from the booster, no ranges, nothing nullable."""
+    task, num_class = imported_task(path, booster)
+    names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
+    types = booster.feature_types or ["q"] * len(names)
+    if "c" in types:
+        raise DataError(f"{path}: feature {names[types.index('c')]!r} is categorical: give --sample FILE.csv --label COLUMN so its categories are known")
+    features = tuple(Feature(n, "binary", 0.0, 1.0) if t == "i" else Feature(n, "continuous") for n, t in zip(names, types))
+    class_names = {"binary": ("0", "1"), "multiclass": tuple(map(str, range(num_class))), "regression": ()}[task]
+    return ModelSchema(task, features, class_names, {f.name: 0.0 for f in features})  # type: ignore[arg-type]
+
+
+def import_main(args: argparse.Namespace) -> int:
+    """Register a booster trained elsewhere, its schema from the booster and, when given, a sample."""
+    import hashlib
+
+    import xgboost as xgb
+
+    started = time.perf_counter()
+    log(f"importing {args.model}")
+    try:
+        try:
+            booster = xgb.Booster(model_file=args.model)
+        except xgb.core.XGBoostError as exc:
+            raise DataError(f"{args.model} is not an XGBoost model ({str(exc).splitlines()[0][:200]})") from None
+        task, num_class = imported_task(args.model, booster)
+        metadata: dict[str, Any] = {"data_source": args.model}
+        if args.sample:
+            names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
+            table = read_sample(args.sample, args.label, list(names), task)
+            schema = table.schema
+            if schema.is_classification and schema.n_classes != max(num_class, 2):
+                raise DataError(f"{args.sample}: label {args.label!r} has {schema.n_classes} classes, the model {max(num_class, 2)}")
+            booster_types = booster.feature_types or ["q"] * len(names)
+            for f, t in zip(schema.features, booster_types):
+                if (f.kind == "categorical") != (t == "c"):
+                    raise DataError(f"{args.sample}: column {f.name!r} is {f.kind} in the sample but {'categorical' if t == 'c' else 'numeric'} in the model")
+            data = dmatrix(table.x, table.y, schema)
+            metrics = held_out_metrics(schema, booster, data, table.y, table.y)
+            metrics["sample_rows"] = int(len(table.y))
+            log(f"on the sample ({len(table.y)} rows): {describe(metrics)}")
+            weak = no_better_than_prior(metrics)
+            if weak and not args.force:
+                print(f"[train] error: {weak}: on its sample the model predicts no better than the prior; nothing was registered "
+                      "(check the sample and the label, or pass --force to register it anyway)", file=sys.stderr)  # fmt: skip
+                return EXIT_NO_BETTER
+            if weak:
+                print(f"[train] warning: {weak}; registered anyway because of --force", file=sys.stderr)
+            metadata.update(metrics=metrics, data_sha256=table.sha256, sample=args.sample)
+            if schema.is_classification:
+                metadata["class_prior"] = (np.bincount(table.y, minlength=schema.n_classes) / len(table.y)).round(4).tolist()
+        else:
+            schema = imported_schema(args.model, booster)
+    except (DataError, OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    with open(args.model, "rb") as f:
+        model_sha256 = hashlib.sha256(f.read()).hexdigest()
+    objective, _ = booster_objective(booster)
+    metadata["training_params"] = {"imported_from": args.model, "model_sha256": model_sha256, "objective": objective,
+                                   "num_boosted_rounds": booster.num_boosted_rounds()}  # fmt: skip
+    register(booster, IdentityScaler(schema.n_features), schema, dataset_label="import", metadata=metadata)
+    log(f"  time        {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        importer = argparse.ArgumentParser(prog="train_export.py import", description=import_main.__doc__)
+        importer.add_argument("--model", required=True, help="an XGBoost booster saved as .json or .ubj")
+        importer.add_argument("--sample", help="CSV with the booster's features (and a label column): ranges, categories, null, metrics")
+        importer.add_argument("--label", default="label", help="label column of --sample (default: %(default)s)")
+        importer.add_argument("--force", action="store_true", help="register even when no better than the prior on the sample")
+        return import_main(importer.parse_args(argv[1:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="CSV with a header row: the features and the label column (default: embedded synthetic data)")
     parser.add_argument("--label", default="label", help="label column of --data (default: %(default)s)")

@@ -120,6 +120,7 @@ class ModelBundle:
     schema: ModelSchema
     metadata: dict[str, Any]
     predict_scaled: DensePredictor = dataclasses.field(repr=False, compare=False)
+    created: str = ""  # when it was registered, ISO 8601 (UTC)
 
     @property
     def version(self) -> str:
@@ -275,4 +276,5 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     check_booster(booster, schema, full_tag)
     # One thread per worker: workers already use every core, and threads would fight over them.
     booster.set_param({"nthread": nthread})
-    return ModelBundle(full_tag, booster, mean, scale, schema, metadata, DensePredictor(booster))
+    created = model.info.creation_time.isoformat(timespec="seconds")
+    return ModelBundle(full_tag, booster, mean, scale, schema, metadata, DensePredictor(booster), created)

@@ -173,10 +173,40 @@ def example_record(features: tuple[Feature, ...], row: np.ndarray) -> dict[str, 
     return record
 
 
-def read_table(path: str, label: str, task: str = "auto") -> Table:
-    header, rows, digest = read_rows(path)
+def _label_index(path: str, header: list[str], label: str) -> int:
     if label not in header:
         raise DataError(f"label column {label!r} is missing from {path} (its columns: {', '.join(map(repr, header[:10]))}{' ...' if len(header) > 10 else ''})")
+    return header.index(label)
+
+
+def read_sample(path: str, label: str, feature_names: list[str], task: str) -> Table:
+    """A sample for an imported booster: exactly its features (in any order) and the label.
+
+    The features are typed by the same rules as for training, and put in the booster's order."""
+    header, rows, digest = read_rows(path)
+    label_col = _label_index(path, header, label)
+    mismatch = column_mismatch(path, feature_names, [h for h in header if h != label])
+    if mismatch:
+        raise mismatch
+    if not rows:
+        raise DataError(f"{path} has no data rows")
+    columns = list(zip(*rows))
+    typed = [infer_feature(path, name, list(columns[header.index(name)])) for name in feature_names]
+    features = tuple(f for f, _ in typed)
+    task, class_names, y = infer_label(path, label, list(columns[label_col]), task)
+    x = np.column_stack([v for _, v in typed])
+    return Table(x, y, ModelSchema(task, features, class_names, _example(features, x)), digest)  # type: ignore[arg-type]
+
+
+def _example(features: tuple[Feature, ...], x: np.ndarray) -> dict[str, Any]:
+    complete = np.flatnonzero(~np.isnan(x).any(axis=1))
+    # a row without missing values shows every field's type
+    return example_record(features, x[complete[0] if len(complete) else 0])
+
+
+def read_table(path: str, label: str, task: str = "auto") -> Table:
+    header, rows, digest = read_rows(path)
+    _label_index(path, header, label)
     if len(header) < 2:
         raise DataError(f"{path} has no feature column besides the label {label!r}")
     if len(rows) < MIN_ROWS:
@@ -190,7 +220,4 @@ def read_table(path: str, label: str, task: str = "auto") -> Table:
             values.append(column)
     task, class_names, y = infer_label(path, label, list(columns[header.index(label)]), task)
     x = np.column_stack(values)
-    complete = np.flatnonzero(~np.isnan(x).any(axis=1))
-    example = x[complete[0] if len(complete) else 0]  # a row without missing values shows every field's type
-    schema = ModelSchema(task, tuple(features), class_names, example_record(tuple(features), example))  # type: ignore[arg-type]
-    return Table(x, y, schema, digest)
+    return Table(x, y, ModelSchema(task, tuple(features), class_names, _example(tuple(features), x)), digest)  # type: ignore[arg-type]

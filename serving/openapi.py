@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
 from .contract import Contract, allowed
+from .model_card import ModelCard
 from .settings import Settings
 
 
@@ -30,13 +31,15 @@ REF = "#/components/schemas/{model}"
 
 
 def _schemas(contract: Contract) -> dict[str, Any]:
+    batch_response = TypedDict("BatchResponse", {"predictions": list[contract.prediction_type]})  # type: ignore[misc]
     schemas: dict[str, Any] = {}
     for name, adapter in {
         "Record": contract.record_adapter,
         "BatchRequest": contract.batch_adapter,
         "Prediction": TypeAdapter(contract.prediction_type),
-        "BatchResponse": TypeAdapter(contract.batch_response_type),
+        "BatchResponse": TypeAdapter(batch_response),
         "Error": TypeAdapter(Error),
+        "ModelCard": TypeAdapter(ModelCard),
     }.items():
         schema = adapter.json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
@@ -105,6 +108,13 @@ def build(contract: Contract, settings: Settings) -> dict[str, Any]:
                     "operationId": "predict_batch",
                     "requestBody": {"required": True, "content": _json("BatchRequest")},
                     "responses": {"200": {"description": "One prediction per record", "content": _json("BatchResponse")}, **errors},
+                }
+            },
+            "/metadata": {
+                "get": {
+                    "summary": "The served model: tag, created, task, features, class names, metrics, provenance",
+                    "operationId": "metadata",
+                    "responses": {"200": {"description": "The model card", "content": _json("ModelCard")}},
                 }
             },
             "/healthz": _probe("Liveness (alias of /livez)"),

@@ -247,3 +247,64 @@ def test_the_prior_check_reads_the_right_metrics():
     assert "accuracy 0.5000" in train_export.no_better_than_prior({"accuracy": 0.5, "log_loss": 0.6, "prior_accuracy": 0.5, "prior_log_loss": 0.69})
     assert "predicting the training mean" in train_export.no_better_than_prior({"rmse": 2.0, "r2": -0.01, "prior_rmse": 1.99})
     assert train_export.no_better_than_prior({"rmse": 1.0, "r2": 0.7, "prior_rmse": 1.99}) is None
+
+
+def booster_trained_elsewhere(tmp_path):
+    """A binary booster trained with plain XGBoost on codes (a categorical 'kind'), and its data as a CSV."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    a, flag, kind = rng.normal(size=300), rng.integers(0, 2, 300), rng.integers(0, 3, 300)
+    y = ((a + flag + (kind == 1)) > 0.8).astype(int)
+    x = np.column_stack([a, flag, kind]).astype(float)
+    data = xgb.DMatrix(x, label=y, feature_names=["a", "flag b", "kind"], feature_types=["q", "q", "c"], enable_categorical=True)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, data, 20)
+    booster.save_model(tmp_path / "model.json")
+    columns = {"kind": [f"k{k}" for k in kind], "a": a.round(6).tolist(), "flag b": flag.tolist(), "y": y.tolist()}
+    return tmp_path / "model.json", columns, booster, x
+
+
+def test_import_registers_a_booster_with_its_sample_schema_and_metrics(bentoml_home, tmp_path):
+    path, columns, booster, x = booster_trained_elsewhere(tmp_path)
+    sample = write_csv(tmp_path / "sample.csv", columns)
+    before = model_count()
+    result = run_train("import", "--model", str(path), "--sample", str(sample), "--label", "y")
+    assert result.returncode == 0, result.stderr
+    model = bentoml.models.get("xgb_classifier:latest")
+    try:
+        assert model_count() == before + 1 and model.info.labels["dataset"] == "import"
+        bundle = load_bundle(str(model.tag))
+        assert bundle.schema.task == "binary" and bundle.schema.feature_names == ("a", "flag b", "kind")
+        assert bundle.schema.features[2].categories == ("k0", "k1", "k2") and bundle.schema.features[1].kind == "binary"
+        assert model.info.metadata["metrics"]["accuracy"] > 0.9 and model.info.metadata["training_params"]["objective"] == "binary:logistic"
+        np.testing.assert_allclose(bundle.predict_proba(x[:50])[:, 1], booster.inplace_predict(x[:50]), atol=1e-7)
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+def test_import_names_both_missing_and_unknown_columns_in_one_message(bentoml_home, tmp_path):
+    path, columns, _, _ = booster_trained_elsewhere(tmp_path)
+    columns = {("alpha" if k == "a" else k): v for k, v in columns.items()} | {"extra": columns["y"]}
+    before = model_count()
+    result = run_train("import", "--model", str(path), "--sample", str(write_csv(tmp_path / "sample.csv", columns)), "--label", "y")
+    assert result.returncode == 2
+    assert "the columns do not match the model's features: missing 'a'; unknown 'alpha', 'extra'" in result.stderr, result.stderr
+    assert model_count() == before
+
+
+def test_import_without_a_sample_takes_the_schema_from_the_booster(bentoml_home, tmp_path):
+    import xgboost as xgb
+
+    path, _, _, _ = booster_trained_elsewhere(tmp_path)
+    refused = run_train("import", "--model", str(path))
+    assert refused.returncode == 2 and "feature 'kind' is categorical: give --sample" in refused.stderr
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 2))
+    xgb.train({"objective": "reg:squarederror"}, xgb.DMatrix(x, label=x[:, 0] * 2), 5).save_model(tmp_path / "reg.ubj")
+    assert run_train("import", "--model", str(tmp_path / "reg.ubj")).returncode == 0
+    model = bentoml.models.get("xgb_classifier:latest")
+    try:
+        schema = load_bundle(str(model.tag)).schema
+        assert schema.task == "regression" and schema.feature_names == ("f0", "f1") and schema.class_names == ()
+    finally:
+        bentoml.models.delete(model.tag)

@@ -1,0 +1,151 @@
+"""Bring your own model, end to end: CSV -> train_export.py -> a real `bentoml serve` -> HTTP.
+
+Three generated datasets beyond the default (tests/byom_datasets.py): binary with a categorical
+column and missing values, multi-class with string labels and column names with spaces and
+punctuation, and regression. One server per dataset, pinned to its model with MODEL_TAG; the models
+are deleted afterwards so the default model is the store's latest again for the other tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+
+import bentoml
+import numpy as np
+import pytest
+import requests
+
+import byom_datasets
+import train_export
+from conftest import BENTOML, REPO, ServerProcess
+from model_store import ModelSchema, load_bundle
+
+DATASETS = {
+    "binary": (byom_datasets.churn_binary, "churn"),
+    "multiclass": (byom_datasets.flowers_multiclass, "species"),
+    "regression": (byom_datasets.houses_regression, "price_k"),
+}
+ROUNDS = "30"
+
+
+def csv_records(path, schema: ModelSchema) -> list[dict]:
+    """The CSV's rows as the API's JSON records: numbers, category names, null for an empty cell."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {f.name: None if row[f.name] == "" else row[f.name] if f.kind == "categorical" else float(row[f.name]) for f in schema.features}
+        for row in rows
+    ]
+
+
+@pytest.fixture(scope="module", params=list(DATASETS))
+def served(request, bentoml_home, tmp_path_factory):
+    make, label = DATASETS[request.param]
+    path = make(tmp_path_factory.mktemp("byom") / f"{request.param}.csv")
+    result = subprocess.run([sys.executable, "train_export.py", "--data", str(path), "--label", label, "--rounds", ROUNDS],
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    tag = str(bentoml.models.get("xgb_classifier:latest").tag)
+    server = ServerProcess({"MODEL_TAG": tag}, workers=1)
+    try:
+        server.start(timeout=120)
+        yield request.param, tag, server.url, path
+    finally:
+        server.stop()
+        bentoml.models.delete(tag)  # the default model is the latest again
+
+
+def test_the_task_is_inferred_and_the_model_beats_the_prior(served):
+    task, tag, _, _ = served
+    bundle = load_bundle(tag)
+    assert bundle.schema.task == task
+    metrics = bundle.metadata["metrics"]
+    if task == "regression":
+        assert metrics["r2"] > 0.9, metrics
+    else:
+        assert metrics["accuracy"] > metrics["prior_accuracy"] + 0.15 and metrics["log_loss"] < metrics["prior_log_loss"], metrics
+
+
+def test_served_predictions_equal_the_in_process_models(served):
+    task, tag, url, path = served
+    bundle = load_bundle(tag)
+    records = csv_records(path, bundle.schema)[:200]
+    # The in-process model through XGBoost's own public predict (DMatrix with the categorical types),
+    # not the service's DensePredictor: this checks the codes reach the C API as XGBoost means them.
+    rows = bundle.encode(records)
+    expected = bundle.booster.predict(train_export.dmatrix(bundle.margin_input(rows), None, bundle.schema))
+    batch = requests.post(f"{url}/predict_batch", json={"instances": records}, timeout=60)
+    assert batch.status_code == 200, batch.text
+    answers = batch.json()["predictions"] + [requests.post(f"{url}/predict", json=r, timeout=30).json() for r in records[:10]]
+    expected = np.concatenate([expected, expected[:10]])
+    if task == "regression":
+        assert all(a.keys() == {"prediction", "model_version", "features_used"} for a in answers)
+        np.testing.assert_allclose([a["prediction"] for a in answers], expected, rtol=1e-6, atol=1e-6)
+        return
+    proba = np.column_stack([1 - expected, expected]) if task == "binary" else expected
+    names = bundle.schema.class_names
+    for answer, p in zip(answers, proba):
+        assert list(answer) == ["predicted_class", "confidence", "model_version", "features_used", "probabilities", "predicted_label"]
+        np.testing.assert_allclose(answer["probabilities"], p, atol=1e-6)
+        assert answer["predicted_class"] == int(np.argmax(p)) and answer["predicted_label"] == names[int(np.argmax(p))]
+        assert answer["features_used"] == bundle.schema.n_features and answer["model_version"] == bundle.version
+
+
+def test_openapi_and_metadata_list_the_models_fields(served):
+    task, tag, url, path = served
+    schema = load_bundle(tag).schema
+    spec = requests.get(f"{url}/docs.json", timeout=10).json()
+    record = spec["components"]["schemas"]["Record"]
+    assert list(record["properties"]) == list(schema.feature_names) and sorted(record["required"]) == sorted(schema.feature_names)
+    assert spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["example"] == schema.example
+    for f in schema.features:
+        prop = json.dumps(record["properties"][f.name])
+        assert all(json.dumps(c) in prop for c in f.categories), prop
+        assert ('"null"' in prop) == f.nullable, prop
+    assert "/metadata" in spec["paths"]
+    meta = requests.get(f"{url}/metadata", timeout=10).json()
+    assert meta["tag"] == tag and meta["task"] == task and meta["created"].startswith("20")
+    assert [f["name"] for f in meta["features"]] == list(schema.feature_names)
+    assert [(f["kind"], f["categories"], f["nullable"]) for f in meta["features"]] == [(f.kind, list(f.categories), f.nullable) for f in schema.features]
+    assert meta["class_names"] == list(schema.class_names) and meta["example"] == schema.example
+    assert meta["data_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert {"xgboost-cpu", "numpy", "bentoml"} <= meta["library_versions"].keys() and meta["metrics"]["test_rows"] > 0
+    shown = json.loads(subprocess.run([BENTOML, "models", "get", tag, "-o", "json"], capture_output=True, text=True, check=True).stdout)
+    stored = shown["metadata"]
+    assert stored["schema"]["task"] == task and [f["name"] for f in stored["schema"]["features"]] == list(schema.feature_names)
+    assert stored["data_sha256"] == meta["data_sha256"] and stored["metrics"] == meta["metrics"] and "training_params" in stored
+
+
+def _post(url: str, record: dict) -> requests.Response:
+    return requests.post(f"{url}/predict", json=record, timeout=30)
+
+
+def test_bad_input_is_a_422_naming_the_field(served):
+    _, tag, url, _ = served
+    schema = load_bundle(tag).schema
+    example = schema.example
+    first = schema.feature_names[0]
+    missing = _post(url, {k: v for k, v in example.items() if k != first})
+    assert missing.status_code == 422 and [first] in [d["loc"] for d in missing.json()["detail"]]
+    unknown = _post(url, {**example, "no such/field": 1})
+    assert unknown.status_code == 422 and ["no such/field"] in [d["loc"] for d in unknown.json()["detail"]]
+    numeric = next(f for f in schema.features if f.kind != "categorical")
+    wrong_type = _post(url, {**example, numeric.name: "12"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == [numeric.name]
+    for f in schema.features:
+        answer = _post(url, {**example, f.name: None})
+        if f.nullable:
+            assert answer.status_code == 200, (f.name, answer.text)
+        else:
+            assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == [f.name], (f.name, answer.text)
+        if f.kind == "categorical":
+            bad = _post(url, {**example, f.name: "not-a-category"})
+            assert bad.status_code == 422, bad.text
+            detail = bad.json()["detail"][0]
+            assert detail["loc"] == [f.name] and all(repr(c) in detail["msg"] for c in f.categories), detail
+    batch = requests.post(f"{url}/predict_batch", json={"instances": [example, {**example, numeric.name: "x"}]}, timeout=30)
+    assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["instances", 1, numeric.name]
