@@ -44,6 +44,7 @@ from loadtest.bench_servers import free_port  # noqa: E402
 from model_store import load_bundle  # noqa: E402
 from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
 from ml_api_infra.mocks import task_container  # noqa: E402
+from serving import docs_page  # noqa: E402
 
 CONTAINERIZE = REPO / "container" / "containerize.sh"
 LOG_DIR = REPO / ".build" / "container"
@@ -187,6 +188,9 @@ def run_and_check(image: str, image_volumes: list[str], image_tmp: dict, scratch
         kind, command = container["healthCheck"]["command"]
         health = subprocess.run([*PODMAN, "exec", name, "sh", "-c", command], capture_output=True, text=True)
         log(f"==> health check ({kind}) inside the container: exit {health.returncode}")
+        # The docs page's files come from a package whose unused parts the Dockerfile deletes.
+        docs = {path: requests.get(f"{url}{path}", timeout=10).status_code for path in ("/", "/docs.json", *docs_page.ASSETS)}
+        log(f"==> docs page: {docs}")
         pid = int(podman("inspect", "--format", "{{.State.Pid}}", name))
         processes = process_uids(pid)
         log("==> processes: " + ", ".join(f"pid {p['pid']} uid {p['uid']}" for p in processes))
@@ -198,7 +202,7 @@ def run_and_check(image: str, image_volumes: list[str], image_tmp: dict, scratch
         exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
         podman("rm", "--force", name, check=False)
     log(f"==> stopped in {stop_s:.1f} s, exit code {exit_code}")
-    return {"port": port, "ready_seconds": round(ready_s, 1), "status_code": response.status_code,
+    return {"port": port, "ready_seconds": round(ready_s, 1), "status_code": response.status_code, "docs": docs,
             "response": response.json() if response.ok else response.text, "processes": processes,
             "health_check_exit": health.returncode, "tmp_volume": tmp_owner, "run_user": container["user"],
             "run_user_uid": processes[0]["uid"] if processes else None,
@@ -249,6 +253,8 @@ def failures(result: dict) -> list[str]:
             problems.append(f"probabilities {answer.get('probabilities')} differ from {expected['probabilities']}")
     if result["health_check_exit"] != 0:
         problems.append(f"the task definition's health-check command failed (exit {result['health_check_exit']})")
+    if missing := [path for path, status in result["docs"].items() if status != 200]:
+        problems.append(f"docs page files missing in the image: {missing}")
     if not result["processes"] or any(p["uid"] == 0 or p["euid"] == 0 for p in result["processes"]):
         problems.append(f"a process runs as root (or none was found): {result['processes']}")
     if not result["inventory"]["python"].startswith("3.11."):

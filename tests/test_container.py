@@ -153,3 +153,8 @@ def test_image_holds_python_311_and_only_the_pinned_serving_packages(smoke):
     assert "xgboost-cpu" in installed and "xgboost" not in installed and "scikit-learn" not in installed
     # No compilers, git or the installer left behind.
     assert not any(inventory["tools"].values()), inventory["tools"]
+
+
+def test_the_docs_page_and_its_files_are_served_from_the_image(smoke):
+    # The Dockerfile deletes the parts of swagger-ui-py the page does not use.
+    assert smoke["docs"] and set(smoke["docs"].values()) == {200}, smoke["docs"]
