@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -53,14 +55,20 @@ class Browser:
     async def __aexit__(self, *exc: Any) -> None:
         if self.session is not None:
             await self.session.close()
-        if self.proc is not None:
-            self.proc.terminate()
+        if self.proc is not None:  # the browser and its renderer, GPU and zygote processes: one process group
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(10)
         shutil.rmtree(self.profile, ignore_errors=True)
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass  # already gone
 
 
 class Page:
