@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -25,7 +26,8 @@ import orjson
 from starlette.middleware.cors import CORSMiddleware
 
 from model_store import ModelContractError, load_bundle, stored_model
-from serving import bentoml_internals, metrics
+from model_store.bundle import encode
+from serving import bentoml_internals, client_api, metrics
 from serving.contract import Contract, predicted
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
@@ -45,6 +47,7 @@ try:
 except ModelContractError as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
 CONTRACT = Contract(BUNDLE.schema, SETTINGS)
+RECORD = client_api.record_spec(CONTRACT)
 
 
 @bentoml.service(
@@ -112,6 +115,21 @@ class XGBoostService:
         metrics.observe_predictions(classes, confidence, self.bundle.class_names)
         return self.contract.class_bodies(proba, classes, confidence, self.bundle.version)
 
+    # /predict and /predict_batch are answered by serving.fastpath in front of BentoML. These two
+    # methods are how BentoML sees them: their specs make /schema.json, and with it
+    # bentoml.SyncHTTPClient(url).predict(**record) and .predict_batch(instances=[...]); called in
+    # process they give the same answers.
+    @bentoml.api(route="/predict", input_spec=RECORD, output_spec=CONTRACT.prediction_type)
+    def predict(self, **fields: Any) -> dict:
+        """Predict one record."""
+        return self.answers(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
+
+    @bentoml.api(route="/predict_batch", input_spec=client_api.batch_spec(CONTRACT, RECORD), output_spec=CONTRACT.batch_response_type)
+    def predict_batch(self, instances: list) -> dict:
+        """Predict up to XGB_MAX_BATCH_RECORDS records, answered in order."""
+        records = [record.model_dump(by_alias=True) for record in instances]
+        return {"predictions": self.answers(encode(self.bundle.schema, records))}
+
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
     )
@@ -125,4 +143,10 @@ class XGBoostService:
 
 if SETTINGS.cors_origins:  # for BentoML's routes; PredictionRoutes applies the same to its own
     XGBoostService.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS))
-XGBoostService.add_asgi_middleware(PredictionRoutes, settings=SETTINGS, contract=CONTRACT, card=model_card(BUNDLE))
+XGBoostService.add_asgi_middleware(
+    PredictionRoutes,
+    settings=SETTINGS,
+    contract=CONTRACT,
+    card=model_card(BUNDLE),
+    client_schema=client_api.client_schema(XGBoostService.schema(), "predict_rows"),
+)

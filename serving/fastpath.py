@@ -39,7 +39,7 @@ _SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control",
 
 
 class PredictionRoutes:
-    def __init__(self, app: ASGIApp, settings: Settings, contract: Contract, card: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, contract: Contract, card: dict[str, Any], client_schema: dict[str, Any]) -> None:
         self.app = app
         self.settings = settings
         self.contract = contract
@@ -48,8 +48,10 @@ class PredictionRoutes:
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
         }
-        # /, its files, /docs.json, and /metadata (the model card)
-        self.pages = {**docs_page.pages(openapi.build(contract, settings)), "/metadata": docs_page.Page(b"application/json", orjson.dumps(card))}
+        self.pages = docs_page.pages(openapi.build(contract, settings))  # /, its files, /docs.json
+        # The model card (serving/model_card.py); BentoML's clients read the routes from /schema.json (serving/client_api.py).
+        self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card))
+        self.pages["/schema.json"] = docs_page.Page(b"application/json", orjson.dumps(client_schema))
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
         self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
         self.traffic = bentoml_internals.TrafficMetrics(None)

@@ -31,13 +31,12 @@ REF = "#/components/schemas/{model}"
 
 
 def _schemas(contract: Contract) -> dict[str, Any]:
-    batch_response = TypedDict("BatchResponse", {"predictions": list[contract.prediction_type]})  # type: ignore[misc]
     schemas: dict[str, Any] = {}
     for name, adapter in {
         "Record": contract.record_adapter,
         "BatchRequest": contract.batch_adapter,
         "Prediction": TypeAdapter(contract.prediction_type),
-        "BatchResponse": TypeAdapter(batch_response),
+        "BatchResponse": TypeAdapter(contract.batch_response_type),
         "Error": TypeAdapter(Error),
         "ModelCard": TypeAdapter(ModelCard),
     }.items():
