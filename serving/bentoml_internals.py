@@ -9,7 +9,9 @@ dispatcher BentoML built for the batchable `predict_rows` API, through the app f
 
 How: Starlette puts the app into every request scope; BentoML's API routes are
 `functools.partial(factory.api_endpoint_wrapper, api_name)`, so the route's endpoint leads to the
-factory. tests/test_serving_runtime.py fails if an upgrade moves any of this.
+factory. tests/test_serving_runtime.py fails if an upgrade moves any of this, and every worker
+looks it all up at start-up (fastpath.PredictionRoutes.start): if anything moved, the worker is
+not ready, naming the failed check, rather than answering each prediction with a 500.
 
 The fast path is also put *in front of* BentoML's middleware chain (serve_in_front). A middleware
 added with add_asgi_middleware runs inside BentoML's error, metrics, OpenTelemetry and timeout

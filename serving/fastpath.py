@@ -55,7 +55,7 @@ class PredictionRoutes:
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
         self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
         self.traffic = bentoml_internals.TrafficMetrics(None)
-        self._in_front = False
+        self.not_ready: bytes | None = None  # the failed start-up check's answer to /readyz and /predict*
         self.inflight = 0
         self.deadlines = Deadlines(settings.request_timeout_s)
         self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
@@ -63,16 +63,13 @@ class PredictionRoutes:
         self._service: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if not self._in_front:
-            # The first call is the lifespan start-up, before any request: from then on the
-            # prediction routes skip BentoML's middleware chain (see bentoml_internals).
-            app = scope["app"]
-            self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
-            bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
-            self._in_front = True
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, self.on_startup_complete(scope["app"], send))
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] in self.routes:
+        if self.not_ready is not None and (scope["path"] in self.routes or scope["path"] == "/readyz"):
+            return await respond(send, 503, self.not_ready, [(b"retry-after", RETRY_AFTER_SECONDS)])
+        if scope["path"] in self.routes:  # (once started, these requests go to self.front directly)
             return await self.front(scope, receive, send)
         page = self.pages.get(scope["path"])
         if page is not None:
@@ -95,8 +92,6 @@ class PredictionRoutes:
             self.traffic.finished(endpoint, status, started)
 
     async def answer_request(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
-        if self._service is None:
-            self._bind(scope["app"])
         handler, max_bytes = self.routes[scope["path"]]
         status, headers, body = 200, None, None
         self.inflight += 1
@@ -144,13 +139,34 @@ class PredictionRoutes:
             return 408, InputError(408, f"request body not received within {timeout:g} s").body()
         return 504, InputError(504, f"the prediction did not finish within {timeout:g} s (XGB_REQUEST_TIMEOUT_S)").body()
 
-    def _bind(self, app: Any) -> None:
-        """Find BentoML's batch dispatcher and service instance (they exist once the app has started)."""
-        factory = bentoml_internals.find_app_factory(app, BATCHED_API)
-        self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
-        self._service = bentoml_internals.service_instance(factory)
-        bentoml_internals.bind_api_once(self._service, BATCHED_API)
-        bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
+    def on_startup_complete(self, app: Any, send: Callable) -> Callable:
+        """The lifespan's send: when BentoML's start-up is done (service instance, dispatchers), and
+        before uvicorn accepts a request, look up and check the BentoML internals the fast path uses."""
+
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                self.start(app)
+            await send(message)
+
+        return wrapped
+
+    def start(self, app: Any) -> None:
+        """Bind to BentoML's dispatcher and service instance, then take the prediction routes in front
+        of its middleware chain. If BentoML does not look as expected (an upgrade), the worker stays
+        up but not ready: /readyz and the prediction routes answer 503 naming the failed check, so a
+        deployment never takes traffic it would answer with 500s."""
+        try:
+            factory = bentoml_internals.find_app_factory(app, BATCHED_API)
+            self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
+            self._service = bentoml_internals.service_instance(factory)
+            bentoml_internals.bind_api_once(self._service, BATCHED_API)
+            bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
+            self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
+            bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
+        except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
+            error = f"not ready: BentoML internals changed ({exc}); update serving/bentoml_internals.py"
+            logger.error("%s", error, exc_info=not isinstance(exc, bentoml_internals.BentoMLInternalsChanged))
+            self.not_ready = InputError(503, error).body()
 
     def check_request(self, scope: dict[str, Any]) -> None:
         if scope["method"] != "POST":

@@ -259,3 +259,23 @@ def test_the_shared_socket_stays_when_own_sockets_are_turned_off(server_factory)
     port = int(server.url.rsplit(":", 1)[1])
     (holders,) = listeners(port)
     assert set(worker_pids(server)) < holders, "both workers (and the arbiter) share the one listening socket"
+
+
+def test_a_bentoml_whose_internals_moved_is_refused_readiness_naming_the_check(server_factory):
+    server = server_factory(workers=1, wait=False, service=("tests.mismatched_bentoml_service:XGBoostService",))
+    deadline = time.monotonic() + 90
+    while True:
+        assert server.proc.poll() is None, server.log()[-3000:]
+        try:
+            ready = requests.get(f"{server.url}/readyz", timeout=2)
+            break
+        except requests.RequestException:  # not listening yet
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.2)
+    check = "no BentoML batch dispatcher found for API 'predict_rows'"
+    assert ready.status_code == 503 and check in ready.json()["error"], ready.text
+    predict = requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10)
+    assert predict.status_code == 503 and check in predict.json()["error"], "never a 500 per request"
+    assert predict.headers["retry-after"] == "1"
+    assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200, "alive: not restarted in a loop"
+    assert f"not ready: BentoML internals changed ({check}" in server.log()
