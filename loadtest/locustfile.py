@@ -3,7 +3,10 @@
 User classes (pick one on the command line; `make loadtest` and `make stress` do):
     ApiUser      realistic traffic: /predict (80 %), /predict_batch of 2-64 records (10 %), health checks (10 %)
     HealthUser   the liveness and readiness endpoints only
-    ExampleUser  one /predict with the seed's example record; prints the answer (headless: ends the run)
+    ExampleUser  one /predict with the served model's example record; prints the answer (headless: ends the run)
+
+The feature names, example record and class names are the served model's: read from its GET
+/metadata when the first user starts, so the same file load-tests any model.
 
 Each user sends --user-rps requests per second (constant throughput), so the offered load is
 users x user-rps as long as answers take less than 1 / user-rps: 60 users at 5 req/s each = 300 req/s. When the test stops,
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 import gevent
+import gevent.lock
 import orjson
 from locust import FastHttpUser, constant_throughput, events, task
 from locust.exception import StopUser
@@ -36,7 +40,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store and loadtest, from any cwd
 
 from loadtest import slo  # noqa: E402
-from loadtest.traffic import EXAMPLE_BODY, RequestPool, check_batch, check_prediction  # noqa: E402
+from loadtest.traffic import RequestPool, ServedModel  # noqa: E402
 
 BATCH_SIZES = (2, 64)
 HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
@@ -78,19 +82,32 @@ class _PacedUser(FastHttpUser):
                 resp.failure(f"HTTP {resp.status_code} from {path}: {(resp.text or '')[:200]}")
 
 
-class ApiUser(_PacedUser):
-    """Realistic traffic: records drawn from the training data's distribution."""
+_served: dict[str, tuple[ServedModel, RequestPool]] = {}
+_served_lock = gevent.lock.Semaphore()
 
-    # One pool per Locust process, shared by its users, built at import (~0.2 s) so that the
-    # first users do not start late.
-    pool = RequestPool()
+
+def served(host: str) -> tuple[ServedModel, RequestPool]:
+    """The served model and one request pool for it, per Locust process, shared by its users (~0.2 s, once)."""
+    with _served_lock:
+        if host not in _served:
+            model = ServedModel.fetch(host)
+            _served[host] = (model, RequestPool(model))
+        return _served[host]
+
+
+class ApiUser(_PacedUser):
+    """Realistic traffic: records drawn from the served model's features (see loadtest/traffic.py)."""
+
+    def on_start(self) -> None:
+        self.model, self.pool = served(self.host)
+        super().on_start()
 
     @task(16)
     def predict(self) -> None:
         with self.client.post(
             "/predict", data=self.pool.record_body(), headers=JSON_HEADERS, name="/predict", catch_response=True
         ) as resp:
-            _judge(resp, check_prediction)
+            _judge(resp, self.model.check_prediction)
 
     @task(2)
     def predict_batch(self) -> None:
@@ -98,7 +115,7 @@ class ApiUser(_PacedUser):
         with self.client.post(
             "/predict_batch", data=self.pool.batch_body(size), headers=JSON_HEADERS, name="/predict_batch", catch_response=True
         ) as resp:
-            _judge(resp, lambda body: check_batch(body, size))
+            _judge(resp, lambda body: self.model.check_batch(body, size))
 
     @task(2)
     def health(self) -> None:
@@ -118,14 +135,15 @@ class HealthUser(_PacedUser):
 
 
 class ExampleUser(FastHttpUser):
-    """The seed's `single` mode: one prediction for the seed's example record, printed."""
+    """The seed's `single` mode: one prediction for the served model's example record, printed."""
 
     @task
     def predict_example(self) -> None:
+        model, _ = served(self.host)
         with self.client.post(
-            "/predict", data=EXAMPLE_BODY, headers=JSON_HEADERS, name="/predict (seed example)", catch_response=True
+            "/predict", data=model.example_body, headers=JSON_HEADERS, name="/predict (seed example)", catch_response=True
         ) as resp:
-            _judge(resp, check_prediction)
+            _judge(resp, model.check_prediction)
             print(f"\nPOST {self.host}/predict (seed example) -> HTTP {resp.status_code}\n{_pretty(resp.text)}\n", flush=True)
         if self.environment.parsed_options.headless:
             self.environment.runner.quit()  # `make stress MODE=single`: the run is this one request

@@ -19,13 +19,16 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from conftest import REPO, free_port
 
 from loadtest import slo
-from loadtest.traffic import RequestPool, check_batch, check_prediction
+from loadtest.traffic import RequestPool, ServedModel
 from model_store.dataset import FEATURE_NAMES, SCHEMA
+
+DEFAULT_MODEL = ServedModel(SCHEMA.to_dict())  # what the default model's /metadata describes
 
 STRESS = [sys.executable, "-m", "loadtest.stress"]
 
@@ -43,8 +46,13 @@ def stats_rows(stats_csv: Path) -> dict[str, dict[str, str]]:
 # --- traffic and response checks ------------------------------------------------------------
 
 
+def test_the_served_model_is_read_from_its_metadata(live_server):
+    model = ServedModel.fetch(live_server)
+    assert model.schema == SCHEMA and model.example_body == json.dumps(SCHEMA.example, separators=(",", ":")).encode()
+
+
 def test_request_pool_draws_valid_distinct_records():
-    pool = RequestPool(seed=7, size=500)
+    pool = RequestPool(DEFAULT_MODEL, seed=7, size=500)
     records = [json.loads(pool.record_body()) for _ in range(200)]
     for record in records:
         assert list(record) == list(FEATURE_NAMES)
@@ -54,8 +62,23 @@ def test_request_pool_draws_valid_distinct_records():
     assert len(batch["instances"]) == 17
 
 
+def test_records_for_any_model_come_from_its_schema():
+    from model_store import Feature, ModelSchema
+
+    schema = ModelSchema(
+        "binary",
+        (Feature("size (cm)", "continuous", 2.0, 5.0, nullable=True), Feature("colour", "categorical", categories=("a", "b")), Feature("f/g", "binary", 0.0, 1.0)),
+        ("no", "yes"),
+        {"size (cm)": 3.0, "colour": "a", "f/g": 1.0},
+    )
+    records = ServedModel(schema.to_dict()).sample_records(np.random.default_rng(3), 400)
+    assert all(list(r) == list(schema.feature_names) and all(f.in_range(r[f.name]) for f in schema.features) for r in records)
+    assert {r["colour"] for r in records} == {"a", "b"} and any(r["size (cm)"] is None for r in records)
+
+
 def test_response_checks_accept_the_service_answers_and_reject_wrong_shapes(live_server):
-    pool = RequestPool(seed=1, size=50)
+    check_prediction, check_batch = DEFAULT_MODEL.check_prediction, DEFAULT_MODEL.check_batch
+    pool = RequestPool(DEFAULT_MODEL, seed=1, size=50)
     answer = requests.post(f"{live_server}/predict", data=pool.record_body(), headers={"Content-Type": "application/json"}).json()
     assert check_prediction(answer) is None
     batch = requests.post(f"{live_server}/predict_batch", data=pool.batch_body(5), headers={"Content-Type": "application/json"}).json()
@@ -139,7 +162,7 @@ def test_single_mode_prints_the_answer_for_the_seed_example(live_server, tmp_pat
     result = run_stress("single", "--host", live_server, "--reports", str(tmp_path), "--slo-p99-ms", "5000")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = result.stdout.split("-> HTTP 200\n", 1)[1].split("\n\n", 1)[0]
-    assert check_prediction(json.loads(printed)) is None
+    assert DEFAULT_MODEL.check_prediction(json.loads(printed)) is None
     assert int(stats_rows(tmp_path / "single_stats.csv")["Aggregated"]["Request Count"]) == 1
 
 
@@ -147,7 +170,7 @@ class WrongShapeHandler(BaseHTTPRequestHandler):
     """Answers 200 to everything; predictions without the contract's fields."""
 
     def do_GET(self):
-        self._answer(b"ok")
+        self._answer(json.dumps(SCHEMA.to_dict()).encode() if self.path == "/metadata" else b"ok")
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
