@@ -26,6 +26,12 @@ from loadtest.bench_servers import free_port, private_home  # noqa: E402  (impor
 os.environ.pop("MODEL_TAG", None)
 
 
+def environment(changes: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment with `changes` applied; a None value unsets the variable."""
+    changed = {**os.environ, **changes}
+    return {name: value for name, value in changed.items() if value is not None}
+
+
 class ServerProcess:
     """A real `bentoml serve service:XGBoostService` (or `bentoml serve` in `cwd`) on a free port, its output in a log file.
 
@@ -40,8 +46,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
         home = private_home(os.environ["BENTOML_HOME"])
-        env = {**os.environ, "BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})}
-        self.env = {name: value for name, value in env.items() if value is not None}  # None: unset it
+        self.env = environment({"BENTOML_HOME": str(home), "XGB_WORKERS": str(workers), **(env or {})})
         self.cwd, self.service = cwd, service
         self.proc: subprocess.Popen | None = None
 

@@ -6,12 +6,11 @@ docs do. HOME points at a temporary directory here, so the real home is never to
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
 import requests
-from conftest import BENTOML, REPO, ServerProcess
+from conftest import BENTOML, REPO, ServerProcess, environment
 
 from model_store.dataset import EXAMPLE_RECORD
 
@@ -22,7 +21,7 @@ def test_plain_bentoml_serve_in_a_fresh_clone_serves_the_model_make_train_regist
     # The committed tree, as `git clone` gives it to a new user.
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
     env = {"HOME": str(home), "BENTOML_HOME": None}  # BentoML's default store, in this HOME
-    plain_env = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+    plain_env = environment(env)
     # This checkout's virtual environment (make install's own work is not what this test is about).
     train = subprocess.run(["make", "train", f"VENV={REPO / '.venv'}"], cwd=clone, env=plain_env,
                            capture_output=True, text=True, timeout=600)
