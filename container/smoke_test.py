@@ -10,8 +10,9 @@ into buildah's storage. No registry is contacted: the image is built FROM that b
      and at /tmp what Fargate mounts for the task's bind-mount volume: a directory owned by root
      with mode 0755, unless the image declares /tmp a VOLUME, whose ownership and mode it then
      gets (`fargate_tmp_volume`); the host port is forwarded to the container port;
-  3. wait for /readyz, POST the seed's example to /predict, compare with the model in-process, and
-     run the task definition's container health-check command inside the container;
+  3. wait for /readyz, POST the served model's example record (from its GET /metadata) to /predict,
+     compare with the model in-process, and run the task definition's container health-check
+     command inside the container;
   4. read the uid of every process of the container from /proc;
   5. stop it with SIGTERM (as ECS does) and print the image size.
 
@@ -42,7 +43,6 @@ sys.path.insert(0, str(REPO / "infra_pulumi"))
 
 from loadtest.bench_servers import free_port  # noqa: E402
 from model_store import load_bundle  # noqa: E402
-from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES  # noqa: E402
 from ml_api_infra.mocks import task_container  # noqa: E402
 from serving import docs_page  # noqa: E402
 
@@ -182,7 +182,8 @@ def run_and_check(image: str, image_volumes: list[str], image_tmp: dict, scratch
     try:
         ready_s = wait_ready(name, url)
         log(f"    ready in {ready_s:.1f} s")
-        response = requests.post(f"{url}/predict", json=EXAMPLE_RECORD, timeout=10)
+        example = requests.get(f"{url}/metadata", timeout=10).json()["example"]  # the served model's own
+        response = requests.post(f"{url}/predict", json=example, timeout=10)
         log(f"==> POST /predict -> {response.status_code} {response.text[:200]}")
         # ECS runs this command inside the container; a non-zero exit marks the task unhealthy.
         kind, command = container["healthCheck"]["command"]
@@ -202,7 +203,7 @@ def run_and_check(image: str, image_volumes: list[str], image_tmp: dict, scratch
         exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
         podman("rm", "--force", name, check=False)
     log(f"==> stopped in {stop_s:.1f} s, exit code {exit_code}")
-    return {"port": port, "ready_seconds": round(ready_s, 1), "status_code": response.status_code, "docs": docs,
+    return {"port": port, "ready_seconds": round(ready_s, 1), "example": example, "status_code": response.status_code, "docs": docs,
             "response": response.json() if response.ok else response.text, "processes": processes,
             "health_check_exit": health.returncode, "tmp_volume": tmp_owner, "run_user": container["user"],
             "run_user_uid": processes[0]["uid"] if processes else None,
@@ -229,10 +230,13 @@ def inventory(image: str) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
-def expected_prediction() -> dict:
+def expected_prediction(example: dict) -> dict:
     """The same model, loaded in this process, on the same record."""
     bundle = load_bundle()
-    proba = bundle.predict_proba(np.array([[EXAMPLE_RECORD[f] for f in FEATURE_NAMES]], dtype=np.float64))[0]
+    rows = bundle.encode([example])
+    if not bundle.schema.is_classification:
+        return {"model_version": bundle.version, "prediction": float(bundle.predict(rows)[0])}
+    proba = bundle.predict_proba(rows)[0]
     return {"model_version": bundle.version, "predicted_class": int(np.argmax(proba)),
             "probabilities": [float(p) for p in proba]}
 
@@ -247,9 +251,12 @@ def failures(result: dict) -> list[str]:
     else:
         if answer.get("model_version") != expected["model_version"]:
             problems.append(f"model {answer.get('model_version')} in the image, {expected['model_version']} in the store")
-        if answer.get("predicted_class") != expected["predicted_class"]:
+        if "prediction" in expected:
+            if not np.isclose(answer.get("prediction", np.nan), expected["prediction"], rtol=1e-6):
+                problems.append(f"prediction {answer.get('prediction')} differs from {expected['prediction']}")
+        elif answer.get("predicted_class") != expected["predicted_class"]:
             problems.append(f"predicted class {answer.get('predicted_class')}, expected {expected['predicted_class']}")
-        if not np.allclose(answer.get("probabilities", []), expected["probabilities"], atol=PROBABILITY_TOLERANCE):
+        elif not np.allclose(answer.get("probabilities", []), expected["probabilities"], atol=PROBABILITY_TOLERANCE):
             problems.append(f"probabilities {answer.get('probabilities')} differ from {expected['probabilities']}")
     if result["health_check_exit"] != 0:
         problems.append(f"the task definition's health-check command failed (exit {result['health_check_exit']})")
@@ -284,7 +291,7 @@ def main() -> int:
     result = {"image": image, "build_seconds": round(build_s, 1), "build_log": build_log,
               "size_bytes": size, "size_mb": round(size / 1e6, 1), "volumes": volumes,
               "user": inspect["Config"].get("User"), "entrypoint": inspect["Config"].get("Entrypoint"),
-              "inventory": found, **ran, "expected": expected_prediction()}
+              "inventory": found, **ran, "expected": expected_prediction(ran["example"])}
     problems = failures(result)
     log(f"==> image {image}: {result['size_mb']} MB (goal <= {SIZE_GOAL_MB} MB), built in {result['build_seconds']} s")
     for problem in problems:

@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from model_store.dataset import EXAMPLE_RECORD
-from model_store.dataset import sample_records
-
 from . import bench_load, bench_report
 from .bench_servers import REPO, Server, ServerError, baseline, our_service
+from .traffic import ServedModel
 
 EXIT_GOAL_MISSED = 1
 EXIT_HARNESS_ERROR = 2
@@ -43,15 +41,16 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def write_bodies(workdir: Path) -> dict[str, Path]:
-    """Realistic records from the training distribution, as the files the generators read."""
+def write_bodies(workdir: Path, model: ServedModel) -> dict[str, Path]:
+    """Records for the served model (for the default model: from its training distribution), as the
+    files the generators read."""
     rng = np.random.default_rng(3)
     single = workdir / "records.jsonl"
-    single.write_text("".join(json.dumps(r) + "\n" for r in sample_records(rng, DISTINCT_BODIES)))
+    single.write_text("".join(json.dumps(r) + "\n" for r in model.sample_records(rng, DISTINCT_BODIES)))
     batch = workdir / "batches.jsonl"
-    batch.write_text("".join(json.dumps({"instances": sample_records(rng, BATCH_RECORDS)}) + "\n" for _ in range(3)))
+    batch.write_text("".join(json.dumps({"instances": model.sample_records(rng, BATCH_RECORDS)}) + "\n" for _ in range(3)))
     example = workdir / "example.json"
-    example.write_text(json.dumps(EXAMPLE_RECORD))
+    example.write_text(json.dumps(model.schema.example))
     return {"single": single, "batch": batch, "example": example}
 
 
@@ -61,9 +60,9 @@ def post_json(url: str, body: Any) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def same_model_check(servers: dict[str, Server]) -> dict[str, Any]:
-    """Both servers must give the seed's example the same answer, or the comparison is meaningless."""
-    answers = {name: post_json(f"{s.url}/predict", EXAMPLE_RECORD) for name, s in servers.items()}
+def same_model_check(servers: dict[str, Server], example: dict[str, Any]) -> dict[str, Any]:
+    """Both servers must give the example the same answer, or the comparison is meaningless."""
+    answers = {name: post_json(f"{s.url}/predict", example) for name, s in servers.items()}
     ours, base = answers["ours"], answers["baseline"]
     same = (
         ours["predicted_class"] == base["predicted_class"]
@@ -118,10 +117,10 @@ def wait_for_quiet_box(max_wait: float, busy_limit: float = 0.25) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xgb-bench-") as workdir:
-        return run_in(args, write_bodies(Path(workdir)))
+        return run_in(args, Path(workdir))
 
 
-def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
+def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": bench_report.machine_info(), "settings": vars(args)}
     results["machine"]["busy_share_before_start"] = round(wait_for_quiet_box(args.quiet_wait), 3)
 
@@ -143,7 +142,9 @@ def run_in(args: argparse.Namespace, bodies: dict[str, Path]) -> dict[str, Any]:
             if name == "ours":
                 starts.append(round(seconds, 3))
         results["warm_start"] = {"ours_seconds": starts, "poll_interval_s": 0.05}
-        results["same_model"] = same_model_check(servers)
+        model = ServedModel.fetch(servers["ours"].url)  # the bodies are the served model's
+        bodies = write_bodies(workdir, model)
+        results["same_model"] = same_model_check(servers, model.schema.example)
 
         log(f"warm-up: {args.warmup_seconds:g} s at 64 connections each (discarded)")
         for server in servers.values():

@@ -19,13 +19,14 @@ from loadtest import bench_load, bench_report
 from loadtest.alternatives import bench_depends
 from loadtest.bench import EXIT_GOAL_MISSED, write_bodies
 from loadtest.bench_servers import free_port
+from loadtest.traffic import ServedModel
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def bodies(tmp_path_factory) -> dict[str, Path]:
-    return write_bodies(tmp_path_factory.mktemp("bodies"))
+def bodies(tmp_path_factory, live_server) -> dict[str, Path]:
+    return write_bodies(tmp_path_factory.mktemp("bodies"), ServedModel.fetch(live_server))
 
 
 def test_wrk_counts_successes_and_latency_from_a_real_run(live_server, bodies):

@@ -69,6 +69,7 @@ def test_image_was_built_by_bentoml_containerize_from_this_store(smoke):
 def test_predict_inside_the_container_matches_the_model_in_process(smoke):
     assert smoke["status_code"] == 200, smoke["response"]
     answer = smoke["response"]
+    assert smoke["example"] == EXAMPLE_RECORD, "the smoke test posts the served model's example (the default model's: the seed's)"
     bundle = load_bundle()
     proba = bundle.predict_proba(np.array([[EXAMPLE_RECORD[f] for f in FEATURE_NAMES]], dtype=np.float64))[0]
     assert answer["model_version"] == bundle.version
