@@ -16,7 +16,7 @@ INSTALLED := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f
 # Debian packages that tests and tools need; each mk/*.mk adds its own. chromium: the docs page's test.
 APT_PACKAGES := hey chromium
 
-.PHONY: help install sysdeps lock train model serve test
+.PHONY: help install sysdeps lock train model serve test test-fast
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
@@ -51,5 +51,8 @@ serve: model  ## serve on http://localhost:$(PORT)
 
 test: install sysdeps  ## run every test
 	$(PY) -m pytest
+
+test-fast: install  ## in-process tests of the contract, the fast path and the settings (under 60 s)
+	$(PY) -m pytest -m fast
 
 -include mk/*.mk

@@ -31,20 +31,22 @@ from serving import bentoml_internals, client_api, metrics
 from serving.contract import Contract, predicted
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
-from serving.settings import SETTINGS
+from serving.settings import SettingsError, load
 
 logger = logging.getLogger("xgb_service")
 logger.setLevel(logging.INFO)  # BentoML's server logging keeps other loggers at WARNING: ours say what is served
 PROCESS_SAMPLE_SECONDS = 5.0
 GC_THRESHOLDS = (10_000, 20, 20)
 
-# Resolved and fully loaded when the service is imported, so a missing, corrupt or mismatched
-# model stops `bentoml serve` (and `bentoml build`) with a message naming the tag and the fix,
-# instead of workers failing one by one behind an open port.
+# Settings checked and the model resolved and fully loaded when the service is imported, so a bad
+# XGB_* variable or a missing, corrupt or mismatched model stops `bentoml serve` (and `bentoml build`)
+# with one line naming the variable or the tag and the fix, instead of workers failing one by one
+# behind an open port.
 try:
+    SETTINGS = load()
     MODEL = stored_model()
     BUNDLE = load_bundle(str(MODEL.tag))
-except ModelContractError as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
+except (SettingsError, ModelContractError) as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
 CONTRACT = Contract(BUNDLE.schema, SETTINGS)
 RECORD = client_api.record_spec(CONTRACT)

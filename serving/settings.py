@@ -1,59 +1,106 @@
-"""Runtime settings, all from environment variables (documented in the README's Configuration)."""
+"""Runtime settings, all from XGB_* environment variables (documented in the README's Configuration).
+
+Parsed and checked by pydantic-settings. load() turns a bad value into one SettingsError line that
+names the variable, the value and what is allowed; the service stops on it before serving.
+An empty variable means its default.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
+from typing import Any, Literal
+
+from annotated_types import Ge, Gt, Le
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+PREFIX = "XGB_"
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.strip() else default
+class SettingsError(ValueError):
+    """An environment variable the service cannot run with (one line: variable, value, what is allowed)."""
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    return float(raw) if raw.strip() else default
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="ignore", populate_by_name=True)
 
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
     # Worker processes; 0 means one per CPU.
-    workers: int = dataclasses.field(default_factory=lambda: _int("XGB_WORKERS", 0))
+    workers: int = Field(0, ge=0)
     # What to do with a value outside the schema's range: count it (warn), refuse it (reject), or not look (off).
-    range_check: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_RANGE_CHECK", "warn"))
-    max_batch_records: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_RECORDS", 5000))
-    max_predict_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_PREDICT_BYTES", 64 * 1024))
-    max_batch_bytes: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_BATCH_BYTES", 8 * 1024 * 1024))
+    range_check: Literal["warn", "reject", "off"] = "warn"
+    max_batch_records: int = Field(5000, ge=1)
+    max_predict_bytes: int = Field(64 * 1024, ge=1)
+    max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1)
     # Overload protection, per worker: predictions in flight beyond this get 503 + Retry-After at once.
     # The benchmark's 64 connections put ~32 in flight per worker; 4x that leaves room for bursts.
-    max_inflight: int = dataclasses.field(default_factory=lambda: _int("XGB_MAX_INFLIGHT", 128))
+    max_inflight: int = Field(128, ge=1)
     # BentoML adaptive batching of single records: rows per model call, and the latency budget of
     # BentoML's dispatcher. The dispatcher cancels (503) a queued request as soon as its *projected*
     # latency (wait so far + a fitted cost per queued request) exceeds the budget; with a budget near
     # the model's batch time (BentoML's examples use 10-100 ms) a burst of 32+ requests is shed
     # although the service is not overloaded. So the budget is generous, and overload is handled by
     # XGB_MAX_INFLIGHT, which is exact and cheap.
-    batch_max_size: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_SIZE", 128))
-    batch_max_latency_ms: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_MAX_LATENCY_MS", 5000))
+    batch_max_size: int = Field(128, ge=1)
+    batch_max_latency_ms: int = Field(5000, ge=1)
     # /predict_batch's model calls, per worker: threads that run them (a worker has one core's share)
     # and how many more may wait for one before the request is answered 503 + Retry-After.
-    batch_threads: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_THREADS", 1))
-    batch_queue: int = dataclasses.field(default_factory=lambda: _int("XGB_BATCH_QUEUE", 8))
-    # Seconds a request may take: BentoML's traffic timeout (504) and the prediction routes' body read (408).
-    request_timeout_s: float = dataclasses.field(default_factory=lambda: _float("XGB_REQUEST_TIMEOUT_S", 30.0))
+    batch_threads: int = Field(1, ge=1, le=64)
+    batch_queue: int = Field(8, ge=0)
+    # Seconds from a request's arrival to its answer on /predict*: 408 while its body is still
+    # arriving, 504 once it is predicting (serving/deadlines.py); BentoML's timeout on other routes.
+    request_timeout_s: float = Field(30.0, gt=0)
     # Each worker listens on its own SO_REUSEPORT socket (Linux), so the kernel spreads connections evenly.
-    reuse_port: bool = dataclasses.field(default_factory=lambda: os.environ.get("XGB_REUSEPORT", "1") != "0")
+    reuse_port: bool = Field(True, validation_alias="XGB_REUSEPORT")
     # Optional API key for /predict*; empty means no authentication.
-    api_key: str = dataclasses.field(default_factory=lambda: os.environ.get("XGB_API_KEY", ""))
+    api_key: str = ""
     # Comma-separated CORS origins; empty means CORS is off.
-    cors_origins: tuple[str, ...] = dataclasses.field(
-        default_factory=lambda: tuple(o.strip() for o in os.environ.get("XGB_CORS_ORIGINS", "").split(",") if o.strip())
-    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
-    def __post_init__(self) -> None:
-        if self.range_check not in ("warn", "reject", "off"):
-            raise ValueError(f"XGB_RANGE_CHECK must be warn, reject or off, got {self.range_check!r}")
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return tuple(o.strip() for o in value.split(",") if o.strip()) if isinstance(value, str) else value
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Environment variable -> the field it sets."""
+        return {variable(name, field): name for name, field in cls.model_fields.items()}
 
 
-SETTINGS = Settings()
+def variable(name: str, field: FieldInfo) -> str:
+    return field.validation_alias if isinstance(field.validation_alias, str) else PREFIX + name.upper()
+
+
+def allowed(field: FieldInfo) -> str:
+    """What a field accepts, in words."""
+    if field.annotation is bool:
+        return "1 or 0 (or true/false)"
+    choices = getattr(field.annotation, "__args__", ())
+    if all(isinstance(c, str) for c in choices) and choices:
+        return "one of " + ", ".join(choices)
+    kind = {int: "an integer", float: "a number"}.get(field.annotation, "text")  # type: ignore[call-overload]
+    bounds = []
+    for rule in field.metadata:
+        if isinstance(rule, Ge):
+            bounds.append(f">= {rule.ge}")
+        elif isinstance(rule, Gt):
+            bounds.append(f"> {rule.gt}")
+        elif isinstance(rule, Le):
+            bounds.append(f"<= {rule.le}")
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def load() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fields = Settings.model_fields
+        problems = []
+        for error in exc.errors(include_url=False):
+            name = next((n for n in fields if n == error["loc"][0] or variable(n, fields[n]) == error["loc"][0]), str(error["loc"][0]))
+            field = fields.get(name)
+            where = variable(name, field) if field else name
+            allowed_text = f"; allowed: {allowed(field)}" if field else ""
+            problems.append(f"{where}={error.get('input')!r} is invalid ({error['msg']}){allowed_text}")
+        raise SettingsError("; ".join(problems)) from None

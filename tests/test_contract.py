@@ -18,6 +18,8 @@ BATCHES = [
     b'{"instances": [RECORD, "RECORD"]}',
 ]
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("template", BATCHES)
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ which the docs repeat in prose: when the code changes, this says which sentence 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 import subprocess
@@ -36,11 +35,7 @@ def default_settings(monkeypatch) -> Settings:
 
 def settings_variables() -> dict[str, str]:
     """XGB_* environment variable -> the Settings field it sets."""
-    found = {}
-    for field in dataclasses.fields(Settings):
-        (variable,) = re.findall(r"XGB_\w+", inspect.getsource(field.default_factory))
-        found[variable] = field.name
-    return found
+    return Settings.variables()
 
 
 def readme_defaults() -> dict[str, str]:

@@ -307,3 +307,11 @@ def test_a_burst_of_large_batches_is_bounded_and_predict_keeps_answering(server_
     assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
     assert statuses and set(statuses) == {200}, statuses
     assert max(latencies) < 2.0, "/predict must keep answering while the batches run"
+
+
+def test_a_bad_setting_stops_serve_with_one_line_naming_the_variable(bentoml_home):
+    result = serve_until_exit({"XGB_MAX_INFLIGHT": "many"})
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], result.stdout + result.stderr
+    assert "XGB_MAX_INFLIGHT='many' is invalid" in lines[0] and "allowed: an integer >= 1" in lines[0], lines

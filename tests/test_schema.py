@@ -27,6 +27,8 @@ ODD = ModelSchema(
     example={"petal length (cm)": 1.5, "ratio a/b": None, "colour.name": "rouge-é", "Größe": 1.0},
 )
 
+pytestmark = pytest.mark.fast
+
 
 def test_a_schema_round_trips_through_its_stored_form():
     for schema in (SCHEMA, ODD):

@@ -200,6 +200,7 @@ def _uvicorn_exchange(app, request: bytes) -> tuple[list[bytes], bool]:
     return asyncio.run(exchange())
 
 
+@pytest.mark.fast
 def test_a_response_leaves_uvicorn_in_one_write():
     assert __import__("uvicorn").__version__ == bentoml_internals.UVICORN_VERSION, (
         "uvicorn changed version: re-check send_response() in serving/bentoml_internals.py, then update UVICORN_VERSION"
