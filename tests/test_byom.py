@@ -149,3 +149,8 @@ def test_bad_input_is_a_422_naming_the_field(served):
             assert detail["loc"] == [f.name] and all(repr(c) in detail["msg"] for c in f.categories), detail
     batch = requests.post(f"{url}/predict_batch", json={"instances": [example, {**example, numeric.name: "x"}]}, timeout=30)
     assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["instances", 1, numeric.name]
+
+
+def test_the_readmes_example_csv_is_the_binary_dataset(tmp_path):
+    """docs/examples/churn.csv (the README's worked example) is what this suite trains and serves."""
+    assert (REPO / "docs" / "examples" / "churn.csv").read_bytes() == byom_datasets.churn_binary(tmp_path / "churn.csv").read_bytes()
