@@ -80,6 +80,19 @@ def test_openapi_documents_both_prediction_routes_with_the_feature_schema(live_s
     assert "/predict_rows" not in spec["paths"], "the internal batching API must not be documented"
 
 
+def test_metadata_describes_the_default_model_from_the_store(live_server):
+    meta = requests.get(f"{live_server}/metadata", timeout=10).json()
+    bundle = load_bundle()
+    assert meta["tag"] == bundle.tag and meta["version"] == bundle.version and meta["task"] == "multiclass"
+    assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES) and meta["class_names"] == list(CLASS_NAMES)
+    assert meta["features"][0] == {"name": "feat1", "kind": "continuous", "minimum": 0, "maximum": 120, "categories": [],
+                                   "nullable": False, "description": "age in years"}  # fmt: skip
+    assert meta["example"] == EXAMPLE_RECORD and meta["metrics"] == bundle.metadata["metrics"]
+    assert meta["data_sha256"] == bundle.metadata["data_sha256"] and meta["created"] == bundle.created
+    spec = requests.get(f"{live_server}/docs.json", timeout=10).json()
+    assert spec["paths"]["/metadata"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelCard")
+
+
 def test_internal_batching_api_is_not_reachable(live_server):
     response = requests.post(f"{live_server}/predict_rows", json=[[float("1")] * 36], timeout=10)
     assert response.status_code == 404
