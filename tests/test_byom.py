@@ -154,3 +154,15 @@ def test_bad_input_is_a_422_naming_the_field(served):
 def test_the_readmes_example_csv_is_the_binary_dataset(tmp_path):
     """docs/examples/churn.csv (the README's worked example) is what this suite trains and serves."""
     assert (REPO / "docs" / "examples" / "churn.csv").read_bytes() == byom_datasets.churn_binary(tmp_path / "churn.csv").read_bytes()
+
+
+def test_locust_load_tests_the_users_model_without_failures(served, tmp_path):
+    """The load test reads the served model's /metadata: its records and answer checks fit any model."""
+    _, _, url, _ = served
+    result = subprocess.run([sys.executable, "-m", "loadtest.stress", "quick", "--host", url, "--rate", "20", "--duration", "4",
+                             "--reports", str(tmp_path), "--slo-p99-ms", "5000"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "quick_stats.csv").read_text().splitlines())}
+    assert int(rows["/predict"]["Request Count"]) > 20 and int(rows["/predict_batch"]["Request Count"]) > 0
+    assert rows["Aggregated"]["Failure Count"] == "0"
