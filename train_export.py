@@ -52,7 +52,10 @@ def params_for(schema: ModelSchema, seed: int) -> dict[str, Any]:
 def split(x: np.ndarray, y: np.ndarray, seed: int, stratify: bool = True):
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y if stratify else None)
+    try:
+        return train_test_split(x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y if stratify else None)
+    except ValueError as exc:  # e.g. fewer held-out rows than classes
+        raise DataError(f"cannot hold out {TEST_FRACTION:.0%} of {len(y)} rows with every class in both parts ({exc}); more rows are needed") from None
 
 
 def fit_scaler(x_train: np.ndarray, schema: ModelSchema):
@@ -201,7 +204,11 @@ def train_main(args: argparse.Namespace) -> int:
     if schema.is_classification:
         log(f"classes: {dict(zip(schema.class_names, np.bincount(y, minlength=schema.n_classes).tolist()))}")
 
-    booster, scaler, metrics = train(x, y, args.seed, schema, args.rounds)
+    try:
+        booster, scaler, metrics = train(x, y, args.seed, schema, args.rounds)
+    except DataError as exc:
+        print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
+        return EXIT_DATA_ERROR
     log(f"held-out    {describe(metrics)}")
     weak = no_better_than_prior(metrics)
     if weak and not args.force:

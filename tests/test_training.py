@@ -103,6 +103,25 @@ def test_the_dense_predictor_returns_exactly_what_inplace_predict_returns():
     np.testing.assert_array_equal(first, booster.inplace_predict(scaled[:3], validate_features=False)), "results must be copies"
 
 
+def test_the_dense_predictor_reads_category_codes_as_xgboost_does():
+    """XGBoost 3.2's C predict from a dense float array takes a categorical feature's codes as its
+    categories, exactly as a DMatrix with the categorical type does (missing values included)."""
+    import xgboost as xgb
+
+    from model_store.bundle import DensePredictor
+
+    rng = np.random.default_rng(5)
+    x = np.column_stack([rng.integers(0, 6, 2000), rng.normal(size=2000), np.where(rng.random(2000) < 0.2, np.nan, rng.integers(0, 3, 2000))])
+    y = np.isin(x[:, 0], [1, 4]) ^ (x[:, 1] > 0.3)
+    types = ["c", "q", "c"]
+    booster = xgb.train({"objective": "binary:logistic", "max_cat_to_onehot": 1, "max_depth": 4},
+                        xgb.DMatrix(x, label=y, feature_types=types, enable_categorical=True), 20)  # fmt: skip
+    # A categorical split tests a set of categories: its condition is a list, not a threshold.
+    assert any('"split_condition": [' in tree for tree in booster.get_dump(dump_format="json")), "the model must split on categories"
+    expected = booster.predict(xgb.DMatrix(x, feature_types=types, enable_categorical=True))
+    np.testing.assert_array_equal(DensePredictor(booster)(x)[:, 0], expected)
+
+
 def write_csv(path, columns: dict[str, list], header: list[str] | None = None):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -151,9 +170,10 @@ def _with(**changes) -> dict[str, list]:
         (_with(target=["yes"] * ROWS), (), "label 'target' has one class only ('yes')"),
         (_with(target=[i % 3 for i in range(ROWS)]), ("--task", "binary"), "label 'target' has 3 classes; --task binary needs 2"),
         (_with(target=[0] * (ROWS - 1) + [1]), (), "class '1' has 1 row"),
+        ({k: v[:20] for k, v in _with(target=[i % 10 for i in range(ROWS)]).items()}, (), "more rows are needed"),
     ],
     ids=["missing label", "duplicate name", "all empty", "mixed column", "infinite value", "identifier column", "one class",
-         "binary with 3 classes", "a class of one row"],
+         "binary with 3 classes", "a class of one row", "too few rows to hold out every class"],
 )
 def test_unusable_csvs_are_refused_naming_the_column_and_register_nothing(bentoml_home, tmp_path, columns, args, message):
     header = ["x", "colour", "target", "x"] if "x2" in columns else None  # two columns both called "x"
