@@ -4,7 +4,7 @@
 # `make serve`). Ctrl-C stops them all. Configs, data and logs: .build/monitor/.
 # The docker-compose stack: monitoring/docker-compose.yml.
 # docker-compose (v1) only validates monitoring/docker-compose.yml in the tests: no engine needed;
-# nginx checks monitoring/nginx.conf (`nginx -t`) in the tests.
+# nginx runs monitoring/nginx.conf in front of a real service in the tests.
 APT_PACKAGES += prometheus prometheus-alertmanager prometheus-node-exporter docker-compose nginx
 TARGET ?= 127.0.0.1:$(PORT)
 # The defaults are monitoring/localstack.py's (tests/test_docs_figures.py checks they agree).

@@ -428,19 +428,19 @@ def test_services_start_after_what_they_need_is_healthy(compose):
     assert "/readyz" in " ".join(compose["services"]["xgb-service"]["healthcheck"]["test"])
 
 
-def nginx_config_for(tmp_path: Path, upstream: str) -> Path:
-    """nginx.conf with the compose upstream replaced (nginx resolves it when it loads the config)."""
+def nginx_argv(tmp_path: Path, upstream: str, listen: int = 8080, status: int = 8081) -> list[str]:
+    """nginx running monitoring/nginx.conf in tmp_path, with the compose upstream (which nginx
+    resolves when it loads the config) and the listening ports replaced."""
     conf = (MON / "nginx.conf").read_text().replace("server xgb-service:3000;", f"server {upstream};")
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen};").replace("listen 8081;", f"listen 127.0.0.1:{status};")
     (tmp_path / "logs").mkdir(exist_ok=True)
-    path = tmp_path / "nginx.conf"
-    path.write_text(conf)
-    return path
+    (tmp_path / "nginx.conf").write_text(conf)
+    return ["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+            "-g", f"daemon off; pid {tmp_path}/nginx.pid; error_log stderr;"]  # fmt: skip
 
 
 def test_nginx_config_is_valid_and_has_what_the_runbook_relies_on(tmp_path):
-    conf = nginx_config_for(tmp_path, "127.0.0.1:3000")
-    result = run_tool("nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-g", f"pid {tmp_path}/nginx.pid; error_log stderr;")
-    assert_ok(result)
+    assert_ok(run_tool(*nginx_argv(tmp_path, "127.0.0.1:3000"), "-t"))
     text = (MON / "nginx.conf").read_text()
     # idle upstream connections closed before uvicorn's 5 s keep-alive timeout closes them (else 502s)
     assert int(re.search(r"keepalive_timeout (\d+)s;", text).group(1)) < 5

@@ -1,42 +1,61 @@
 """The monitoring stack against a real service: a real Prometheus (scraping every second),
 Alertmanager and node exporter from the Debian packages, started by the same code as
-`make monitor` (monitoring/localstack.py).
+`make monitor` (monitoring/localstack.py), loading every rule file with `for:` shortened.
 
-- every dashboard query returns data once the service has had traffic, except the ones listed
-  in NEEDS_ERRORS / NEEDS_NGINX;
-- Prometheus sees the whole service (all workers summed), not one worker;
-- XGBServiceDown fires when the service stops and reaches the webhook through Alertmanager.
-Takes ~40 s (two service starts, Prometheus' 5 s target discovery).
+The service is provoked the ways production breaks: valid, invalid (4xx) and out-of-range
+requests, bursts it sheds (503 + Retry-After: XGB_MAX_INFLIGHT is small here), a SIGKILLed
+worker, and in the end a stop. Then:
+- counters grow by exactly what was sent; `promtool check metrics` accepts the live /metrics;
+- the memory gauge forgets the killed worker, the CPU counter does not reset;
+- every dashboard query returns data (except nginx's, docker-compose only), and the panels show
+  the shedding, the rejected requests and the restart;
+- the alerts the provocations call for fire and reach the webhook through Alertmanager, with
+  absolute runbook URLs; XGBServiceDown fires on the stop and inhibits that instance's alerts.
+Takes ~1-2 min (a service start, Prometheus' target discovery, the worker's replacement).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO, ServerProcess, free_port, worker_pids
+from test_resilience import burst
 
 from model_store.dataset import sample_records
-from monitoring import check_dashboards, localstack
+from monitoring import check_dashboards, dashboards, localstack
 
-# Dashboard queries that have nothing to show on a healthy service, listed rather than skipped:
+# Dashboard queries with nothing to show on a healthy service (the docs' count, test_docs_figures.py).
+# This test sheds requests, so here they do have data.
 NEEDS_ERRORS = {"Server errors and shed requests by endpoint"}  # 5xx responses
 NEEDS_NGINX = {"nginx up", "nginx requests per second", "nginx connections"}  # docker-compose only
 SCANNED_PATHS = ("/wp-login.php", "/.env")  # what scanners try: must not become series in Prometheus
-SINGLE_PREDICTIONS = 240
+# At least the 1,000 requests in an hour the availability burn-rate alerts need before they page.
+SINGLE_PREDICTIONS = 1100
 BATCHES, BATCH_SIZE = 10, 50
 INVALID = 15
 OUT_OF_RANGE = 12
+MAX_INFLIGHT = 4  # per worker: a burst of BURST requests at once is mostly shed
+BURST = 200
+# What the provocations must fire (with `for:` shortened): shedding 503s (over 1 %: a warning;
+# over 1.44 % of an hour's 1,000+ requests: the availability fast burn), the killed worker, the
+# deliberately broken rule, and the always-firing Watchdog.
+PROVOKED = {"XGBOverloaded", "XGBAvailabilityFastBurn", "XGBWorkerRestarted", "PrometheusRuleEvaluationFailures", "Watchdog"}
+# A rule that fails at every evaluation (many-to-many matching): PrometheusRuleEvaluationFailures.
+BROKEN_RULES = {"groups": [{"name": "deliberately-broken", "rules": [{"record": "broken:up", "expr": "up * on() group_left() up"}]}]}
+RUNBOOK_BASE = yaml.safe_load(localstack.PROMETHEUS_CONFIG.read_text())["global"]["external_labels"]["runbook_base"]
 
 
 def new_ports() -> localstack.Ports:
@@ -55,6 +74,12 @@ def scalar(stack: localstack.LocalStack, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def panel(stack: localstack.LocalStack, title: str) -> dict[str, float]:
+    """A dashboard panel's first query as Grafana runs it ($instance = All): legend-ish label text -> value."""
+    (expr,) = [q.expr for d in dashboards.DASHBOARDS for t, q in d.queries() if t == title][:1]
+    return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in query(stack, check_dashboards.expand(expr))}
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,91 +90,175 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def send_traffic(base_url: str, seed: int) -> dict[str, int]:
-    """Valid single and batch predictions (concurrent, so batching forms batches), invalid requests
-    and records with an out-of-range value (counted, still predicted: XGB_RANGE_CHECK=warn)."""
+def exposed(url: str, series: str) -> float:
+    lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def resident_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def send_traffic(base_url: str, seed: int, singles: int = SINGLE_PREDICTIONS, batches: int = BATCHES) -> dict[str, int]:
+    """Valid single and batch predictions (concurrent, so batching forms batches and some are shed),
+    invalid requests (4xx), records with an out-of-range value (counted, still predicted:
+    XGB_RANGE_CHECK=warn) and a burst the service sheds. Returns what was answered, by kind."""
     rng = np.random.default_rng(seed)
-    records = sample_records(rng, SINGLE_PREDICTIONS + BATCHES * BATCH_SIZE)
-    singles, batched = records[:SINGLE_PREDICTIONS], records[SINGLE_PREDICTIONS:]
+    records = sample_records(rng, singles + batches * BATCH_SIZE)
     out_of_range = [{**r, "feat1": 500.0} for r in sample_records(rng, OUT_OF_RANGE)]
+    body = json.dumps(records[0]).encode()
     with requests.Session() as session:
 
-        def post(path: str, body) -> int:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        def post(path: str, payload) -> int:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             return session.post(f"{base_url}{path}", data=data, headers={"content-type": "application/json"}, timeout=30).status_code
 
         with ThreadPoolExecutor(8) as pool:
-            single_codes = list(pool.map(lambda r: post("/predict", r), singles + out_of_range))
-            batch_codes = list(pool.map(lambda i: post("/predict_batch", {"instances": batched[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]}),
-                                        range(BATCHES)))  # fmt: skip
+            single_codes = list(pool.map(lambda r: post("/predict", r), records[:singles] + out_of_range))
+            batch_codes = list(pool.map(lambda i: post("/predict_batch", {"instances": records[singles + i * BATCH_SIZE:singles + (i + 1) * BATCH_SIZE]}),
+                                        range(batches)))  # fmt: skip
+        burst_answers = burst(base_url, "/predict", body, BURST)
         invalid_codes = [post("/predict", b'{"feat1": "not a number"}' if i % 2 else b"{not json") for i in range(INVALID)]
         for path in SCANNED_PATHS:
             assert session.get(f"{base_url}{path}", timeout=10).status_code == 404
-        assert set(single_codes) == {200} and set(batch_codes) == {200}, (single_codes, batch_codes)
-        assert all(400 <= c < 500 for c in invalid_codes), invalid_codes
+    burst_codes = [status for status, _, _ in burst_answers]
+    codes = single_codes + batch_codes + burst_codes
+    assert set(codes) <= {200, 503} and all(400 <= c < 500 for c in invalid_codes), (set(codes), invalid_codes)
+    assert all(h.get("retry-after") == "1" for status, h, _ in burst_answers if status == 503)
+    range_codes = single_codes[singles:]
     return {
-        "predictions": SINGLE_PREDICTIONS + OUT_OF_RANGE + BATCHES * BATCH_SIZE,
-        "predict_requests": SINGLE_PREDICTIONS + OUT_OF_RANGE + INVALID,
-        "out_of_range": OUT_OF_RANGE,
+        "predictions": single_codes.count(200) + burst_codes.count(200) + BATCH_SIZE * batch_codes.count(200),
+        "predict_requests": len(single_codes) + len(burst_codes) + INVALID,
+        "prediction_requests": len(codes) + INVALID,
+        "shed": codes.count(503),
+        "out_of_range": range_codes.count(200),
     }
 
 
 @pytest.fixture(scope="module")
-def scraped(live_server, tmp_path_factory):
-    """A real Prometheus scraping the shared live service, before and after traffic."""
-    stack = localstack.LocalStack(
-        tmp_path_factory.mktemp("monitor"), live_server.removeprefix("http://"), new_ports(), interval="1s"
-    )
+def server(bentoml_home):
+    """A service of this module's own: small in-flight limit, and stopped by the last test."""
+    server = ServerProcess({"XGB_MAX_INFLIGHT": str(MAX_INFLIGHT)}, workers=2).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def scraped(server, tmp_path_factory):
+    """A real Prometheus + Alertmanager on every rule file (`for:` shortened to 2 s, plus a broken
+    rule), scraping the service while it is provoked; its webhook payloads collected."""
+    workdir = tmp_path_factory.mktemp("monitor")
+    rule_files = []
+    for path in localstack.rule_paths():
+        rules = yaml.safe_load(path.read_text())
+        for rule in (r for g in rules["groups"] for r in g["rules"] if "for" in r):
+            rule["for"] = "2s"
+        rule_files.append(workdir / path.name)
+        rule_files[-1].write_text(yaml.safe_dump(rules))
+    rule_files.append(workdir / "broken.yml")
+    rule_files[-1].write_text(yaml.safe_dump(BROKEN_RULES))
+    ports = new_ports()
+    alertmanager = localstack.local_alertmanager_config(ports)
+    for route in [alertmanager["route"], *alertmanager["route"]["routes"]]:
+        route["group_wait"] = route["group_interval"] = "1s"
+    received: list[dict] = []
+    stack = localstack.LocalStack(workdir / "stack", f"127.0.0.1:{server.port}", ports, interval="1s", rule_files=rule_files,
+                                  alertmanager_config=alertmanager, alert_sink=received.append)  # fmt: skip
     started = time.monotonic()
     with stack:
         print(f"\nPrometheus on {stack.prometheus_url}, waiting for the first scrapes", flush=True)
         # Both targets must have been scraped: min() over only the node exporter's `up` would pass too.
-        wait_for(lambda: scalar(stack, 'count(up{job=~"xgb-service|node"} == 1)') == 2, 30, "the service and node exporter to be scraped")
-        totals = ('sum(xgb_predictions_total{job="xgb-service"}) or vector(0)',
-                  'sum(bentoml_service_request_total{job="xgb-service",endpoint="/predict"}) or vector(0)',
-                  'sum(xgb_input_out_of_range_total{job="xgb-service"}) or vector(0)')  # fmt: skip
-        print(f"scraping after {time.monotonic() - started:.1f} s; sending traffic", flush=True)
-        before = [scalar(stack, expr) for expr in totals]
-        # Two rounds: a series' first sample has nothing to take a rate from, so a running
-        # service's series exist before the traffic the dashboards are judged on.
-        first = send_traffic(live_server, seed=1)
-        wait_for(lambda: scalar(stack, totals[0]) == before[0] + first["predictions"], 15, "the first round to be scraped")
-        second = send_traffic(live_server, seed=2)
-        sent = {key: first[key] + second[key] for key in first}
+        wait_for(lambda: scalar(stack, 'count(up{job=~"xgb-service|node"} == 1)') == 2, 60, "the service and node exporter to be scraped")
+        totals = {"predictions": 'sum(xgb_predictions_total{job="xgb-service"})',
+                  "predict_requests": 'sum(bentoml_service_request_total{job="xgb-service",endpoint="/predict"})',
+                  "shed": 'sum(bentoml_service_request_total{job="xgb-service",http_response_code="503"})',
+                  "out_of_range": 'sum(xgb_input_out_of_range_total{job="xgb-service"})'}  # fmt: skip
+        # A warm-up round first: a series' first sample has nothing to take a rate from, so every
+        # series exists and has been scraped before the traffic the checks are judged on.
+        warm = send_traffic(server.url, seed=1, singles=20, batches=2)
+        assert warm["shed"], f"a burst of {BURST} against 2 x {MAX_INFLIGHT} slots shed nothing"
+        # (a fresh service: its counters are exactly the warm-up's once it has all been scraped)
+        wait_for(lambda: all(scalar(stack, expr) == warm[key] for key, expr in totals.items()), 30, "the warm-up to be scraped")
+        before = {key: scalar(stack, expr) for key, expr in totals.items()}
+        sent = send_traffic(server.url, seed=2)
         print(f"sent {sent}; {time.monotonic() - started:.1f} s since the stack started", flush=True)
-        yield stack, totals, before, sent
+        wait_for(lambda: scalar(stack, totals["predictions"]) == before["predictions"] + sent["predictions"], 30, "the traffic to be scraped")
+
+        # A worker SIGKILLed (as the OOM killer does) and replaced by BentoML's process manager.
+        cpu_before = scalar(stack, 'xgb_process_cpu_seconds_total{job="xgb-service"}')
+        workers = worker_pids(server)
+        victim = min(workers)
+        victim_rss = resident_bytes(victim)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(server) - {victim}) == 2, 60, "the killed worker to be replaced")
+        wait_for(lambda: requests.get(f"{server.url}/readyz", timeout=5).status_code == 200, 60, "the service to be ready")
+        print(f"worker {victim} ({victim_rss / 2**20:.0f} MiB) killed and replaced; {time.monotonic() - started:.1f} s", flush=True)
+        yield stack, totals, before, sent, received, {"cpu_before": cpu_before, "victim_rss": victim_rss}
 
 
 def test_prometheus_sees_every_worker(scraped):
     """Counter increases equal what was sent: /metrics sums all workers, whichever answers."""
-    stack, totals, before, sent = scraped
-    expected = [sent["predictions"], sent["predict_requests"], sent["out_of_range"]]
-    for expr, start, increase in zip(totals, before, expected):
-        wait_for(lambda: scalar(stack, expr) == start + increase, 15, f"{expr} to grow by exactly {increase} from {start}")
+    stack, totals, before, sent, *_ = scraped
+    assert sent["shed"] and sent["prediction_requests"] >= 1000, sent
+    for key, expr in totals.items():
+        wait_for(lambda: scalar(stack, expr) >= before[key] + sent[key], 15, f"{expr} to grow by {sent[key]}")
+        assert scalar(stack, expr) == before[key] + sent[key], key
 
 
-def test_every_dashboard_query_returns_data(scraped):
-    stack, totals, before, sent = scraped
-    wait_for(lambda: scalar(stack, totals[0]) == before[0] + sent["predictions"], 15, "the traffic to be scraped")
-    time.sleep(2)  # two more scrapes: gauges and node exporter rates settle
+def test_promtool_accepts_the_live_metrics(server, scraped):
+    """`promtool check metrics` on the /metrics of a real `bentoml serve` after every kind of answer."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    for series in ('http_response_code="503"', 'http_response_code="422"', "xgb_process_cpu_seconds_total", "xgb_worker_starts_total"):
+        assert series in text, series
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    assert "# TYPE xgb_process_cpu_seconds_total counter" in text  # a counter now, so rate() is right
+
+
+def test_a_killed_workers_memory_leaves_the_sum_and_its_cpu_seconds_stay(server, scraped):
+    stack, *_, extra = scraped
+    # The gauge sums the live workers only (a SIGKILLed worker cannot remove its own value: the
+    # others do); with the dead worker's value kept it would read ~1.5x the live workers' memory.
+    def matches_live_workers() -> bool:
+        live = sum(resident_bytes(pid) for pid in worker_pids(server))
+        return abs(exposed(server.url, "xgb_process_resident_memory_bytes") - live) < 0.2 * live
+
+    wait_for(matches_live_workers, 30, "the memory gauge to equal the live workers' resident memory", interval=1)
+    # The CPU seconds are a counter: the dead worker's seconds stay in the sum, so no reset.
+    wait_for(lambda: scalar(stack, 'xgb_process_cpu_seconds_total{job="xgb-service"}') > extra["cpu_before"], 30, "CPU seconds to grow")
+    assert scalar(stack, 'resets(xgb_process_cpu_seconds_total{job="xgb-service"}[10m])') == 0
+
+
+def test_every_dashboard_query_returns_data_and_the_panels_show_what_happened(scraped):
+    stack, *_ = scraped
+    wait_for(lambda: max(panel(stack, "Worker restarts (last 15 minutes)").values(), default=0) >= 1, 30, "the restart to be scraped")
     results = check_dashboards.evaluate(stack.prometheus_url)
-    listed = NEEDS_ERRORS | NEEDS_NGINX
-    assert listed <= {r.panel for r in results}, "NEEDS_* lists a panel that no longer exists"
+    assert NEEDS_NGINX | NEEDS_ERRORS <= {r.panel for r in results}, "NEEDS_* lists a panel that no longer exists"
     failed = [f"{r.dashboard} / {r.panel}: {r.error}" for r in results if r.error]
     assert not failed, "dashboard queries Prometheus refused:\n" + "\n".join(failed)
-    empty = [f"{r.dashboard} / {r.panel}: {r.expr}" for r in results if not r.has_data and r.panel not in listed]
+    empty = [f"{r.dashboard} / {r.panel}: {r.expr}" for r in results if not r.has_data and r.panel not in NEEDS_NGINX]
     with_data = sum(r.has_data for r in results)
     print(f"{with_data} of {len(results)} dashboard queries return data ({100 * with_data / len(results):.0f} %)")
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+    # What the panels show is what happened (rates over check_dashboards' 1m $__rate_interval):
+    reasons = {json.loads(k).get("reason") for k in panel(stack, "Rejected requests by reason")}
+    assert {"invalid_input", "overloaded"} <= reasons, reasons
+    assert max(panel(stack, "Overload: shed requests % (503 + Retry-After)").values()) > 1
+    assert max(panel(stack, "Availability: failed share of prediction requests by window").values()) > 0.0144
+    codes = {json.loads(k)["http_response_code"] for k in panel(stack, "Server errors and shed requests by endpoint")}
+    assert codes == {"503"}, codes
+    p50, p95, p99 = (scalar(stack, check_dashboards.expand(q.expr))
+                     for q in dashboards.SERVICE.rows[2].panels[0].queries)  # fmt: skip
+    assert 0 < p50 <= p95 <= p99 and p50 < 0.05, (p50, p95, p99)  # measured in sub-millisecond buckets
 
 
-def test_unknown_paths_do_not_become_series(scraped, live_server):
+def test_unknown_paths_do_not_become_series(server, scraped):
     """BentoML labels requests with the raw path; prometheus.yml drops the paths that are not routes."""
-    stack, totals, before, sent = scraped
-    wait_for(lambda: scalar(stack, totals[0]) == before[0] + sent["predictions"], 15, "the traffic to be scraped")
-    exposed = requests.get(f"{live_server}/metrics", timeout=10).text
+    stack, *_ = scraped
+    exposed_text = requests.get(f"{server.url}/metrics", timeout=10).text
     for path in SCANNED_PATHS:
-        assert f'endpoint="{path}"' in exposed  # the service does expose them...
+        assert f'endpoint="{path}"' in exposed_text  # the service does expose them...
         assert not query(stack, f'{{job="xgb-service",endpoint="{path}"}}'), path  # ...Prometheus keeps none
     assert query(stack, 'bentoml_service_request_total{job="xgb-service",endpoint="/predict"}')
 
@@ -163,48 +272,52 @@ def test_model_metrics_reach_prometheus(scraped):
     assert query(stack, 'xgb_input_out_of_range_total{job="xgb-service",feature="feat1"}')
 
 
-def test_service_down_alert_fires_and_reaches_the_webhook(server_factory, tmp_path):
-    """A dedicated service is stopped; the real XGBServiceDown expression fires (with `for:`
-    shortened to 2 s) and Alertmanager (group waits shortened) delivers it to the webhook."""
-    rules = yaml.safe_load((localstack.MONITORING_DIR / "rules" / "service.yml").read_text())
-    service_down = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "XGBServiceDown")
-    service_down["for"] = "2s"
-    (tmp_path / "service.yml").write_text(yaml.safe_dump(rules))
-    ports = new_ports()
-    alertmanager = localstack.local_alertmanager_config(ports)
-    for route in [alertmanager["route"], *alertmanager["route"]["routes"]]:
-        route["group_wait"] = route["group_interval"] = "1s"
-    received: list[dict] = []
+def firing(stack: localstack.LocalStack) -> dict[str, dict]:
+    alerts = requests.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    return {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
 
-    # A server of its own (server_factory gives it its own BENTOML_HOME): stopping it must not touch the shared live server.
-    server = server_factory(workers=1)
-    stack = localstack.LocalStack(
-        tmp_path / "stack", f"127.0.0.1:{server.port}", ports, interval="1s",
-        rule_files=[tmp_path / "service.yml"], alertmanager_config=alertmanager, alert_sink=received.append,
-    )  # fmt: skip
 
-    def service_down_alerts() -> list[dict]:
-        alerts = requests.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-        return [a for a in alerts if a["labels"]["alertname"] == "XGBServiceDown"]
+def inhibited(stack: localstack.LocalStack) -> dict[str, bool]:
+    """Alertmanager's alerts: name -> whether an inhibit rule silences it."""
+    alerts = requests.get(f"{stack.alertmanager_url}/api/v2/alerts", timeout=5).json()
+    return {a["labels"]["alertname"]: bool(a["status"]["inhibitedBy"]) for a in alerts}
 
-    with stack:
-        # Until its first scrape the target has no `up` series, which absent() reports: wait that out.
-        wait_for(lambda: scalar(stack, 'up{job="xgb-service"}') == 1 and not service_down_alerts(), 30, "a healthy scrape")
-        server.stop()
-        stopped = time.monotonic()
-        print("\nservice stopped, waiting for XGBServiceDown", flush=True)
-        firing = wait_for(lambda: [a for a in service_down_alerts() if a["state"] == "firing"], 30, "XGBServiceDown to fire")
-        assert firing[0]["labels"]["instance"] == f"127.0.0.1:{server.port}"
-        delivered = wait_for(
-            lambda: [a for p in received for a in p["alerts"]
-                     if a["labels"]["alertname"] == "XGBServiceDown" and a["status"] == "firing"
-                     and a["labels"].get("instance") == f"127.0.0.1:{server.port}"],
-            30, "Alertmanager to deliver XGBServiceDown to the webhook",
-        )  # fmt: skip
-        print(f"delivered {time.monotonic() - stopped:.1f} s after the stop: {delivered[0]['annotations']['summary']}")
-        assert delivered[0]["labels"]["severity"] == "critical"
-        base = yaml.safe_load(localstack.PROMETHEUS_CONFIG.read_text())["global"]["external_labels"]["runbook_base"]
-        assert delivered[0]["annotations"]["runbook_url"] == f"{base}#xgbservicedown"
+
+def delivered(received: list[dict]) -> dict[str, dict]:
+    return {a["labels"]["alertname"]: a for p in received for a in p["alerts"] if a["status"] == "firing"}
+
+
+def test_the_provoked_alerts_fire_and_reach_the_webhook(scraped):
+    stack, *_, received, _ = scraped
+    wait_for(lambda: PROVOKED <= firing(stack).keys(), 60, f"{PROVOKED} to fire (firing: {sorted(firing(stack))})")
+    wait_for(lambda: PROVOKED <= delivered(received).keys(), 60, f"Alertmanager to deliver them (delivered: {sorted(delivered(received))})")
+    print(f"firing: {sorted(firing(stack))}")
+    for name in PROVOKED:
+        assert delivered(received)[name]["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}"
+    assert delivered(received)["PrometheusRuleEvaluationFailures"]["labels"]["rule_group"].endswith(";deliberately-broken")
+    assert "XGBServiceDown" not in firing(stack)
+    # The 3-day budget burns too, but while the fast-burn page of the same SLO fires, Alertmanager
+    # holds the ticket back.
+    wait_for(lambda: "XGBAvailabilityBudgetBurn" in firing(stack), 30, "the 3-day availability burn to fire")
+    wait_for(lambda: inhibited(stack).get("XGBAvailabilityBudgetBurn"), 30, "the ticket to be inhibited by the page")
+    assert "XGBAvailabilityBudgetBurn" not in delivered(received)
+
+
+def test_service_down_fires_and_silences_that_instances_alerts(server, scraped):
+    """Runs last: stops the service. XGBServiceDown (real expression, `for:` 2 s) fires, reaches the
+    webhook, and Alertmanager inhibits the other alerts of that instance, not the fleet-wide SLO page."""
+    stack, *_, received, _ = scraped
+    wait_for(lambda: {"XGBWorkerRestarted", "XGBAvailabilityFastBurn"} <= delivered(received).keys(), 60, "the alerts to silence")
+    instance = f"127.0.0.1:{server.port}"
+    server.stop()
+    stopped = time.monotonic()
+    down = wait_for(lambda: delivered(received).get("XGBServiceDown"), 60, "XGBServiceDown to reach the webhook")
+    print(f"\nXGBServiceDown delivered {time.monotonic() - stopped:.1f} s after the stop: {down['annotations']['summary']}")
+    assert down["labels"]["instance"] == instance and down["labels"]["severity"] == "critical"
+    assert down["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#xgbservicedown"
+
+    state = wait_for(lambda: (s := inhibited(stack)).get("XGBWorkerRestarted") and s, 30, "XGBWorkerRestarted to be inhibited")
+    assert state["XGBAvailabilityFastBurn"] is False and state["XGBServiceDown"] is False
 
 
 def test_make_monitor_entry_point_starts_and_stops_cleanly(tmp_path):
@@ -243,3 +356,37 @@ def test_the_prometheus_pages_the_docs_name_are_served_at_those_paths(scraped):
     for page in pages:
         answer = requests.get(stack.prometheus_url + page, timeout=10, allow_redirects=False)
         assert answer.status_code == 200, f"{page}: {answer.status_code} {answer.headers.get('location', '')}"
+
+
+def test_nginx_in_front_of_the_service_forwards_and_rate_limits(live_server, tmp_path):
+    """monitoring/nginx.conf run by a real nginx in front of a real service: predictions pass,
+    stub_status answers (nginx-exporter's source), and a burst from one address over limit_req's
+    burst gets nginx's own 429 + Retry-After (the service itself never sends 429)."""
+    from test_monitoring_config import nginx_argv
+
+    listen, status = free_port(), free_port()
+    argv = nginx_argv(tmp_path, live_server.removeprefix("http://"), listen, status)
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as nginx:
+        try:
+            url = f"http://127.0.0.1:{listen}"
+            def listening() -> bool:
+                assert nginx.poll() is None, nginx.stderr.read()
+                try:
+                    return requests.get(f"http://127.0.0.1:{status}/stub_status", timeout=2).ok
+                except requests.ConnectionError:
+                    return False
+
+            wait_for(listening, 15, "nginx to listen")
+            record = sample_records(np.random.default_rng(3), 1)[0]
+            answer = requests.post(f"{url}/predict", json=record, timeout=10)
+            assert answer.status_code == 200 and "predicted_class" in answer.json()
+            assert requests.get(f"{url}/metrics", timeout=10).status_code == 404  # scraped directly, not via nginx
+            answers = burst(url, "/predict", json.dumps(record).encode(), 600)
+            limited = [(headers, body) for code, headers, body in answers if code == 429]
+            print(f"600 requests at once through nginx: {len(answers) - len(limited)} passed, {len(limited)} rate limited")
+            assert limited and {code for code, _, _ in answers} <= {200, 429, 503}
+            assert all(h.get("retry-after") == "1" and "rate limited" in json.loads(b)["error"] for h, b in limited)
+            assert "Active connections" in requests.get(f"http://127.0.0.1:{status}/stub_status", timeout=5).text
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
