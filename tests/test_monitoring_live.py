@@ -209,7 +209,8 @@ def test_prometheus_sees_every_worker(scraped):
 def test_promtool_accepts_the_live_metrics(server, scraped):
     """`promtool check metrics` on the /metrics of a real `bentoml serve` after every kind of answer."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    for series in ('http_response_code="503"', 'http_response_code="422"', "xgb_process_cpu_seconds_total", "xgb_worker_starts_total"):
+    for series in ('http_response_code="503"', 'http_response_code="422"', "xgb_process_cpu_seconds_total", "xgb_worker_starts_total",
+                   'request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",le="0.00025"'):  # sub-millisecond buckets
         assert series in text, series
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
@@ -246,8 +247,10 @@ def test_every_dashboard_query_returns_data_and_the_panels_show_what_happened(sc
     assert {"invalid_input", "overloaded"} <= reasons, reasons
     assert max(panel(stack, "Overload: shed requests % (503 + Retry-After)").values()) > 1
     assert max(panel(stack, "Availability: failed share of prediction requests by window").values()) > 0.0144
-    codes = {json.loads(k)["http_response_code"] for k in panel(stack, "Server errors and shed requests by endpoint")}
-    assert codes == {"503"}, codes
+    errors = [json.loads(k) for k in panel(stack, "Server errors and shed requests by endpoint")]
+    print(f"server errors seen: {errors}")
+    # the prediction routes answered no 5xx but the shed 503s (a worker starting may answer a probe otherwise)
+    assert {e["http_response_code"] for e in errors if e["endpoint"] in ("/predict", "/predict_batch")} == {"503"}, errors
     p50, p95, p99 = (scalar(stack, check_dashboards.expand(q.expr))
                      for q in dashboards.SERVICE.rows[2].panels[0].queries)  # fmt: skip
     assert 0 < p50 <= p95 <= p99 and p50 < 0.05, (p50, p95, p99)  # measured in sub-millisecond buckets
