@@ -62,10 +62,12 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed JSON or empty body",
         401: "Missing or wrong API key (only when XGB_API_KEY is set)",
         405: "Method not allowed",
+        408: "The body did not arrive within XGB_REQUEST_TIMEOUT_S",
         413: "Body over the size limit",
         415: "Content type is not application/json",
         422: "Invalid input: the detail names each field and problem",
         503: "Overloaded or not ready; retry after the Retry-After header's seconds",
+        504: "The prediction did not finish within XGB_REQUEST_TIMEOUT_S",
     }
     return {str(c): {"description": text[c], "content": _json("Error")} for c in codes}
 
@@ -78,7 +80,7 @@ API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key", "descri
 
 
 def build(contract: Contract, settings: Settings) -> dict[str, Any]:
-    errors = _errors(400, 401, 405, 413, 415, 422, 503)
+    errors = _errors(400, 401, 405, 408, 413, 415, 422, 503, 504)
     body = {"required": True, "content": _json("Record")}
     body["content"]["application/json"]["example"] = contract.schema.example
     doc = {

@@ -116,10 +116,11 @@ def in_progress(url: str, endpoint: str) -> float:
 def test_sigterm_finishes_every_request_in_flight(server_factory):
     from stalling_service import STALL_MARKER
 
-    # Each batch holds one of 4 batch threads for 1 s: 32 of them are in flight for seconds.
-    server = server_factory({"XGB_TEST_STALL_S": "1", "XGB_BATCH_THREADS": "4", "XGB_BATCH_QUEUE": "32"},
+    # Each batch holds one of 8 batch threads for 3 s: all 32 are in flight together for seconds,
+    # however slowly a loaded machine sends them.
+    server = server_factory({"XGB_TEST_STALL_S": "3", "XGB_BATCH_THREADS": "8", "XGB_BATCH_QUEUE": "32"},
                             service=("tests.stalling_service:XGBoostService",))  # fmt: skip
-    records = sample_records(np.random.default_rng(1), 2000)
+    records = sample_records(np.random.default_rng(1), 1000)
     records[0] = {**records[0], next(iter(EXAMPLE_RECORD)): STALL_MARKER}
     body = json.dumps({"instances": records})
 
@@ -138,7 +139,7 @@ def test_sigterm_finishes_every_request_in_flight(server_factory):
         statuses = [f.result() for f in futures]
     exit_code = server.proc.wait(60)
     drained_in = time.monotonic() - started
-    print(f"SIGTERM with 32 x 2000-record batches in flight: statuses {sorted(set(statuses))}, exited {exit_code} after {drained_in:.1f} s")
+    print(f"SIGTERM with 32 x 1000-record batches in flight: statuses {sorted(set(statuses))}, exited {exit_code} after {drained_in:.1f} s")
     assert statuses == [200] * 32
     assert exit_code == 0
     assert drained_in < 30, "must exit well inside ECS's stop timeout"
