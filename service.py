@@ -5,12 +5,16 @@
                           regression: {"prediction", "model_version", "features_used"}
     POST /predict_batch   {"instances": [...]} -> {"predictions": [...]}, same order
     GET  /metadata        the served model: tag, created, task, features, class names, metrics, provenance
+    POST /explain         one record -> its prediction and exact TreeSHAP values (?class=, ?top=)
+    POST /explain_batch   {"instances": [...]} (at most 1,000) -> {"explanations": [...]}, same order
     GET  /healthz /livez /readyz /metrics, / (docs page, serving/docs_page.py), /docs.json (OpenAPI)
 
 The records' fields, types and ranges are the model's stored schema (model_store/schema.py), turned
 into a Contract once at start-up. /predict and /predict_batch are answered by serving.fastpath
 (validation, auth, size limits); single records reach the model through BentoML's adaptive
-batching of `predict_rows`.
+batching of `predict_rows`. /explain*
+are answered there too, from their own bounded pool (serving/explain.py). Every predicted record is
+counted into the model's drift bins (model_store/drift.py).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import numpy as np
 import orjson
 from starlette.middleware.cors import CORSMiddleware
 
-from model_store import ModelContractError, load_bundle, stored_model
+from model_store import ModelContractError, drift, load_bundle, stored_model
 from model_store.bundle import encode
 from serving import bentoml_internals, client_api, metrics
 from serving.contract import Contract, predicted
+from serving.explain import Explainer
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
 from serving.settings import SettingsError, load
@@ -36,6 +41,7 @@ from serving.settings import SettingsError, load
 logger = logging.getLogger("xgb_service")
 logger.setLevel(logging.INFO)  # BentoML's server logging keeps other loggers at WARNING: ours say what is served
 PROCESS_SAMPLE_SECONDS = 5.0
+DRIFT_FLUSH_SECONDS = 1.0
 GC_THRESHOLDS = (10_000, 20, 20)
 
 # Settings checked and the model resolved and fully loaded when the service is imported, so a bad
@@ -58,7 +64,7 @@ RECORD = client_api.record_spec(CONTRACT)
     traffic={"timeout": SETTINGS.request_timeout_s},
     logging={"access": {"enabled": False}},
     metrics={"duration": {"buckets": list(metrics.REQUEST_DURATION_BUCKETS)}},
-    tracing={"excluded_urls": ["/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
+    tracing={"excluded_urls": ["/predict", "/predict_batch", "/explain", "/explain_batch", "/healthz", "/livez", "/readyz", "/metrics"]},
 )
 class XGBoostService:
     model_ref = MODEL  # what makes `bentoml build` pack the model into the Bento
@@ -74,6 +80,14 @@ class XGBoostService:
             info = MODEL.stored.info
             logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, self.bundle.schema.task,
                         self.bundle.schema.n_features, info.creation_time.isoformat(timespec="seconds"))
+        self.explainer = Explainer(self.bundle, self.contract)
+        reference = self.bundle.metadata.get(drift.REFERENCE_KEY)
+        self.drift: metrics.FeatureDrift | None = None
+        if reference is None:
+            logger.warning("model %s has no drift reference: feature drift cannot be monitored; retrain with `make train`", self.bundle.tag)
+        else:
+            self.drift = metrics.FeatureDrift(drift.Binner(reference, self.bundle.schema.feature_names))
+            metrics.publish_class_reference(reference["predicted_class_shares"])
 
     @bentoml.on_startup
     def listen_on_own_socket(self) -> None:
@@ -106,10 +120,27 @@ class XGBoostService:
 
         self._sampler = asyncio.get_running_loop().create_task(loop())
 
+    @bentoml.on_startup
+    async def flush_drift_counts(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(DRIFT_FLUSH_SECONDS)
+                self.drift.flush()
+
+        if self.drift is not None:
+            self._drift_flusher = asyncio.get_running_loop().create_task(loop())
+
+    @bentoml.on_shutdown
+    def flush_last_drift_counts(self) -> None:
+        if self.drift is not None:
+            self.drift.flush()
+
     def answers(self, rows: np.ndarray) -> list[dict]:
         """The answer for each encoded feature row, counted in the prediction metrics."""
         if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
             metrics.observe_out_of_range(self.contract.out_of_range(rows), self.bundle.schema.feature_names)
+        if self.drift is not None:
+            self.drift.observe(rows)
         if not self.bundle.schema.is_classification:
             return self.contract.value_bodies(self.bundle.predict(rows), self.bundle.version)
         proba = self.bundle.predict_proba(rows)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store import Feature, ModelSchema, dataset, save_bundle
+from model_store import Feature, ModelSchema, dataset, drift, save_bundle
 from model_store.bundle import CLASSIFICATION_OBJECTIVES, REGRESSION_PREFIXES, booster_objective
 from model_store.tabular import TASK_CHOICES, DataError, read_sample, read_table
 
@@ -146,6 +146,16 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema = dataset
     return booster, scaler, metrics
 
 
+def drift_reference(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema, booster: Any, scaler: Any) -> dict[str, Any]:
+    """The training split's distribution and the held-out predicted-class shares, which the service's
+    drift metrics compare with (model_store/drift.py). The split is train()'s: same data, same seed."""
+    x_train, x_test, _, _ = split(x, y, seed, stratify=schema.is_classification)
+    held_out = None
+    if schema.is_classification:
+        held_out = probabilities(booster, dmatrix(scaler.transform(x_test), None, schema)).argmax(axis=1)
+    return drift.reference(x_train, schema.features, held_out, schema.class_names)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("xgboost-cpu", "xgboost", "scikit-learn", "numpy", "bentoml"):
@@ -223,6 +233,7 @@ def train_main(args: argparse.Namespace) -> int:
         "data_sha256": digest,
         "training_params": {**params_for(schema, args.seed), "num_boost_round": args.rounds, "test_fraction": TEST_FRACTION},
         "train_seconds": round(time.perf_counter() - started, 2),
+        drift.REFERENCE_KEY: drift_reference(x, y, args.seed, schema, booster, scaler),
     }
     if schema.is_classification:
         # The training label distribution: monitoring compares the served class mix with it.

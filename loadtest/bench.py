@@ -8,7 +8,9 @@
 4. Concurrency sweep 1..256 for both (the plot).
 5. Goal 2: open loop, 1,000 req/s offered (hey), both (the goal applies to ours).
 6. Goal 3: /predict_batch with 1,000 records per request (wrk), ours (the seed has no batch route).
-7. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
+7. Explanations (issue 13): the in-process single-core rate of XGBoost's pred_contribs on this box,
+   /explain at 32 connections, then /predict at 32 connections while /explain is saturated at 32.
+8. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
 """
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from .traffic import ServedModel
 EXIT_GOAL_MISSED = 1
 EXIT_HARNESS_ERROR = 2
 BATCH_RECORDS = 1000
+EXPLAIN_CONNECTIONS = 32
 DISTINCT_BODIES = 200  # single records rotated by the wrk script, so no two neighbours are equal
 
 
@@ -91,6 +95,44 @@ def closed_loop(server: Server, bodies: Path, connections: int, seconds: float, 
 def _non_200(counts: dict[str, float] | None) -> str:
     other = {code: int(n) for code, n in (counts or {}).items() if code != "200"}
     return f" {other}" if other else ""
+
+
+def in_process_explain_rate(records_file: Path, seconds: float) -> dict[str, Any]:
+    """Rows/s of XGBoost's exact pred_contribs on one core in this process, on the served model:
+    what one core does with no HTTP, no JSON and no scheduling, in batches (its best case)."""
+    from model_store import load_bundle
+    from serving.contract import Contract
+    from serving.explain import Explainer
+    from serving.settings import Settings
+
+    bundle = load_bundle(nthread=1)
+    explainer = Explainer(bundle, Contract(bundle.schema, Settings()))
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    data = explainer.matrix(bundle.encode(records))
+    rows, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        bundle.booster.predict(data, pred_contribs=True, validate_features=False)
+        rows += len(records)
+    elapsed = time.perf_counter() - started
+    return {"rows_per_s": round(rows / elapsed, 1), "rows_per_call": len(records), "seconds": round(elapsed, 2), "model": bundle.tag}
+
+
+def explanations(server: Server, bodies: dict[str, Path], seconds: float) -> dict[str, Any]:
+    """Goal 5: /explain throughput against one core's pred_contribs, and /predict beside a saturated /explain."""
+    log(f"goal 5: in-process pred_contribs on one core, {seconds:g} s")
+    in_process = in_process_explain_rate(bodies["single"], seconds)
+    log(f"  {in_process['rows_per_s']:.0f} rows/s ({in_process['rows_per_call']} rows per call)")
+    log(f"goal 5: /explain at {EXPLAIN_CONNECTIONS} connections, {seconds:g} s")
+    alone = closed_loop(server, bodies["single"], EXPLAIN_CONNECTIONS, seconds, path="/explain")
+    log(f"goal 5: /predict at {EXPLAIN_CONNECTIONS} connections while /explain is saturated at {EXPLAIN_CONNECTIONS}, {seconds:g} s")
+    with ThreadPoolExecutor(1) as background:
+        # /explain starts first and ends after /predict: /predict is measured under explain load throughout.
+        explain = background.submit(closed_loop, server, bodies["single"], EXPLAIN_CONNECTIONS, seconds + 3, "/explain")
+        time.sleep(1.5)
+        predict = closed_loop(server, bodies["single"], EXPLAIN_CONNECTIONS, seconds)
+        explain_under_load = explain.result()
+    return {"in_process": in_process, "explain_alone": alone, "predict_under_explain": predict, "explain_beside_predict": explain_under_load,
+            "ratio": round(alone["rps"] / in_process["rows_per_s"], 3)}  # fmt: skip
 
 
 def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
@@ -184,12 +226,16 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log(f"  ours     {batch['rows_per_s']:,} rows/s  p99 {batch['latency_ms']['p99']:.1f} ms  errors {batch['errors']}")
         results["batch"] = {"ours": batch}
 
+        results["explain"] = explanations(ours, bodies, args.goal_seconds)
+
         results["memory"] = {name: s.memory() for name, s in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
 
+    explain = results["explain"]
     runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + [batch]
+    runs += [explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]]
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}

@@ -24,6 +24,9 @@ MAX_P99_OPEN_MS = 20.0
 MIN_ACHIEVED_SHARE = 0.95  # the open-loop run must really deliver ~the offered rate
 MIN_BATCH_ROWS_PER_S = 100_000
 MAX_WARM_START_S = 5.0
+# Issue 13's goals: explanations served vs one core's in-process pred_contribs rate; /predict isolated from /explain.
+MIN_EXPLAIN_RATIO = 1.5
+MAX_P99_PREDICT_UNDER_EXPLAIN_MS = 50.0
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -128,6 +131,20 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
          "met": batch["rows_per_s"] >= MIN_BATCH_ROWS_PER_S and batch["errors"] == 0},
         {"goal": "4. warm start to /readyz 200: s (worst)", "value": round(max(starts), 2), "target": f"<= {MAX_WARM_START_S:g}",
          "met": max(starts) <= MAX_WARM_START_S},
+        *explain_goals(results["explain"]),
+    ]  # fmt: skip
+
+
+def explain_goals(explain: dict[str, Any]) -> list[dict[str, Any]]:
+    alone, predict = explain["explain_alone"], explain["predict_under_explain"]
+    return [
+        {"goal": "5. /explain @32 conns: explanations/s vs in-process 1-core pred_contribs rows/s",
+         "value": f"{alone['rps']:.0f} / {explain['in_process']['rows_per_s']:.0f} = {explain['ratio']:.2f}x",
+         "target": f">= {MIN_EXPLAIN_RATIO}x, 0 errors", "met": explain["ratio"] >= MIN_EXPLAIN_RATIO and alone["errors"] == 0},
+        {"goal": "5. /predict @32 conns beside saturated /explain: p99 ms", "value": round(predict["latency_ms"]["p99"], 1),
+         "target": f"<= {MAX_P99_PREDICT_UNDER_EXPLAIN_MS:g}", "met": predict["latency_ms"]["p99"] <= MAX_P99_PREDICT_UNDER_EXPLAIN_MS},
+        {"goal": "5. /predict @32 conns beside saturated /explain: errors", "value": predict["errors"], "target": "0",
+         "met": predict["errors"] == 0},
     ]  # fmt: skip
 
 
@@ -147,6 +164,11 @@ def table(results: dict[str, Any]) -> str:
         for i, r in enumerate(rounds, 1):
             lines.append(f"  {name:<9}{i:>2}  {r['offered_rps']:>6.0f} -> {r['rps']:>6.0f}   "
                          f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}   {r['errors']}")  # fmt: skip
+    ex = results["explain"]
+    lines += ["", f"explanations (exact TreeSHAP): in-process pred_contribs on 1 core {ex['in_process']['rows_per_s']:.0f} rows/s", *(
+        f"  {label:<42}{r['rps']:>8.0f} req/s  p50 {r['latency_ms']['p50']:6.1f}  p99 {r['latency_ms']['p99']:6.1f} ms  errors {r['errors']}"
+        for label, r in (("/explain alone, 32 conns", ex["explain_alone"]), ("/predict, 32 conns, beside /explain", ex["predict_under_explain"]),
+                         ("/explain, 32 conns, beside /predict", ex["explain_beside_predict"])))]  # fmt: skip
     cap = results["capacity"]
     lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
               f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
@@ -230,6 +252,7 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"| 3. `/predict_batch` ×1,000 records: rows/s | **{results['batch']['ours']['rows_per_s']:,}** | (no batch route) | ≥ 100,000 |",
         f"| 4. warm start to ready, s (all starts) | **{max(results['warm_start']['ours_seconds']):.2f}** worst of "
         f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
+        *_explain_rows(results.get("explain")),
         f"| memory after load, whole process tree: PSS (RSS sum), MiB | {m['ours']['pss_mib']:.0f} ({m['ours']['rss_mib']:.0f}), "
         f"{m['ours']['processes']} processes | {m['baseline']['pss_mib']:.0f} ({m['baseline']['rss_mib']:.0f}), {m['baseline']['processes']} processes | reported |",
         "",
@@ -243,6 +266,20 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         cap_lines.append(f"| {name} | {c['rps_per_core']:,} | {c['rps_per_task_at_target']:,} | {c['tasks_needed']['300']} | "
                          f"{c['tasks_needed']['10000']} | ${c['usd_per_million_predictions']:.4f} |")  # fmt: skip
     return {"results": "\n".join(lines), "capacity": "\n".join(cap_lines)}
+
+
+def _explain_rows(explain: dict[str, Any] | None) -> list[str]:
+    if explain is None:  # a bench.json from before issue 13
+        return []
+    alone, predict, beside = explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]
+    return [
+        f"| 5. `/explain`, 32 connections: explanations/s vs one core's in-process `pred_contribs` rows/s | **{alone['rps']:,.0f}** "
+        f"(p99 {alone['latency_ms']['p99']:.1f} ms, {alone['errors']} errors) vs {explain['in_process']['rows_per_s']:,.0f}: "
+        f"**{explain['ratio']:.2f}×** | | ≥ 1.5× |",
+        f"| 5. `/predict` at 32 connections while `/explain` is saturated at 32: req/s, p99 ms, errors | {predict['rps']:,.0f}, "
+        f"**{predict['latency_ms']['p99']:.1f}**, {predict['errors']} (`/explain` meanwhile: {beside['rps']:,.0f} req/s, "
+        f"p99 {beside['latency_ms']['p99']:.1f} ms, {beside['errors']} errors) | | p99 ≤ 50, 0 errors |",
+    ]
 
 
 def alternatives_markdown(alt: dict[str, Any]) -> str:

@@ -44,7 +44,7 @@ class Panel:
     title: str
     queries: tuple[Query, ...]
     unit: str = "short"
-    kind: str = "timeseries"  # timeseries | stat | heatmap
+    kind: str = "timeseries"  # timeseries | stat | heatmap | bargauge (the latest value of each series, ranked)
     description: str = ""
     width: int = 12
     threshold: float | None = None  # drawn as a red line / turns a stat red
@@ -169,11 +169,12 @@ SERVICE = Dashboard(
             Panel("Predictions per second by class", (
                 Query(f"sum by (predicted_class) (rate(xgb_predictions_total{{{SVC}}}[{RATE}]))", "class {{predicted_class}}"),
             ), unit="ops"),
-            Panel("Predicted class share (last hour) vs training prior", (
+            Panel("Predicted class share (last hour) vs held-out predictions", (
                 Query(f"sum by (predicted_class) (increase(xgb_predictions_total{{{SVC}}}[1h]))"
                       f" / scalar(sum(increase(xgb_predictions_total{{{SVC}}}[1h])))", "class {{predicted_class}}"),
-                Query(f"max by (predicted_class) (xgb_class_prior{{{SVC}}})", "prior {{predicted_class}}"),
-            ), unit="percentunit", description="Alert XGBPredictionDrift: a share 15 points away from its prior."),
+                Query(f"max by (predicted_class) (xgb_class_reference_ratio{{{SVC}}})", "held-out {{predicted_class}}"),
+            ), unit="percentunit",
+               description="Alert XGBPredictionDrift: a share 15 points away from the model's share of that class on its held-out data."),
             Panel("Prediction confidence p10 / p50 / mean", (
                 *_quantiles("xgb_prediction_confidence", SVC, (0.1, 0.5)),
                 Query(f"sum(rate(xgb_prediction_confidence_sum{{{SVC}}}[{RATE}]))"
@@ -187,6 +188,19 @@ SERVICE = Dashboard(
                       f" / on() group_left() sum(rate(xgb_input_records_checked_total{{{SVC}}}[{RATE}]))", "{{feature}}"),
             ), unit="percentunit", threshold=0.05,
                description="Values outside the schema's range per record checked (alert XGBInputOutOfRange: over 5% for 10 minutes)."),
+        )),
+        Row("Feature drift (against the training data stored with the model)", (
+            Panel("PSI per feature, last hour", (Query("xgb:feature_psi:1h", "{{feature}}"),), threshold=0.2,
+                  description="Population Stability Index of each feature's values over the last hour against its training "
+                              "distribution (monitoring/rules/drift.yml), whole service: < 0.1 stable, > 0.2 drifted. "
+                              "Alert XGBFeatureDrift: above 0.2 with at least 500 records, for 15 minutes."),
+            Panel("Top drifting features", (Query("topk(10, xgb:feature_psi:1h)", "{{feature}}"),), kind="bargauge",
+                  threshold=0.2, description="The 10 features with the highest PSI now."),
+            Panel("Records outside the training range or missing, by feature", (
+                Query(f'sum by (feature) (rate(xgb_feature_bin_total{{{SVC},bin=~"[<>].*|[(](other|missing)[)]"}}[{RATE}]))'
+                      f' > 0', "{{feature}}"),
+            ), unit="ops", description="Values in the bins training never (or rarely) had: below its minimum, above its "
+                                       "maximum, an unknown category, missing."),
         )),
         Row("Resources and workers", (
             Panel("Service CPU (cores, all workers)", (
@@ -250,6 +264,8 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     targets = []
     for ref, query in zip("ABCDEFGH", panel.queries):
         target = {"refId": ref, "datasource": DATASOURCE, "expr": query.expr, "legendFormat": query.legend, "range": True}
+        if panel.kind == "bargauge":  # a ranking of now, not of every moment in the time range
+            target.update(range=False, instant=True)
         if panel.kind == "heatmap":
             target["format"] = "heatmap"
         targets.append(target)
@@ -271,6 +287,9 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
         # The series are cumulative `le` buckets: format "heatmap" makes Grafana subtract neighbours.
         options = {"calculate": False, "yAxis": {"axisPlacement": "left"}, "color": {"mode": "scheme", "scheme": "Oranges"},
                    "cellValues": {"unit": panel.unit}}
+    elif panel.kind == "bargauge":
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True}
     elif panel.kind == "timeseries":
         options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}}
     return {

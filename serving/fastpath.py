@@ -1,4 +1,5 @@
-"""/predict and /predict_batch, answered by a raw ASGI handler in front of BentoML's middlewares.
+"""/predict, /predict_batch, /explain and /explain_batch, answered by a raw ASGI handler in front of
+BentoML's middlewares.
 
 BentoML's own API route and middleware chain cost more per request than the prediction itself
 (see bentoml_internals.py). PredictionRoutes is added with add_asgi_middleware and, when the app
@@ -6,7 +7,8 @@ starts, puts its handler in front of that chain for the two prediction routes. T
 and times each request in BentoML's own request metrics, reads the body with a size limit
 (body.py), answers within the request timeout (deadlines.py), validates it with pydantic-core,
 sends single records through BentoML's adaptive batching and batches to a pool of their own
-(batch_pool.py), and writes the JSON with orjson. The docs page (/, its files, /docs.json) is served
+(batch_pool.py), and writes the JSON with orjson. /explain and /explain_batch take the same
+records (same contract) and run in a pool of their own (serving/explain.py). The docs page (/, its files, /docs.json) is served
 from memory (docs_page.py). Every other route goes through BentoML as usual, and its router's
 plain-text 404 and 405 become JSON errors like ours.
 """
@@ -29,11 +31,13 @@ from .batch_pool import BatchPool
 from .body import BodyTooLarge, read_body
 from .contract import Contract, InputError
 from .deadlines import Deadlines, timed_out
+from .explain import MAX_EXPLAIN_RECORDS, NICENESS
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
 
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
+EXPLAIN_ROUTES = frozenset({"/explain", "/explain_batch"})
 RETRY_AFTER_SECONDS = b"1"
 _SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
 
@@ -44,14 +48,17 @@ class PredictionRoutes:
         self.settings = settings
         self.contract = contract
         self.api_key = settings.api_key.encode()
-        self.routes: dict[str, tuple[Callable[[bytes], Awaitable[bytes]], int]] = {
+        self.routes: dict[str, tuple[Callable[[bytes, dict[str, Any]], Awaitable[bytes]], int]] = {
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
+            "/explain": (self.explain, settings.max_predict_bytes),
+            "/explain_batch": (self.explain_batch, settings.max_batch_bytes),
         }
         self.pages = docs_page.pages(openapi.build(contract, settings))  # /, its files, /docs.json
         # The model card (serving/model_card.py); BentoML's clients read the routes from /schema.json (serving/client_api.py).
         self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card))
         self.pages["/schema.json"] = docs_page.Page(b"application/json", orjson.dumps(client_schema))
+        self.explain_pool = BatchPool(settings.explain_threads, settings.explain_queue, name="explain", unit="records to explain", niceness=NICENESS)
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
         self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
         self.traffic = bentoml_internals.TrafficMetrics(None)
@@ -94,15 +101,16 @@ class PredictionRoutes:
     async def answer_request(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
         handler, max_bytes = self.routes[scope["path"]]
         status, headers, body = 200, None, None
-        self.inflight += 1
+        counted = scope["path"] not in EXPLAIN_ROUTES  # explanations have their own limit (their pool)
+        self.inflight += counted
         task = asyncio.current_task()
         cohort = self.deadlines.start(task)
         try:
             self.check_request(scope)
             body = await read_body(receive, max_bytes, scope)
             if self.inflight > self.settings.max_inflight:
-                raise ServiceUnavailable("too many predictions in flight")
-            payload = await handler(body)
+                raise ServiceUnavailable("the prediction queue is full")
+            payload = await handler(body, scope)
         except InputError as exc:
             metrics.rejected.labels(reason=_reason(exc.status)).inc()
             status, payload = exc.status, exc.body()
@@ -126,7 +134,7 @@ class PredictionRoutes:
             status = 500
             payload = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
         finally:
-            self.inflight -= 1
+            self.inflight -= counted
             cohort.discard(task)
         await respond(send, status, payload, headers)
         return status
@@ -178,19 +186,38 @@ class PredictionRoutes:
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
             raise InputError(415, f"unsupported content type {content_type.decode('latin-1')[:100]!r}: send application/json")
 
-    async def predict(self, body: bytes) -> bytes:
+    async def predict(self, body: bytes, scope: dict[str, Any]) -> bytes:
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
         assert self._batched is not None
         (answer,) = await self._batched(rows)
         return answer
 
-    async def predict_batch(self, body: bytes) -> bytes:
+    async def predict_batch(self, body: bytes, scope: dict[str, Any]) -> bytes:
         self.batch_pool.admit()
         rows = self.contract.parse_batch(body)
         self.check_ranges(rows, batch=True)
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
         return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows)})
+
+    async def explain(self, body: bytes, scope: dict[str, Any]) -> bytes:
+        explained_class, top = self._service.explainer.options(scope["query_string"])
+        rows = self.contract.parse_record(body)
+        self.check_ranges(rows, batch=False)
+        self.explain_pool.admit()
+        (answer,) = await self.explain_pool.run(self._service.explainer.explain, rows, explained_class, top)
+        return orjson.dumps(answer)
+
+    async def explain_batch(self, body: bytes, scope: dict[str, Any]) -> bytes:
+        explained_class, top = self._service.explainer.options(scope["query_string"])
+        rows = self.contract.parse_batch(body)
+        if len(rows) > MAX_EXPLAIN_RECORDS:
+            raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
+                             [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
+        self.check_ranges(rows, batch=True)
+        self.explain_pool.admit(len(rows))
+        answers = await self.explain_pool.run(self._service.explainer.explain, rows, explained_class, top, weight=len(rows))
+        return orjson.dumps({"explanations": answers})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per

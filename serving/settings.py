@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     # Overload protection, per worker: predictions in flight beyond this get 503 + Retry-After at once.
     # The benchmark's 64 connections put ~32 in flight per worker; 4x that leaves room for bursts.
     max_inflight: int = Field(128, ge=1)
+    # /explain*: threads per worker computing explanations (below the event loop's CPU priority), and
+    # records that may wait for them per worker before answering 503 (one /explain_batch: up to 1,000;
+    # at ~3 ms a record on one core, 2,000 are ~6 s of work).
+    explain_threads: int = Field(1, ge=1)
+    explain_queue: int = Field(2000, ge=0)
     # BentoML adaptive batching of single records: rows per model call, and the latency budget of
     # BentoML's dispatcher. The dispatcher cancels (503) a queued request as soon as its *projected*
     # latency (wait so far + a fitted cost per queued request) exceeds the budget; with a budget near

@@ -107,8 +107,15 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
         assert 1 <= cap[name]["tasks_needed"]["300"] <= cap[name]["tasks_needed"]["10000"]
     assert cap["assumptions"]["task_usd_per_hour"] == pytest.approx(0.04048 + 2 * 0.004445)
 
+    explain = results["explain"]
+    assert explain["in_process"]["rows_per_s"] > 0 and explain["explain_alone"]["ok"] > 0 and explain["explain_alone"]["connections"] == 32
+    assert explain["ratio"] == pytest.approx(explain["explain_alone"]["rps"] / explain["in_process"]["rows_per_s"], abs=0.001)
+    assert abs(sum(explain["explain_alone"]["status_counts"].values()) - explain["explain_alone"]["requests"]) <= 32
+    # The /predict run beside /explain is measured while /explain runs, before and after it.
+    assert explain["predict_under_explain"]["ok"] > 0 and explain["explain_beside_predict"]["seconds"] > explain["predict_under_explain"]["seconds"]
+
     goals = {g["goal"]: g for g in results["goals"]}
-    assert len(goals) == 7
+    assert len(goals) == 10
     ratio = goals["1. /predict @64 conns: req/s ratio vs baseline"]["value"]
     assert math.isclose(ratio, ours[0]["rps"] / base[0]["rps"], abs_tol=0.01)
     assert results["all_goals_met"] == all(g["met"] for g in goals.values())
@@ -116,6 +123,7 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert "goals:" in run.stdout and "ratio" in run.stdout
     readme = bench_report.markdown(results)
     assert "| 2. p99 ms of each round |" in readme["results"] and "| ours |" in readme["capacity"]
+    assert "| 5. `/explain`, 32 connections" in readme["results"]
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["bentoml-default", "session-fix"])

@@ -87,6 +87,11 @@ MUTATIONS = {
     "restarts without the first-sample rule": ("[15m])) >= 1", "[15m])) >= 0"),
     "nginx down on the exporter's up": ('nginx_up{job="nginx"} == 0', 'up{job="nginx"} == 0'),
     "rule failures of one group hide in the sum": ("sum by (job, instance, rule_group) (increase(prometheus_rule_evaluation_failures_total", "sum by (job, instance) (increase(prometheus_rule_evaluation_failures_total"),
+    "PSI threshold": ("xgb:feature_psi:1h > 0.2", "xgb:feature_psi:1h > 2"),
+    "PSI ignores the record count": ("xgb:feature_records:1h >= 500", "xgb:feature_records:1h >= 0"),
+    "PSI leaves out a bin no record reached": ("or on(feature, bin)\n          (0 * xgb:feature_reference_ratio", "and on(feature, bin)\n          (0 * xgb:feature_reference_ratio"),
+    "PSI of one instance": ("sum by (feature, bin) (increase(", "max by (feature, bin) (increase("),
+    "class drift against the label prior": ("on(predicted_class) max by (predicted_class) (xgb_class_reference_ratio", "on(predicted_class) max by (predicted_class) (xgb_class_prior"),
 }
 
 
@@ -126,7 +131,7 @@ def test_every_rule_is_documented_and_routable():
     required = {"XGBServiceDown", "XGBOverloaded", "XGBBatchingSaturated", "XGBNoTraffic", "XGBServiceHighCPU",
                 "XGBServiceHighMemory", "XGBPredictionDrift", "XGBInputOutOfRange", "XGBWorkerRestarted",
                 "XGBWorkerCrashLooping", "NginxDown", "Watchdog", "PrometheusRuleEvaluationFailures",
-                "PrometheusAlertmanagerUnreachable"} | {
+                "PrometheusAlertmanagerUnreachable", "XGBFeatureDrift"} | {
                 f"XGB{slo}{burn}" for slo in ("Availability", "Latency") for burn in ("FastBurn", "SlowBurn", "BudgetBurn")}  # fmt: skip
     assert required <= {rule["alert"] for rule in alert_rules()}
     # One configurable base for every runbook link: an absolute URL in prometheus.yml
@@ -271,9 +276,10 @@ def test_dashboards_cover_what_the_issue_asks_for():
     for needed in ("bentoml_service_request_total", "histogram_quantile(0.99", "histogram_quantile(0.5",
                    "histogram_quantile(0.95", "bentoml_service_request_in_progress",
                    "bentoml_service_adaptive_batch_size_bucket", "xgb_predictions_total", "xgb_prediction_confidence",
-                   "xgb_input_out_of_range_total", "xgb_input_records_checked_total", "xgb_model_info", "xgb_class_prior",
+                   "xgb_input_out_of_range_total", "xgb_input_records_checked_total", "xgb_model_info", "xgb_class_reference_ratio",
                    "rate(xgb_process_cpu_seconds_total", "xgb_process_resident_memory_bytes", "xgb_worker_starts_total",
-                   'slo:sli_error:ratio_rate5m{slo="availability"}', 'slo:sli_error:ratio_rate3d{slo="latency"}'):  # fmt: skip
+                   'slo:sli_error:ratio_rate5m{slo="availability"}', 'slo:sli_error:ratio_rate3d{slo="latency"}',
+                   "xgb:feature_psi:1h", "xgb_feature_bin_total"):  # fmt: skip
         assert needed in exprs, f"no dashboard query uses {needed}"
 
 

@@ -1,0 +1,156 @@
+"""/explain and /explain_batch against a real `bentoml serve`: exact TreeSHAP values from XGBoost's
+pred_contribs, checked against the model in-process; the same validation as /predict; the query
+parameters; the batch limit; overload answered with 503 while /predict keeps answering."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from test_validation import CASES, JSON
+
+from model_store import load_bundle
+from model_store.bundle import import_xgboost
+from model_store.dataset import sample_records
+
+MAX_EXPLAIN_RECORDS = 1000
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+def explain_batch(url: str, records: list[dict], query: str = "") -> list[dict]:
+    response = requests.post(f"{url}/explain_batch{query}", json={"instances": records}, timeout=120)
+    assert response.status_code == 200, response.text[:500]
+    return response.json()["explanations"]
+
+
+def in_process(bundle, records: list[dict], **kwargs) -> np.ndarray:
+    xgb = import_xgboost()
+    data = xgb.DMatrix(bundle.margin_input(bundle.encode(records)), nthread=1)
+    return bundle.booster.predict(data, validate_features=False, **kwargs)
+
+
+def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(live_server, bundle):
+    records = sample_records(np.random.default_rng(21), 40)
+    answers = explain_batch(live_server, records)
+    names = list(bundle.schema.feature_names)
+    exact = in_process(bundle, records, pred_contribs=True)  # (rows, classes, features + 1)
+    saabas = in_process(bundle, records, pred_contribs=True, approx_contribs=True)
+    margins = in_process(bundle, records, output_margin=True)
+    predictions = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
+    for i, (record, answer, prediction) in enumerate(zip(records, answers, predictions)):
+        cls = answer["explained_class"]
+        assert answer["prediction"] == prediction and cls == prediction["predicted_class"]  # the predicted class by default
+        assert answer["model_version"] == bundle.version
+        contributions = answer["contributions"]
+        assert list(contributions) == names
+        assert answer["base_value"] + sum(contributions.values()) == pytest.approx(answer["margin"], abs=1e-4)
+        assert answer["margin"] == pytest.approx(float(margins[i, cls]), abs=1e-5)
+        np.testing.assert_allclose(list(contributions.values()), exact[i, cls, :-1], atol=1e-5)
+        assert answer["base_value"] == pytest.approx(float(exact[i, cls, -1]), abs=1e-5)
+        top = answer["top"]
+        assert [t["feature"] for t in top] == sorted(names, key=lambda n: -abs(contributions[n]))[:5]
+        assert all(t["value"] == record[t["feature"]] and t["contribution"] == contributions[t["feature"]] for t in top)
+    # Saabas attributions (approx_contribs) differ from TreeSHAP's: the answers are the exact ones.
+    chosen = [a["explained_class"] for a in answers]
+    assert np.abs(saabas[np.arange(40), chosen, :-1] - exact[np.arange(40), chosen, :-1]).max() > 1e-3
+
+
+def test_single_explanations_equal_the_batch_ones(live_server):
+    records = sample_records(np.random.default_rng(22), 3)
+    batch = explain_batch(live_server, records)
+    singles = [requests.post(f"{live_server}/explain", json=r, timeout=30).json() for r in records]
+    assert singles == batch
+
+
+def test_class_by_name_or_index_and_top(live_server, bundle):
+    record = sample_records(np.random.default_rng(23), 1)
+    names = list(bundle.schema.feature_names)
+    margins = in_process(bundle, record, output_margin=True)[0]
+    default = explain_batch(live_server, record)[0]
+    (one,) = explain_batch(live_server, record, "?top=1")[0]["top"]
+    assert one == default["top"][0]
+    for cls, name in enumerate(bundle.schema.class_names):
+        by_name, by_index = (explain_batch(live_server, record, f"?class={c}&top={len(names)}")[0] for c in (name, cls))
+        assert by_name == by_index and by_name["explained_class"] == cls
+        assert by_name["margin"] == pytest.approx(float(margins[cls]), abs=1e-5)
+        assert by_name["base_value"] + sum(by_name["contributions"].values()) == pytest.approx(by_name["margin"], abs=1e-4)
+        magnitudes = [abs(t["contribution"]) for t in by_name["top"]]
+        assert len(magnitudes) == len(names) and magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_extreme_values_are_explained_as_they_are_predicted(live_server):
+    record = sample_records(np.random.default_rng(28), 1)[0]
+    for value in (1e308, -1e308, 1e39):
+        extreme = {**record, next(iter(record)): value}
+        explained = requests.post(f"{live_server}/explain", json=extreme, timeout=30)
+        assert explained.status_code == 200, explained.text
+        answer = explained.json()
+        assert answer["prediction"] == requests.post(f"{live_server}/predict", json=extreme, timeout=30).json()
+        assert answer["base_value"] + sum(answer["contributions"].values()) == pytest.approx(answer["margin"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "query,parameter",
+    [("?class=9", "class"), ("?class=cat", "class"), ("?class=-1", "class"), ("?top=0", "top"), ("?top=37", "top"),
+     ("?top=two", "top"), ("?top=", "top"), ("?colour=red", "colour"), ("?top=3&top=4", "top")],
+)  # fmt: skip
+def test_a_bad_query_parameter_is_a_422_naming_it(live_server, bundle, query, parameter):
+    record = sample_records(np.random.default_rng(24), 1)[0]
+    for path, body in (("/explain", record), ("/explain_batch", {"instances": [record]})):
+        response = requests.post(f"{live_server}{path}{query}", json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        error = response.json()
+        assert f"'{parameter}'" in error["error"] and error["detail"][0]["loc"] == ["query", parameter]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_explain_refuses_what_predict_refuses_the_same_way(live_server, name):
+    body = CASES[name][0]
+    predict = requests.post(f"{live_server}/predict", data=body, headers=JSON, timeout=10)
+    explain = requests.post(f"{live_server}/explain", data=body, headers=JSON, timeout=10)
+    assert (explain.status_code, explain.json()) == (predict.status_code, predict.json())
+
+
+@pytest.mark.parametrize("n", [0, MAX_EXPLAIN_RECORDS + 1])
+def test_explain_batch_size_is_limited(live_server, n):
+    records = sample_records(np.random.default_rng(25), n)
+    response = requests.post(f"{live_server}/explain_batch", json={"instances": records}, timeout=30)
+    assert response.status_code == 422, response.text[:300]
+    assert "instances" in response.json()["error"] and response.json()["detail"][0]["loc"][0] == "instances"
+
+
+def test_explain_batch_of_the_maximum_is_answered_in_order(live_server):
+    records = sample_records(np.random.default_rng(26), MAX_EXPLAIN_RECORDS)
+    answers = explain_batch(live_server, records)
+    assert len(answers) == MAX_EXPLAIN_RECORDS
+    assert [a["top"][0]["value"] for a in answers] == [r[a["top"][0]["feature"]] for r, a in zip(records, answers)]
+
+
+def test_a_full_explain_pool_answers_503_while_predict_keeps_answering(server_factory):
+    """One worker letting 199 records wait: of three concurrent 200-record batches one is explained
+    and the others are refused at once with 503 + Retry-After; /predict answers throughout."""
+    server = server_factory({"XGB_EXPLAIN_QUEUE": "199"}, workers=1)
+    records = sample_records(np.random.default_rng(27), 200)
+    done = threading.Event()
+    predicted: list[int] = []
+
+    def predict_meanwhile() -> None:
+        while not done.is_set():
+            predicted.append(requests.post(f"{server.url}/predict", json=records[0], timeout=10).status_code)
+
+    with ThreadPoolExecutor(4) as pool:
+        watcher = pool.submit(predict_meanwhile)
+        batches = list(pool.map(lambda _: requests.post(f"{server.url}/explain_batch", json={"instances": records}, timeout=120), range(3)))
+        done.set()
+        watcher.result()
+    assert sorted(r.status_code for r in batches) == [200, 503, 503], [r.text[:200] for r in batches]
+    for refused in (r for r in batches if r.status_code == 503):
+        assert refused.headers["retry-after"] == "1" and "overloaded" in refused.json()["error"]
+    assert predicted and set(predicted) == {200}
