@@ -48,9 +48,11 @@ class Settings(BaseSettings):
     # XGB_MAX_INFLIGHT, which is exact and cheap.
     batch_max_size: int = Field(128, ge=1)
     batch_max_latency_ms: int = Field(5000, ge=1)
-    # /predict_batch's model calls, per worker: threads that run them (a worker has one core's share)
-    # and how many more may wait for one before the request is answered 503 + Retry-After.
-    batch_threads: int = Field(1, ge=1, le=64)
+    # /predict_batch's model calls, per worker: threads that run them, and how many more may wait
+    # for one before the request is answered 503 + Retry-After. A worker has one core's share, but
+    # XGBoost predicts without the GIL: two let one worker use a second core when the connections
+    # land unevenly over the workers (a 4-connection client all on one worker happens 1 time in 8).
+    batch_threads: int = Field(2, ge=1, le=64)
     batch_queue: int = Field(8, ge=0)
     # Seconds from a request's arrival to its answer on /predict*: 408 while its body is still
     # arriving, 504 once it is predicting (serving/deadlines.py); BentoML's timeout on other routes.
