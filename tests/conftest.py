@@ -132,6 +132,12 @@ def live_server(server_factory) -> str:
     return server_factory().url
 
 
+def exposed(url: str, series: str) -> float:
+    """The value of one series (name and labels as /metrics writes them) in a service's /metrics; 0 before it exists."""
+    lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
 def worker_pids(server: ServerProcess) -> set[int]:
     """The BentoML HTTP worker processes of a server."""
     out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import REPO, ServerProcess, free_port, worker_pids
+from conftest import REPO, exposed, free_port, worker_pids
 from test_resilience import burst
 
 from model_store.dataset import sample_records
@@ -90,11 +90,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def exposed(url: str, series: str) -> float:
-    lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
-    return float(lines[0].split()[-1]) if lines else 0.0
-
-
 def resident_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -140,11 +135,9 @@ def send_traffic(base_url: str, seed: int, singles: int = SINGLE_PREDICTIONS, ba
 
 
 @pytest.fixture(scope="module")
-def server(bentoml_home):
+def server(server_factory):
     """A service of this module's own: small in-flight limit, and stopped by the last test."""
-    server = ServerProcess({"XGB_MAX_INFLIGHT": str(MAX_INFLIGHT)}, workers=2).start()
-    yield server
-    server.stop()
+    return server_factory({"XGB_MAX_INFLIGHT": str(MAX_INFLIGHT)}, workers=2)
 
 
 @pytest.fixture(scope="module")

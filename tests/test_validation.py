@@ -6,6 +6,7 @@ import json
 
 import pytest
 import requests
+from conftest import exposed
 
 from model_store.dataset import EXAMPLE_RECORD
 
@@ -188,12 +189,6 @@ def test_bad_batch_is_refused(live_server, body, status, named):
     response = requests.post(f"{live_server}/predict_batch", json=body, timeout=30)
     assert response.status_code == status, response.text[:300]
     assert named in response.json()["error"]
-
-
-def exposed(url: str, series: str) -> float:
-    """The value of one series in the service's /metrics (0 before it exists)."""
-    lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
-    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 OUT_OF_RANGE_FEAT1 = 'xgb_input_out_of_range_total{feature="feat1"}'
