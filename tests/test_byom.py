@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
+import time
 
 import bentoml
 import numpy as np
@@ -118,6 +120,72 @@ def test_openapi_and_metadata_list_the_models_fields(served):
     stored = shown["metadata"]
     assert stored["schema"]["task"] == task and [f["name"] for f in stored["schema"]["features"]] == list(schema.feature_names)
     assert stored["data_sha256"] == meta["data_sha256"] and stored["metrics"] == meta["metrics"] and "training_params" in stored
+
+
+def test_explanations_are_exact_treeshap_for_every_task(served):
+    """/explain on binary (categories, nulls), multi-class and regression models: XGBoost's own
+    pred_contribs on the same input, adding up to the margin, with each value as the client sent it."""
+    task, tag, url, path = served
+    bundle = load_bundle(tag)
+    schema = bundle.schema
+    records = csv_records(path, schema)[:60]
+    response = requests.post(f"{url}/explain_batch?top={schema.n_features}", json={"instances": records}, timeout=120)
+    assert response.status_code == 200, response.text[:500]
+    answers = response.json()["explanations"]
+    data = train_export.dmatrix(bundle.margin_input(bundle.encode(records)), None, schema)
+    margins = bundle.booster.predict(data, output_margin=True)
+    contribs = bundle.booster.predict(data, pred_contribs=True)
+    for i, (record, answer) in enumerate(zip(records, answers)):
+        values = answer["contributions"]
+        assert list(values) == list(schema.feature_names)
+        # To 1e-4, or float32's precision for a regression value in the hundreds (XGBoost computes in float32).
+        assert answer["base_value"] + sum(values.values()) == pytest.approx(answer["margin"], abs=1e-4, rel=1e-6)
+        assert {t["feature"]: t["value"] for t in answer["top"]} == record  # category names, null for missing
+        if task == "regression":
+            expected_margin, expected = margins[i], contribs[i]
+            assert answer["explained_class"] is None and answer["prediction"]["prediction"] == pytest.approx(float(margins[i]), rel=1e-5)
+        elif task == "binary":  # XGBoost explains class 1's log-odds; class 0's are their negatives
+            sign = 1.0 if answer["prediction"]["predicted_class"] == 1 else -1.0
+            expected_margin, expected = sign * margins[i], sign * contribs[i]
+            assert answer["explained_class"] == answer["prediction"]["predicted_class"] and answer["margin"] >= 0
+        else:
+            cls = answer["explained_class"]
+            expected_margin, expected = margins[i, cls], contribs[i, cls]
+            assert cls == answer["prediction"]["predicted_class"]
+        assert answer["margin"] == pytest.approx(float(expected_margin), abs=1e-5, rel=1e-6)
+        np.testing.assert_allclose(list(values.values()), expected[:-1], atol=1e-5, rtol=1e-6)
+    if task != "regression":
+        other = schema.class_names[1 - answers[0]["explained_class"] if task == "binary" else (answers[0]["explained_class"] + 1) % schema.n_classes]
+        chosen = requests.post(f"{url}/explain?class={other}", json=records[0], timeout=30).json()
+        assert chosen["explained_class"] == schema.class_names.index(other)
+        assert chosen["base_value"] + sum(chosen["contributions"].values()) == pytest.approx(chosen["margin"], abs=1e-4)
+    else:
+        refused = requests.post(f"{url}/explain?class=0", json=records[0], timeout=30)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "class"]
+
+
+def test_predicted_records_are_counted_in_the_models_drift_bins(served):
+    """Every feature's bins, categories and missing values included, count each predicted record once."""
+    _, tag, url, path = served
+    schema = load_bundle(tag).schema
+    records = csv_records(path, schema)[:80]
+
+    def bins() -> dict[tuple[str, str], float]:
+        text = requests.get(f"{url}/metrics", timeout=10).text
+        found = re.findall(r'^xgb_feature_bin_total\{bin="([^"]*)",feature="([^"]*)"\} (\S+)$', text, re.M)
+        return {(feature, bin_): float(value) for bin_, feature, value in found}
+
+    before = bins()
+    assert requests.post(f"{url}/predict_batch", json={"instances": records}, timeout=60).status_code == 200
+    time.sleep(2.5)  # counted per batch, exported within a second
+    added = {key: value - before.get(key, 0.0) for key, value in bins().items()}
+    for f in schema.features:
+        per_bin = {b: n for (feature, b), n in added.items() if feature == f.name and n}
+        assert sum(per_bin.values()) == len(records), (f.name, per_bin)
+        sent = [r[f.name] for r in records]
+        assert per_bin.get("(missing)", 0) == sent.count(None), f.name
+        if f.kind == "categorical":
+            assert {b: n for b, n in per_bin.items() if b != "(missing)"} == {c: sent.count(c) for c in f.categories if c in sent}
 
 
 def _post(url: str, record: dict) -> requests.Response:

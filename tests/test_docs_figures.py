@@ -76,7 +76,7 @@ def test_the_readmes_prose_repeats_the_same_limits(monkeypatch):
     s = default_settings(monkeypatch)
     for sentence in (
         f"at most {s.max_batch_records:,} per request",
-        f"body over {s.max_predict_bytes // 1024} KiB (`/predict`) or {s.max_batch_bytes // 2**20} MiB (`/predict_batch`)",
+        f"body over {s.max_predict_bytes // 1024} KiB (`/predict`, `/explain`) or {s.max_batch_bytes // 2**20} MiB (`/predict_batch`, `/explain_batch`)",
         f"over {s.max_batch_records:,} records",
         f"`XGB_MAX_INFLIGHT` ({s.max_inflight})",
         f"`XGB_REQUEST_TIMEOUT_S` ({s.request_timeout_s:g} s) from arrival to answer",
