@@ -46,11 +46,12 @@ def _schemas(contract: Contract) -> dict[str, Any]:
         "Error": TypeAdapter(Error),
         "ModelCard": TypeAdapter(ModelCard),
     }.items():
-        schema = adapter.json_schema(ref_template=REF)
+        schema = _openapi_3_0(adapter.json_schema(ref_template=REF))
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
     for feature in contract.schema.features:
         prop = schemas["Record"]["properties"][feature.name]
+        prop["title"] = feature.name  # pydantic's title would be "Petal Length (Cm)"
         expected = f"expected {allowed(feature)}" + ("; null when missing" if feature.nullable else "")
         prop["description"] = f"{feature.description}; {expected}" if feature.description else expected
     if contract.schema.is_classification:
@@ -61,6 +62,23 @@ def _schemas(contract: Contract) -> dict[str, Any]:
     explain_batch["properties"]["instances"]["maxItems"] = min(MAX_EXPLAIN_RECORDS, contract.max_records)
     schemas["ExplainBatchRequest"] = {**explain_batch, "title": "ExplainBatchRequest"}
     return schemas
+
+
+def _openapi_3_0(schema: Any) -> Any:
+    """OpenAPI 3.0 spells JSON Schema's `anyOf: [X, {"type": "null"}]` (pydantic's, for a nullable
+    feature or an optional field) as X with `nullable: true`; an enum must then list null itself."""
+    if isinstance(schema, list):
+        return [_openapi_3_0(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _openapi_3_0(value) for key, value in schema.items()}
+    options = schema.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (kind,) = [option for option in schema.pop("anyOf") if option != {"type": "null"}]
+        if "enum" in kind:
+            kind = {**kind, "enum": [*kind["enum"], None]}
+        schema = {**schema, **kind, "nullable": True}
+    return schema
 
 
 def _json(schema: str) -> dict[str, Any]:

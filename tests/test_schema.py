@@ -110,3 +110,17 @@ def test_regression_answers_are_float32s_shortest_decimal():
 def test_encode_matches_the_contract_for_validated_records():
     records = [ODD.example, {**ODD.example, "colour.name": "green", "ratio a/b": -0.25}]
     np.testing.assert_array_equal(encode(ODD, records), Contract(ODD, Settings()).parse_batch(orjson.dumps({"instances": records})))
+
+
+def test_the_openapi_record_is_the_schemas_in_openapi_3_0_terms():
+    from serving import openapi
+
+    odd = ModelSchema(ODD.task, (*ODD.features[:2], Feature("colour.name", "categorical", categories=("blue", "rouge-é"), nullable=True)),
+                      ODD.class_names, {**dict(list(ODD.example.items())[:2]), "colour.name": "blue"})  # fmt: skip
+    record = openapi.build(Contract(odd, Settings()), Settings())["components"]["schemas"]["Record"]
+    props = record["properties"]
+    assert list(props) == list(odd.feature_names) and [p["title"] for p in props.values()] == list(odd.feature_names)
+    assert props["petal length (cm)"]["type"] == "number" and "nullable" not in props["petal length (cm)"]
+    assert props["ratio a/b"] == {"title": "ratio a/b", "type": "number", "nullable": True, "description": "expected between -1 and 1; null when missing"}
+    assert props["colour.name"]["enum"] == ["blue", "rouge-é", None] and props["colour.name"]["nullable"] is True
+    assert not any("anyOf" in p for p in props.values())
