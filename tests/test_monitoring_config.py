@@ -148,6 +148,28 @@ def test_every_rule_is_documented_and_routable():
             assert rule["labels"].get("service") == "xgb-service", name
 
 
+def test_the_slo_document_states_the_burn_rate_alerts_the_rules_have():
+    """monitoring/slo.md's alert table: burn rate, windows and severity of each alert, as in rules/slo.yml."""
+    units = {"min": "m", "h": "h", "days": "d"}
+    budgets = {"Availability": ("availability", 0.001), "Latency": ("latency", 0.01)}
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    rows = re.findall(r"^\| (XGB\w+), (XGB\w+) \| ([\d.]+) \| (\d+) (\w+) and (\d+) (\w+) \|.*\((\w+)\) \|$",
+                      (MON / "slo.md").read_text(), re.M)
+    assert len(rows) == 3, rows
+    for *names, factor, long_n, long_unit, short_n, short_unit, severity in rows:
+        windows = (f"{long_n}{units[long_unit]}", f"{short_n}{units[short_unit]}")
+        for name in names:
+            slo, budget = budgets[re.match(r"XGB(Availability|Latency)", name).group(1)]
+            expr, labels = rules[name]["expr"], rules[name]["labels"]
+            assert (labels["severity"], labels["slo"]) == (severity, slo), name
+            for window in windows:
+                assert f'slo:sli_error:ratio_rate{window}{{slo="{slo}"}} > {factor} * {budget}' in expr, (name, window)
+            assert f'slo:sli_requests:rate{windows[0]}{{slo="{slo}"}} *' in expr and ">= 1000" in expr, name
+    recorded = {(rule["record"], rule["labels"]["slo"]) for rule in all_rules() if rule.get("record", "").startswith("slo:")}
+    assert recorded == {(f"slo:sli_{kind}{w}", slo) for kind in ("error:ratio_rate", "requests:rate")
+                        for w in ("5m", "30m", "1h", "6h", "3d") for slo in ("availability", "latency")}  # fmt: skip
+
+
 # --- Alertmanager ----------------------------------------------------------------------------
 
 
