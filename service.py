@@ -142,7 +142,9 @@ class XGBoostService:
         if self.drift is not None:
             self.drift.observe(rows)
         if not self.bundle.schema.is_classification:
-            return self.contract.value_bodies(self.bundle.predict(rows), self.bundle.version)
+            values = self.bundle.predict(rows)
+            metrics.observe_values(values)
+            return self.contract.value_bodies(values, self.bundle.version)
         proba = self.bundle.predict_proba(rows)
         classes, confidence = predicted(proba)
         metrics.observe_predictions(classes, confidence, self.bundle.class_names)

@@ -27,6 +27,10 @@ REQUEST_DURATION_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.00
 predictions = prom.Counter(
     name="xgb_predictions_total", documentation="Predictions served, by predicted class", labelnames=["predicted_class"]
 )
+prediction_value = prom.Summary(
+    name="xgb_prediction_value",
+    documentation="Regression predictions: their count and sum (the served mean is sum / count)",
+)
 confidence = prom.Histogram(
     name="xgb_prediction_confidence",
     documentation="Probability of the predicted class",
@@ -135,6 +139,16 @@ def observe_predictions(classes: np.ndarray, confidences: np.ndarray, class_name
         if count:
             predictions.labels(predicted_class=class_names[cls]).inc(count)
     observe_many(confidence, confidences)
+
+
+def observe_values(values: np.ndarray) -> None:
+    """A regression model's predictions: counted (no class: an empty predicted_class) and summed.
+
+    Once per batch through the Summary's own _count and _sum (what observe() increments), not one
+    multiprocess file write per value."""
+    predictions.labels(predicted_class="").inc(len(values))
+    prediction_value._count.inc(len(values))
+    prediction_value._sum.inc(float(values.sum()))
 
 
 def observe_many(histogram: prom.Histogram, values: np.ndarray) -> None:

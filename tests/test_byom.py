@@ -23,7 +23,7 @@ import requests
 
 import byom_datasets
 import train_export
-from conftest import BENTOML, REPO, ServerProcess, fuzz
+from conftest import BENTOML, REPO, ServerProcess, exposed, fuzz
 from model_store import ModelSchema, load_bundle
 
 DATASETS = {
@@ -87,6 +87,10 @@ def test_served_predictions_equal_the_in_process_models(served):
     if task == "regression":
         assert all(a.keys() == {"prediction", "model_version", "features_used"} for a in answers)
         np.testing.assert_allclose([a["prediction"] for a in answers], expected, rtol=1e-6, atol=1e-6)
+        # Counted and summed in the metrics (this test's requests come first on this server).
+        assert exposed(url, "xgb_prediction_value_count") == len(answers)
+        assert exposed(url, "xgb_prediction_value_sum") == pytest.approx(float(np.sum(expected)), rel=1e-5)
+        assert exposed(url, 'xgb_predictions_total{predicted_class=""}') == len(answers)
         return
     proba = np.column_stack([1 - expected, expected]) if task == "binary" else expected
     names = bundle.schema.class_names
@@ -95,6 +99,9 @@ def test_served_predictions_equal_the_in_process_models(served):
         np.testing.assert_allclose(answer["probabilities"], p, atol=1e-6)
         assert answer["predicted_class"] == int(np.argmax(p)) and answer["predicted_label"] == names[int(np.argmax(p))]
         assert answer["features_used"] == bundle.schema.n_features and answer["model_version"] == bundle.version
+    # Counted by class name in the metrics (this test's requests come first on this server).
+    counted = {name: exposed(url, f'xgb_predictions_total{{predicted_class="{name}"}}') for name in bundle.schema.class_names}
+    assert sum(counted.values()) == len(answers) and counted[bundle.schema.class_names[int(np.argmax(proba[0]))]] > 0
 
 
 def test_openapi_and_metadata_list_the_models_fields(served):
