@@ -31,7 +31,7 @@ from .batch_pool import BatchPool
 from .body import BodyTooLarge, read_body
 from .contract import Contract, InputError
 from .deadlines import Deadlines, timed_out
-from .explain import MAX_EXPLAIN_RECORDS, NICENESS
+from .explain import MAX_EXPLAIN_RECORDS, NICENESS, ExplainBatcher
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
@@ -68,6 +68,7 @@ class PredictionRoutes:
         self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
+        self.explanations: ExplainBatcher | None = None  # needs the service's Explainer: made in start()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -169,6 +170,7 @@ class PredictionRoutes:
             self._service = bentoml_internals.service_instance(factory)
             bentoml_internals.bind_api_once(self._service, BATCHED_API)
             bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
+            self.explanations = ExplainBatcher(self._service.explainer, self.explain_pool)
             self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
             bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
@@ -204,8 +206,7 @@ class PredictionRoutes:
         explained_class, top = self._service.explainer.options(scope["query_string"])
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
-        self.explain_pool.admit()
-        (answer,) = await self.explain_pool.run(self._service.explainer.explain, rows, explained_class, top)
+        (answer,) = await self.explanations.explain(rows, explained_class, top)
         return orjson.dumps(answer)
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any]) -> bytes:
@@ -215,8 +216,7 @@ class PredictionRoutes:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        self.explain_pool.admit(len(rows))
-        answers = await self.explain_pool.run(self._service.explainer.explain, rows, explained_class, top, weight=len(rows))
+        answers = await self.explanations.explain(rows, explained_class, top)
         return orjson.dumps({"explanations": answers})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:

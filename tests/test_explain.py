@@ -62,11 +62,14 @@ def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(live_s
     assert np.abs(saabas[np.arange(40), chosen, :-1] - exact[np.arange(40), chosen, :-1]).max() > 1e-3
 
 
-def test_single_explanations_equal_the_batch_ones(live_server):
-    records = sample_records(np.random.default_rng(22), 3)
-    batch = explain_batch(live_server, records)
-    singles = [requests.post(f"{live_server}/explain", json=r, timeout=30).json() for r in records]
-    assert singles == batch
+def test_concurrent_single_explanations_equal_the_batch_ones(live_server):
+    """Concurrent requests are explained together (one call per class and top): each still gets its own."""
+    records = sample_records(np.random.default_rng(22), 24)
+    queries = ["", "?class=0", "?top=2"] * 8
+    expected = [explain_batch(live_server, [r], q)[0] for r, q in zip(records, queries)]
+    with ThreadPoolExecutor(12) as pool:
+        singles = list(pool.map(lambda rq: requests.post(f"{live_server}/explain{rq[1]}", json=rq[0], timeout=60).json(), zip(records, queries)))
+    assert singles == expected
 
 
 def test_class_by_name_or_index_and_top(live_server, bundle):
