@@ -4,6 +4,9 @@ parameters; the batch limit; overload answered with 503 while /predict keeps ans
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,9 +15,12 @@ import pytest
 import requests
 from test_validation import CASES, JSON
 
-from model_store import load_bundle
-from model_store.bundle import import_xgboost
+from model_store import Feature, ModelSchema, load_bundle
+from model_store.bundle import DensePredictor, ModelBundle, import_xgboost
 from model_store.dataset import sample_records
+from serving.contract import Contract
+from serving.explain import Explainer
+from serving.settings import Settings
 
 MAX_EXPLAIN_RECORDS = 1000
 
@@ -60,6 +66,49 @@ def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(live_s
     # Saabas attributions (approx_contribs) differ from TreeSHAP's: the answers are the exact ones.
     chosen = [a["explained_class"] for a in answers]
     assert np.abs(saabas[np.arange(40), chosen, :-1] - exact[np.arange(40), chosen, :-1]).max() > 1e-3
+
+
+def test_explanations_are_the_exact_shapley_values_of_the_trees():
+    """Path-dependent TreeSHAP is the Shapley value of v(S) = the trees' output when the features
+    outside S are integrated out with the training cover at each split. Computed here by brute force
+    over every subset for a small model with interactions, it is what Explainer answers; Saabas
+    (approx_contribs) is not."""
+    xgb = import_xgboost()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    y = x[:, 0] * x[:, 1] + np.sin(2 * x[:, 2]) + 0.5 * x[:, 3] * (x[:, 0] > 0)
+    booster = xgb.train({"max_depth": 3, "eta": 0.3, "nthread": 1}, xgb.DMatrix(x, label=y), 8)
+    names = ("a", "b", "c", "d")
+    schema = ModelSchema(task="regression", features=tuple(Feature(n, "continuous") for n in names), class_names=(),
+                         example=dict(zip(names, x[0].tolist())))  # fmt: skip
+    bundle = ModelBundle("tiny:v1", booster, np.zeros(4), np.ones(4), schema, {}, DensePredictor(booster))
+    explainer = Explainer(bundle, Contract(schema, Settings()))
+    trees = [json.loads(t) for t in booster.get_dump(dump_format="json", with_stats=True)]
+
+    def tree_value(node: dict, row: np.ndarray, known: set[int]) -> float:
+        if "leaf" in node:
+            return node["leaf"]
+        children = {c["nodeid"]: c for c in node["children"]}
+        feature = int(node["split"][1:])
+        if feature in known:
+            return tree_value(children[node["yes"] if row[feature] < node["split_condition"] else node["no"]], row, known)
+        return sum(children[c]["cover"] * tree_value(children[c], row, known) for c in (node["yes"], node["no"])) / node["cover"]
+
+    rows = x[:5]
+    answers = explainer.explain(rows, top=4)
+    saabas = booster.predict(xgb.DMatrix(rows), pred_contribs=True, approx_contribs=True)
+    n = len(names)
+    for row, answer, approx in zip(rows.astype(np.float32), answers, saabas):  # XGBoost compares float32 values
+        v = {known: sum(tree_value(t, row, set(known)) for t in trees) for k in range(n + 1) for known in itertools.combinations(range(n), k)}
+        shapley = [
+            sum(math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n) * (v[tuple(sorted((*s, i)))] - v[s])
+                for s in v if i not in s)
+            for i in range(n)
+        ]  # fmt: skip
+        got = [answer["contributions"][name] for name in names]
+        np.testing.assert_allclose(got, shapley, atol=2e-5)
+        assert answer["base_value"] - answer["margin"] + v[tuple(range(n))] == pytest.approx(v[()], abs=2e-5)  # base = v(∅) + base score
+        assert np.abs(approx[:-1] - shapley).max() > 1e-3
 
 
 def test_concurrent_single_explanations_equal_the_batch_ones(live_server):
