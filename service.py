@@ -33,7 +33,7 @@ from model_store import ModelContractError, drift, load_bundle, stored_model
 from model_store.bundle import encode
 from serving import bentoml_internals, client_api, metrics
 from serving.contract import Contract, predicted
-from serving.explain import Explainer
+from serving.explain import MAX_EXPLAIN_RECORDS, Explainer, batch_explanations_type, explanation_type
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
 from serving.settings import SettingsError, load
@@ -150,20 +150,31 @@ class XGBoostService:
         metrics.observe_predictions(classes, confidence, self.bundle.class_names)
         return self.contract.class_bodies(proba, classes, confidence, self.bundle.version)
 
-    # /predict and /predict_batch are answered by serving.fastpath in front of BentoML. These two
-    # methods are how BentoML sees them: their specs make /schema.json, and with it
-    # bentoml.SyncHTTPClient(url).predict(**record) and .predict_batch(instances=[...]); called in
-    # process they give the same answers.
+    # /predict, /predict_batch, /explain and /explain_batch are answered by serving.fastpath in front
+    # of BentoML. These methods are how BentoML sees them: their specs make /schema.json, and with it
+    # bentoml.SyncHTTPClient(url).predict(**record), .predict_batch(instances=[...]), .explain(...);
+    # called in process they give the same answers.
     @bentoml.api(route="/predict", input_spec=RECORD, output_spec=CONTRACT.prediction_type)
     def predict(self, **fields: Any) -> dict:
         """Predict one record."""
         return self.answers(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
 
-    @bentoml.api(route="/predict_batch", input_spec=client_api.batch_spec(CONTRACT, RECORD), output_spec=CONTRACT.batch_response_type)
+    @bentoml.api(route="/predict_batch", input_spec=client_api.batch_spec(RECORD, SETTINGS.max_batch_records),
+                 output_spec=CONTRACT.batch_response_type)  # fmt: skip
     def predict_batch(self, instances: list) -> dict:
         """Predict up to XGB_MAX_BATCH_RECORDS records, answered in order."""
-        records = [record.model_dump(by_alias=True) for record in instances]
-        return {"predictions": self.answers(encode(self.bundle.schema, records))}
+        return {"predictions": self.answers(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
+
+    @bentoml.api(route="/explain", input_spec=RECORD, output_spec=explanation_type(CONTRACT))
+    def explain(self, **fields: Any) -> dict:
+        """Explain one record's prediction (exact TreeSHAP), for its predicted class."""
+        return self.explainer.explain(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
+
+    @bentoml.api(route="/explain_batch", input_spec=client_api.batch_spec(RECORD, min(MAX_EXPLAIN_RECORDS, SETTINGS.max_batch_records), "ExplainBatchRequest"),
+                 output_spec=batch_explanations_type(CONTRACT))  # fmt: skip
+    def explain_batch(self, instances: list) -> dict:
+        """Explain up to 1,000 records' predictions, answered in order."""
+        return {"explanations": self.explainer.explain(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms

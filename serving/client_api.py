@@ -3,9 +3,10 @@
 `bentoml.SyncHTTPClient(url)` and `AsyncHTTPClient` read /schema.json and make one method per route
 listed there: `client.predict(**record)` POSTs the record as /predict's JSON body, and
 `client.predict_batch(instances=[...])` POSTs {"instances": [...]}, exactly what the fast path
-answers. So the service declares `predict` and `predict_batch` as BentoML APIs whose input specs are
-built here from the model's schema (any field name: spaces, dots, non-ASCII), and /schema.json lists
-those two and not the internal `predict_rows`.
+answers; likewise `explain` and `explain_batch` (with the default ?class= and ?top=: the clients
+send no query). So the service declares those four as BentoML APIs whose input specs are built here
+from the model's schema (any field name: spaces, dots, non-ASCII), and /schema.json lists them and
+not the internal `predict_rows`.
 
 Pydantic field names cannot be just any string (a leading underscore, or a BaseModel attribute
 such as "schema" or "copy"), so each feature is field f<i> with its name as the alias: the JSON
@@ -32,9 +33,9 @@ def record_spec(contract: Contract) -> type[BaseModel]:
     return create_model("Record", __config__=_STRICT, **fields)
 
 
-def batch_spec(contract: Contract, record: type[BaseModel]) -> type[BaseModel]:
-    instances = Annotated[list[record], Field(min_length=1, max_length=contract.max_records)]  # type: ignore[valid-type]
-    return create_model("BatchRequest", __config__=_STRICT, instances=(instances, ...))
+def batch_spec(record: type[BaseModel], max_records: int, name: str = "BatchRequest") -> type[BaseModel]:
+    instances = Annotated[list[record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
+    return create_model(name, __config__=_STRICT, instances=(instances, ...))
 
 
 def record_from(fields: dict[str, Any], contract: Contract) -> dict[str, Any]:

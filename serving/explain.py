@@ -43,6 +43,11 @@ class TopContribution(TypedDict):
     contribution: float
 
 
+def batch_explanations_type(contract: Contract) -> Any:
+    """/explain_batch's answer type (OpenAPI, BentoML's clients)."""
+    return TypedDict("BatchExplanations", {"explanations": list[explanation_type(contract)]})  # type: ignore[misc]
+
+
 def explanation_type(contract: Contract) -> Any:
     """The answer's type, for the OpenAPI document (the answer itself is built in Explainer.explain)."""
     return TypedDict("Explanation", {  # type: ignore[misc]

@@ -14,7 +14,7 @@ from typing_extensions import TypedDict
 
 from .contract import Contract, allowed
 from .model_card import ModelCard
-from .explain import DEFAULT_TOP, MAX_EXPLAIN_RECORDS, explanation_type
+from .explain import DEFAULT_TOP, MAX_EXPLAIN_RECORDS, batch_explanations_type, explanation_type
 from .settings import Settings
 
 
@@ -34,7 +34,7 @@ REF = "#/components/schemas/{model}"
 
 def _schemas(contract: Contract) -> dict[str, Any]:
     explanation = explanation_type(contract)
-    explanations = TypedDict("BatchExplanations", {"explanations": list[explanation]})  # type: ignore[misc]
+    explanations = batch_explanations_type(contract)
     schemas: dict[str, Any] = {}
     for name, adapter in {
         "Record": contract.record_adapter,
