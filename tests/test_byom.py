@@ -248,3 +248,14 @@ def test_locust_load_tests_the_users_model_without_failures(served, tmp_path):
 def test_fuzzing_the_users_model_finds_no_server_errors_and_no_schema_violations(served, tmp_path):
     _, _, url, _ = served
     fuzz(url, tmp_path, max_examples=25)
+
+
+def test_make_train_passes_a_csv_and_its_label_to_train_export():
+    def command(*variables: str) -> str:
+        out = subprocess.run(["make", "-n", "--no-print-directory", "train", *variables], cwd=REPO, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert command().endswith("train_export.py")  # the embedded default dataset, as before
+    assert command("DATA=my data.csv", "LABEL=the label", "TASK=regression").endswith(
+        "train_export.py --data 'my data.csv' --label 'the label' --task regression"
+    )
