@@ -76,9 +76,10 @@ def test_reference_describes_each_kind_of_feature(ref):
     assert ref["predicted_class_shares"] == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.1}, abs=0.04)
 
 
-def test_vectorised_bins_equal_the_definition(ref):
+@pytest.mark.parametrize("n", [drift.GROUPED_FROM_ROWS - 1, 400])  # both ways of comparing
+def test_vectorised_bins_equal_the_definition(ref, n):
     rng = np.random.default_rng(1)
-    rows = training_matrix(rng, 400)
+    rows = training_matrix(rng, n)
     rows[::7, 0] = rng.choice([-5.0, 17.9, 90.5, 200.0, np.nan], len(rows[::7]))  # below, above, missing
     rows[::5, 1] = rng.choice([-1.0, 50.0, 0.5, np.nan], len(rows[::5]))
     rows[::3, 2] = rng.choice([0.5, 2.0, -1.0, np.nan], len(rows[::3]))  # not 0/1: "(other)"
