@@ -328,3 +328,25 @@ def test_import_without_a_sample_takes_the_schema_from_the_booster(bentoml_home,
         assert schema.task == "regression" and schema.feature_names == ("f0", "f1") and schema.class_names == ()
     finally:
         bentoml.models.delete(model.tag)
+
+
+@pytest.mark.parametrize(
+    "labels,task,class_names",
+    [
+        ([["b", "a"][i % 2] for i in range(60)], "binary", ("a", "b")),
+        ([["x", "y", "z"][i % 3] for i in range(60)], "multiclass", ("x", "y", "z")),
+        ([i % 20 for i in range(60)], "multiclass", tuple(map(str, range(20)))),
+        ([i % 21 for i in range(63)], "regression", ()),
+        ([i / 7 for i in range(60)], "regression", ()),
+        ([[3, 1][i % 2] for i in range(60)], "binary", ("1", "3")),
+    ],
+    ids=["two strings", "three strings", "20 integers", "21 integers", "floats", "two integers"],
+)
+def test_task_auto_follows_the_label(tmp_path, labels, task, class_names):
+    from model_store.tabular import read_table
+
+    path = write_csv(tmp_path / "t.csv", {"x": list(range(len(labels))), "y": labels})
+    table = read_table(str(path), "y")
+    assert table.schema.task == task and table.schema.class_names == class_names
+    if task != "regression":
+        assert [class_names[i] for i in table.y[:4]] == [str(v) for v in labels[:4]]
