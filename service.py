@@ -7,6 +7,7 @@
     GET  /metadata        the served model: tag, created, task, features, class names, metrics, provenance
     POST /explain         one record -> its prediction and exact TreeSHAP values (?class=, ?top=)
     POST /explain_batch   {"instances": [...]} (at most 1,000) -> {"explanations": [...]}, same order
+    X-Model-Version       request header pinning one of the loaded models (serving/rollout.py)
     GET  /healthz /livez /readyz /metrics, / (docs page, serving/docs_page.py), /docs.json (OpenAPI)
 
 The records' fields, types and ranges are the model's stored schema (model_store/schema.py), turned
@@ -14,7 +15,8 @@ into a Contract once at start-up. /predict and /predict_batch are answered by se
 (validation, auth, size limits); single records reach the model through BentoML's adaptive
 batching of `predict_rows`. /explain*
 are answered there too, from their own bounded pool (serving/explain.py). Every predicted record is
-counted into the model's drift bins (model_store/drift.py).
+counted into the model's drift bins (model_store/drift.py). With XGB_CANDIDATE_TAG a second model
+of the same schema is loaded next to the primary (shadow or canary: serving/rollout.py).
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ import numpy as np
 import orjson
 from starlette.middleware.cors import CORSMiddleware
 
-from model_store import ModelContractError, drift, load_bundle, stored_model
+from model_store import ModelBundle, ModelContractError, drift, load_bundle, stored_model
 from model_store.bundle import encode
 from serving import bentoml_internals, client_api, metrics
 from serving.contract import Contract, predicted
 from serving.explain import MAX_EXPLAIN_RECORDS, Explainer, batch_explanations_type, explanation_type
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
+from serving.rollout import Rollout, load_candidate
 from serving.settings import SettingsError, load
 
 logger = logging.getLogger("xgb_service")
@@ -52,6 +55,7 @@ try:
     SETTINGS = load()
     MODEL = stored_model()
     BUNDLE = load_bundle(str(MODEL.tag))
+    CANDIDATE = load_candidate(BUNDLE, SETTINGS.candidate_tag)
 except (SettingsError, ModelContractError) as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
 CONTRACT = Contract(BUNDLE.schema, SETTINGS)
@@ -68,10 +72,14 @@ RECORD = client_api.record_spec(CONTRACT)
 )
 class XGBoostService:
     model_ref = MODEL  # what makes `bentoml build` pack the model into the Bento
+    candidate_ref = bentoml.models.BentoModel(CANDIDATE.tag) if CANDIDATE else None
 
     def __init__(self) -> None:
         self.bundle = BUNDLE
         self.contract = CONTRACT
+        self.rollout = Rollout(BUNDLE, CANDIDATE, SETTINGS.candidate_mode, SETTINGS.candidate_percent, self.answer)
+        if self.rollout.shadow is not None:
+            metrics.shadow_min_agreement.set(SETTINGS.shadow_min_agreement)
         prior = self.bundle.metadata.get("class_prior")
         if prior is None and BUNDLE.schema.is_classification:
             logger.warning("model %s has no class_prior metadata: class drift cannot be monitored; retrain with `make train`", self.bundle.tag)
@@ -80,7 +88,8 @@ class XGBoostService:
             info = MODEL.stored.info
             logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, self.bundle.schema.task,
                         self.bundle.schema.n_features, info.creation_time.isoformat(timespec="seconds"))
-        self.explainer = Explainer(self.bundle, self.contract)
+        # /explain follows the rollout too: one explainer per loaded model.
+        self.explainers = {m.version: Explainer(m, self.contract) for m in (BUNDLE, CANDIDATE) if m is not None}
         reference = self.bundle.metadata.get(drift.REFERENCE_KEY)
         self.drift: metrics.FeatureDrift | None = None
         if reference is None:
@@ -135,20 +144,29 @@ class XGBoostService:
         if self.drift is not None:
             self.drift.flush()
 
-    def answers(self, rows: np.ndarray) -> list[dict]:
-        """The answer for each encoded feature row, counted in the prediction metrics."""
+    @bentoml.on_startup
+    def start_shadow_scoring(self) -> None:
+        if self.rollout.shadow is not None:
+            self.rollout.shadow.start()
+
+    def answers(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict]:
+        """The answer for each encoded feature row, by `model` or the one the rollout picks."""
         if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
             metrics.observe_out_of_range(self.contract.out_of_range(rows), self.bundle.schema.feature_names)
         if self.drift is not None:
             self.drift.observe(rows)
-        if not self.bundle.schema.is_classification:
-            values = self.bundle.predict(rows)
+        return self.rollout.answers(rows, model)
+
+    def answer(self, model: ModelBundle, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[dict]]:
+        """One model's outputs, predicted classes (None for regression) and answers, counted in the prediction metrics."""
+        if not model.schema.is_classification:
+            values = model.predict(rows)
             metrics.observe_values(values)
-            return self.contract.value_bodies(values, self.bundle.version)
-        proba = self.bundle.predict_proba(rows)
+            return values, None, self.contract.value_bodies(values, model.version)
+        proba = model.predict_proba(rows)
         classes, confidence = predicted(proba)
-        metrics.observe_predictions(classes, confidence, self.bundle.class_names)
-        return self.contract.class_bodies(proba, classes, confidence, self.bundle.version)
+        metrics.observe_predictions(classes, confidence, model.class_names)
+        return proba, classes, self.contract.class_bodies(proba, classes, confidence, model.version)
 
     # /predict, /predict_batch, /explain and /explain_batch are answered by serving.fastpath in front
     # of BentoML. These methods are how BentoML sees them: their specs make /schema.json, and with it
@@ -193,6 +211,6 @@ XGBoostService.add_asgi_middleware(
     PredictionRoutes,
     settings=SETTINGS,
     contract=CONTRACT,
-    card=model_card(BUNDLE),
+    card=model_card(BUNDLE, CANDIDATE, SETTINGS.candidate_mode, SETTINGS.candidate_percent),
     client_schema=client_api.client_schema(XGBoostService.schema(), "predict_rows"),
 )

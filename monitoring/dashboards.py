@@ -29,6 +29,8 @@ CLIENT_ENDPOINTS = f'{SVC},endpoint!="/predict_rows"'
 REQUESTS = "bentoml_service_request_total"
 DURATION = "bentoml_service_request_duration_seconds"
 BATCH = "bentoml_service_adaptive_batch_size"
+ROLLOUT_PREDICTIONS = "xgb_rollout_predictions_total"
+MODEL_LATENCY = "xgb_model_latency_seconds"
 PREDICT_OK = f'{SVC},endpoint="/predict",http_response_code="200"'
 BATCHING = f'{SVC},method_name="predict_rows"'
 
@@ -93,6 +95,38 @@ SLO_WINDOWS = ("5m", "1h", "6h", "3d")  # of the recorded 5m, 30m, 1h, 6h, 3d (m
 def _slo_ratios(slo: str) -> tuple[Query, ...]:
     return tuple(Query(f'slo:sli_error:ratio_rate{w}{{slo="{slo}"}}', w) for w in SLO_WINDOWS)
 
+
+# A candidate model next to the primary (serving/rollout.py); empty without XGB_CANDIDATE_TAG.
+ROLLOUT = Row("Model rollout: primary and candidate side by side (XGB_CANDIDATE_TAG)", (
+    Panel("Loaded models", (
+        Query(f"max by (role, model_version, mode) (xgb_rollout_info{{{SVC}}})", "{{role}} {{model_version}} ({{mode}})"),
+    ), kind="stat", show_legend_text=True, width=6,
+       description="The primary and the candidate, and what the candidate does: shadow or canary."),
+    Panel("Predictions per second by version", (
+        Query(f"sum by (role, model_version) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))", "{{role}} {{model_version}}"),
+    ), unit="ops", width=9,
+       description="shadow: the candidate scores every record the primary answers; canary: its share of the answers."),
+    Panel("Model call p50 / p99 by version", (
+        Query(f"histogram_quantile(0.5, sum by (le, role, model_version) (rate({MODEL_LATENCY}_bucket{{{SVC}}}[{RATE}])))",
+              "p50 {{role}} {{model_version}}"),
+        Query(f"histogram_quantile(0.99, sum by (le, role, model_version) (rate({MODEL_LATENCY}_bucket{{{SVC}}}[{RATE}])))",
+              "p99 {{role}} {{model_version}}"),
+    ), unit="s", width=9, description="One model call: a batch of records (the candidate's shadow batches are drained backlogs)."),
+    Panel("Predicted class share by version", (
+        Query(f"sum by (role, model_version, predicted_class) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))"
+              f" / on (role, model_version) group_left () sum by (role, model_version) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))",
+              "{{role}} class {{predicted_class}}"),
+    ), unit="percentunit", description="The same records in shadow mode: a class the two versions share differently is where they disagree."),
+    Panel("Shadow agreement of the predicted class", (
+        Query(f"sum(rate(xgb_shadow_agreed_total{{{SVC}}}[{RATE}])) / sum(rate(xgb_shadow_records_total{{{SVC}}}[{RATE}]))", "agreement"),
+        Query(f"max(xgb_shadow_min_agreement{{{SVC}}})", "alert level"),
+    ), unit="percentunit", width=6,
+       description="Share of shadow records both versions give the same class. Alert XGBShadowDisagreement: under the alert level (XGB_SHADOW_MIN_AGREEMENT)."),
+    Panel("Shadow: mean absolute difference", (
+        Query(f"sum(rate(xgb_shadow_abs_difference_sum{{{SVC}}}[{RATE}])) / sum(rate(xgb_shadow_abs_difference_count{{{SVC}}}[{RATE}]))",
+              "mean |Δ|"),
+    ), width=6, description="Per record, the mean absolute difference of the class probabilities (regression: of the prediction)."),
+))  # fmt: skip
 
 SERVICE = Dashboard(
     uid="xgb-service",
@@ -202,6 +236,7 @@ SERVICE = Dashboard(
             ), unit="ops", description="Values in the bins training never (or rarely) had: below its minimum, above its "
                                        "maximum, an unknown category, missing."),
         )),
+        ROLLOUT,
         Row("Resources and workers", (
             Panel("Service CPU (cores, all workers)", (
                 Query(f"sum(rate(xgb_process_cpu_seconds_total{{{SVC}}}[{RATE}]))", "cores"),

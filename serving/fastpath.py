@@ -48,7 +48,7 @@ class PredictionRoutes:
         self.settings = settings
         self.contract = contract
         self.api_key = settings.api_key.encode()
-        self.routes: dict[str, tuple[Callable[[bytes, dict[str, Any]], Awaitable[bytes]], int]] = {
+        self.routes: dict[str, tuple[Callable[[bytes, dict[str, Any], Any], Awaitable[bytes]], int]] = {
             "/predict": (self.predict, settings.max_predict_bytes),
             "/predict_batch": (self.predict_batch, settings.max_batch_bytes),
             "/explain": (self.explain, settings.max_predict_bytes),
@@ -68,7 +68,8 @@ class PredictionRoutes:
         self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
-        self.explanations: ExplainBatcher | None = None  # needs the service's Explainer: made in start()
+        # One per loaded model, keyed by version (they share the pool); need the service's explainers: made in start().
+        self.explanations: dict[str, ExplainBatcher] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -107,11 +108,11 @@ class PredictionRoutes:
         task = asyncio.current_task()
         cohort = self.deadlines.start(task)
         try:
-            self.check_request(scope)
+            pinned = self.check_request(scope)
             body = await read_body(receive, max_bytes, scope)
             if self.inflight > self.settings.max_inflight:
                 raise ServiceUnavailable("the prediction queue is full")
-            payload = await handler(body, scope)
+            payload = await handler(body, scope, pinned)
         except InputError as exc:
             metrics.rejected.labels(reason=_reason(exc.status)).inc()
             status, payload = exc.status, exc.body()
@@ -170,7 +171,7 @@ class PredictionRoutes:
             self._service = bentoml_internals.service_instance(factory)
             bentoml_internals.bind_api_once(self._service, BATCHED_API)
             bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
-            self.explanations = ExplainBatcher(self._service.explainer, self.explain_pool)
+            self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
             self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
             bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
@@ -178,7 +179,8 @@ class PredictionRoutes:
             logger.error("%s", error, exc_info=not isinstance(exc, bentoml_internals.BentoMLInternalsChanged))
             self.not_ready = InputError(503, error).body()
 
-    def check_request(self, scope: dict[str, Any]) -> None:
+    def check_request(self, scope: dict[str, Any]) -> Any:
+        """Refuse what is not a well-formed prediction request; returns the model X-Model-Version pins, if any."""
         if scope["method"] != "POST":
             raise not_allowed(scope, "POST")
         headers = dict(scope["headers"])
@@ -187,36 +189,48 @@ class PredictionRoutes:
         content_type = headers.get(b"content-type")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
             raise InputError(415, f"unsupported content type {content_type.decode('latin-1')[:100]!r}: send application/json")
+        pinned = headers.get(b"x-model-version")
+        return None if pinned is None else self._service.rollout.pinned(pinned)
 
-    async def predict(self, body: bytes, scope: dict[str, Any]) -> bytes:
+    async def predict(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
+        if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
+            return orjson.dumps(self._service.answers(rows, pinned)[0])
         assert self._batched is not None
         (answer,) = await self._batched(rows)
         return answer
 
-    async def predict_batch(self, body: bytes, scope: dict[str, Any]) -> bytes:
+    async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         self.batch_pool.admit()
         rows = self.contract.parse_batch(body)
         self.check_ranges(rows, batch=True)
+        model = pinned or self._service.rollout.for_request()  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows)})
+        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows, model)})
 
-    async def explain(self, body: bytes, scope: dict[str, Any]) -> bytes:
-        explained_class, top = self._service.explainer.options(scope["query_string"])
+    def explanations_for(self, pinned: Any) -> ExplainBatcher:
+        """The loaded model's explanations that answer this request: pinned, or the canary's draw."""
+        assert self.explanations is not None
+        return self.explanations[(pinned or self._service.rollout.for_request()).version]
+
+    async def explain(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
+        explanations = self.explanations_for(pinned)
+        explained_class, top = explanations.explainer.options(scope["query_string"])
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
-        (answer,) = await self.explanations.explain(rows, explained_class, top)
+        (answer,) = await explanations.explain(rows, explained_class, top)
         return orjson.dumps(answer)
 
-    async def explain_batch(self, body: bytes, scope: dict[str, Any]) -> bytes:
-        explained_class, top = self._service.explainer.options(scope["query_string"])
+    async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
+        explanations = self.explanations_for(pinned)
+        explained_class, top = explanations.explainer.options(scope["query_string"])
         rows = self.contract.parse_batch(body)
         if len(rows) > MAX_EXPLAIN_RECORDS:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        answers = await self.explanations.explain(rows, explained_class, top)
+        answers = await explanations.explain(rows, explained_class, top)
         return orjson.dumps({"explanations": answers})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:

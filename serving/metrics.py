@@ -93,6 +93,49 @@ worker_starts = prom.Counter(
 )
 _cpu_seconds_counted = 0.0
 
+# A candidate model next to the primary (serving/rollout.py). Only touched when XGB_CANDIDATE_TAG is set.
+_ROLE = ["role", "model_version"]
+_PAIR = ["primary_version", "candidate_version"]
+rollout_info = prom.Gauge(
+    name="xgb_rollout_info",
+    documentation="The loaded models (role primary|candidate) and the candidate's mode (value 1)",
+    labelnames=["role", "model_tag", "model_version", "mode"],
+    multiprocess_mode="max",
+)
+rollout_predictions = prom.Counter(
+    name="xgb_rollout_predictions_total",
+    documentation="Records predicted per model (role, version) and predicted class, shadow predictions included",
+    labelnames=[*_ROLE, "predicted_class"],
+)
+model_latency = prom.Histogram(
+    name="xgb_model_latency_seconds",
+    documentation="Time of one model call (a batch), per model (role, version)",
+    labelnames=_ROLE,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+shadow_records = prom.Counter(
+    name="xgb_shadow_records_total", documentation="Records scored by both models in shadow mode", labelnames=_PAIR
+)
+shadow_agreed = prom.Counter(
+    name="xgb_shadow_agreed_total",
+    documentation="Shadow records both models gave the same predicted class (classification)",
+    labelnames=_PAIR,
+)
+shadow_difference = prom.Histogram(
+    name="xgb_shadow_abs_difference",
+    documentation="Per shadow record: mean absolute difference of the class probabilities (regression: of the predictions)",
+    labelnames=_PAIR,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+shadow_skipped = prom.Counter(
+    name="xgb_shadow_skipped_total", documentation="Records not shadow-scored because the candidate's backlog was full"
+)
+shadow_min_agreement = prom.Gauge(
+    name="xgb_shadow_min_agreement",
+    documentation="XGB_SHADOW_MIN_AGREEMENT: the shadow agreement below which XGBShadowDisagreement fires",
+    multiprocess_mode="max",
+)
+
 
 def publish_model(tag: str, version: str, prior: list[float], class_names: tuple[str, ...]) -> None:
     model_info.labels(model_tag=tag, model_version=version).set(1)
@@ -149,6 +192,24 @@ def observe_values(values: np.ndarray) -> None:
     predictions.labels(predicted_class="").inc(len(values))
     prediction_value._count.inc(len(values))
     prediction_value._sum.inc(float(values.sum()))
+
+
+def observe_model(role: str, model, classes: np.ndarray | None, records: int, seconds: float) -> None:
+    """One model call of a rollout: its predictions per class and its latency, by role and version."""
+    model_latency.labels(role=role, model_version=model.version).observe(seconds)
+    if classes is None:
+        rollout_predictions.labels(role=role, model_version=model.version, predicted_class="").inc(records)
+        return
+    for cls, count in enumerate(np.bincount(classes, minlength=len(model.class_names)).tolist()):
+        if count:
+            rollout_predictions.labels(role=role, model_version=model.version, predicted_class=model.class_names[cls]).inc(count)
+
+
+def observe_shadow(pair: dict[str, str], records: int, agreed: int | None, abs_difference: np.ndarray) -> None:
+    shadow_records.labels(**pair).inc(records)
+    if agreed is not None:
+        shadow_agreed.labels(**pair).inc(agreed)
+    observe_many(shadow_difference.labels(**pair), abs_difference)
 
 
 def observe_many(histogram: prom.Histogram, values: np.ndarray) -> None:

@@ -25,6 +25,20 @@ class FeatureCard(TypedDict):
     description: str
 
 
+class LoadedModel(TypedDict):
+    role: str  # primary | candidate
+    tag: str
+    version: str
+    created: str
+    metrics: dict[str, Any]
+
+
+class RolloutCard(TypedDict):
+    mode: Optional[str]  # shadow | canary; null without a candidate
+    candidate_percent: Optional[float]  # canary only
+    models: list[LoadedModel]
+
+
 class ModelCard(TypedDict):
     tag: str
     version: str
@@ -37,9 +51,11 @@ class ModelCard(TypedDict):
     data_sha256: str
     library_versions: dict[str, str]
     training_params: dict[str, Any]
+    rollout: RolloutCard  # the loaded models (README "Rolling out a new model")
 
 
-def model_card(bundle: ModelBundle) -> dict[str, Any]:
+def model_card(bundle: ModelBundle, candidate: Optional[ModelBundle], mode: str, percent: float) -> dict[str, Any]:
+    """The primary's card, and which models are loaded; the candidate shares the primary's schema."""
     schema, meta = bundle.schema, bundle.metadata
     return {
         "tag": bundle.tag,
@@ -53,4 +69,12 @@ def model_card(bundle: ModelBundle) -> dict[str, Any]:
         "data_sha256": meta.get("data_sha256", ""),
         "library_versions": meta.get("library_versions", {}),
         "training_params": meta.get("training_params", {}),
+        "rollout": {
+            "mode": mode if candidate else None,
+            "candidate_percent": percent if candidate and mode == "canary" else None,
+            "models": [
+                {"role": role, "tag": m.tag, "version": m.version, "created": m.created, "metrics": m.metadata.get("metrics", {})}
+                for role, m in (("primary", bundle), ("candidate", candidate)) if m is not None
+            ],
+        },
     }

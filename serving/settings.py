@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return tuple(o.strip() for o in value.split(",") if o.strip()) if isinstance(value, str) else value
 
+    # A candidate model next to the primary (serving/rollout.py): its tag in the store, what it does
+    # (shadow: scored and compared off the response path; canary: answers a share of the requests),
+    # the canary's share in percent, and the shadow agreement below which the alert fires.
+    candidate_tag: str = ""
+    candidate_mode: Literal["shadow", "canary"] = "shadow"
+    candidate_percent: float = Field(10.0, ge=0, le=100)
+    shadow_min_agreement: float = Field(0.6, ge=0, le=1)
+
     @classmethod
     def variables(cls) -> dict[str, str]:
         """Environment variable -> the field it sets."""

@@ -92,6 +92,9 @@ MUTATIONS = {
     "PSI leaves out a bin no record reached": ("or on(feature, bin)\n          (0 * xgb:feature_reference_ratio", "and on(feature, bin)\n          (0 * xgb:feature_reference_ratio"),
     "PSI of one instance": ("sum by (feature, bin) (increase(", "max by (feature, bin) (increase("),
     "class drift against the label prior": ("on(predicted_class) max by (predicted_class) (xgb_class_reference_ratio", "on(predicted_class) max by (predicted_class) (xgb_class_prior"),
+    "shadow disagreement without volume": (") >= 1000", ") >= 100"),
+    "shadow disagreement at a fixed level": ('< on() group_left() max(xgb_shadow_min_agreement{job="xgb-service"})', "< 0.9"),
+    "shadow disagreement with another job's level": ('max(xgb_shadow_min_agreement{job="xgb-service"})', "max(xgb_shadow_min_agreement)"),
 }
 
 
