@@ -30,8 +30,12 @@ CANDIDATE_SEED = "7"
 
 
 @pytest.fixture(scope="module")
-def models(bentoml_home):
-    """(primary, candidate) bundles: the default model and one trained with another seed."""
+def models(bentoml_home, live_server):
+    """(primary, candidate) bundles: the default model and one trained with another seed.
+
+    The shared live server starts first: while the candidate exists it is the store's latest model,
+    and a server started meanwhile without MODEL_TAG would serve it.
+    """
     primary = load_bundle("xgb_classifier:latest")
     output = train_default_model("--seed", CANDIDATE_SEED)
     candidate = load_bundle(re.search(r"model\s+(xgb_classifier:\S+)", output).group(1))
