@@ -25,6 +25,8 @@ def test_every_variable_sets_its_field(env):
         "XGB_BATCH_MAX_SIZE": ("16", 16), "XGB_BATCH_MAX_LATENCY_MS": ("50", 50), "XGB_BATCH_THREADS": ("2", 2),
         "XGB_BATCH_QUEUE": ("0", 0), "XGB_EXPLAIN_THREADS": ("3", 3), "XGB_EXPLAIN_QUEUE": ("10", 10), "XGB_REQUEST_TIMEOUT_S": ("2.5", 2.5), "XGB_REUSEPORT": ("0", False),
         "XGB_API_KEY": ("s3cret", "s3cret"), "XGB_CORS_ORIGINS": (" https://a.example , https://b.example,", ("https://a.example", "https://b.example")),
+        "XGB_CANDIDATE_TAG": ("xgb_classifier:abc", "xgb_classifier:abc"), "XGB_CANDIDATE_MODE": ("canary", "canary"),
+        "XGB_CANDIDATE_PERCENT": ("2.5", 2.5), "XGB_SHADOW_MIN_AGREEMENT": ("0.75", 0.75),
     }  # fmt: skip
     assert set(values) == set(Settings.variables()), "every variable is tested"
     for name, (raw, _) in values.items():
@@ -50,6 +52,9 @@ def test_an_empty_variable_means_the_default(env):
         ("XGB_RANGE_CHECK", "maybe", "allowed: one of warn, reject, off"),
         ("XGB_REUSEPORT", "perhaps", "allowed: 1 or 0 (or true/false)"),
         ("XGB_WORKERS", "-2", "allowed: an integer >= 0"),
+        ("XGB_CANDIDATE_MODE", "blue-green", "allowed: one of shadow, canary"),
+        ("XGB_CANDIDATE_PERCENT", "150", "allowed: a number >= 0 and <= 100"),
+        ("XGB_SHADOW_MIN_AGREEMENT", "90", "allowed: a number >= 0 and <= 1"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_variable_value_and_allowed_range(env, name, raw, allowed):
