@@ -11,14 +11,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra_pulumi"))
 
-from ml_api_infra.mocks import RecordingMocks  # noqa: E402
+from ml_api_infra.mocks import RecordingMocks, use_mocks  # noqa: E402
 from ml_api_infra.network import subnet_cidrs  # noqa: E402
 from ml_api_infra.settings import SettingsError, StackSettings, load_settings  # noqa: E402
 
 
 def settings_from(config: dict[str, str]) -> StackSettings:
     # The `ml-api:` namespace is the project's name, which the runtime settings carry.
-    pulumi.runtime.set_mocks(RecordingMocks(), project="ml-api", stack="prod", preview=False)
+    use_mocks(RecordingMocks())
     pulumi.runtime.set_all_config(config, [])
     try:
         return load_settings()
@@ -105,7 +105,7 @@ def test_every_config_key_sets_its_field():
                "get_object": '["198.51.100.0/24"]'}
     fields = {f: getter for f, getter in CONFIG_KEYS.values()}
     assert len(fields) == len(CONFIG_KEYS), "two keys write the same field"
-    pulumi.runtime.set_mocks(RecordingMocks(), project="ml-api", stack="prod", preview=False)
+    use_mocks(RecordingMocks())
     pulumi.runtime.set_all_config({f"ml-api:{k}": samples[g] for k, (_f, g) in CONFIG_KEYS.items()}, [])
     try:
         cfg = pulumi.Config()

@@ -6,6 +6,7 @@ The tests use this to check policy on the inputs the engine would receive (camel
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,19 @@ class RecordingMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
+def use_mocks(mocks: pulumi.runtime.Mocks, stack: str = "prod", monitor: Optional[MockMonitor] = None) -> None:
+    """pulumi.runtime.set_mocks, with the event loop Pulumi's runtime expects in the main thread.
+
+    Pulumi calls asyncio.get_event_loop(), which raises once an earlier asyncio.run() in the same
+    process (any async test) has closed and unset the main thread's loop.
+    """
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    pulumi.runtime.set_mocks(mocks, project="ml-api", stack=stack, preview=False, monitor=monitor)
+
+
 def stack_config(stack: str = "prod") -> dict[str, str]:
     """The committed `Pulumi.<stack>.yaml` config, as the engine would pass it."""
     loaded = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())
@@ -130,7 +144,7 @@ def run_program(config: Optional[dict[str, str]] = None, secret_keys: Optional[l
     mocks = RecordingMocks()
     monitor = MockMonitor(mocks)
     pulumi.runtime.set_all_config(dict(config or {}), secret_keys or [])
-    pulumi.runtime.set_mocks(mocks, project="ml-api", stack=stack, preview=False, monitor=monitor)
+    use_mocks(mocks, stack, monitor)
     program = Program(resources=mocks.declared)
 
     @pulumi.runtime.test
