@@ -10,7 +10,9 @@
 6. Goal 3: /predict_batch with 1,000 records per request (wrk), ours (the seed has no batch route).
 7. Explanations (issue 13): the in-process single-core rate of XGBoost's pred_contribs on this box,
    /explain at 32 connections, then /predict at 32 connections while /explain is saturated at 32.
-8. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
+8. A candidate model (issue 17): /predict at 32 connections without one, in shadow mode and in canary
+   mode (loadtest/bench_rollout.py).
+9. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import bench_load, bench_report
+from . import bench_load, bench_report, bench_rollout
 from .bench_servers import REPO, Server, ServerError, baseline, our_service
 from .traffic import ServedModel
 
@@ -228,6 +230,8 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         results["explain"] = explanations(ours, bodies, args.goal_seconds)
 
+        results["rollout"] = bench_rollout.measure(workdir, model.card["tag"], bodies["single"], args.rounds, args.goal_seconds, closed_loop, log)
+
         results["memory"] = {name: s.memory() for name, s in servers.items()}
     finally:
         for server in servers.values():
@@ -236,6 +240,7 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     explain = results["explain"]
     runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + [batch]
     runs += [explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]]
+    runs += [r for mode in ("without", "shadow", "canary") for r in results["rollout"][mode]]
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}

@@ -27,6 +27,9 @@ MAX_WARM_START_S = 5.0
 # Issue 13's goals: explanations served vs one core's in-process pred_contribs rate; /predict isolated from /explain.
 MIN_EXPLAIN_RATIO = 1.5
 MAX_P99_PREDICT_UNDER_EXPLAIN_MS = 50.0
+# Issue 17's goal: a candidate scored in shadow keeps /predict's p99 at 32 connections, with 0 errors.
+MAX_P99_SHADOW_MS = 50.0
+ROLLOUT_MODES = (("without", "no candidate"), ("shadow", "shadow"), ("canary", "canary"))
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -132,6 +135,28 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         {"goal": "4. warm start to /readyz 200: s (worst)", "value": round(max(starts), 2), "target": f"<= {MAX_WARM_START_S:g}",
          "met": max(starts) <= MAX_WARM_START_S},
         *explain_goals(results["explain"]),
+        *rollout_goals(results["rollout"]),
+    ]  # fmt: skip
+
+
+def rollout_summary(rollout: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per mode: median req/s, p50 and p99 over the rounds, errors summed, req/s relative to no candidate."""
+    out = {mode: {"rps": statistics.median(r["rps"] for r in rollout[mode]),
+                  "p50": statistics.median(r["latency_ms"]["p50"] for r in rollout[mode]),
+                  "p99": statistics.median(r["latency_ms"]["p99"] for r in rollout[mode]),
+                  "errors": sum(r["errors"] for r in rollout[mode])} for mode, _ in ROLLOUT_MODES}  # fmt: skip
+    for mode in out:
+        out[mode]["relative"] = out[mode]["rps"] / out["without"]["rps"] if out["without"]["rps"] else 0.0
+    return out
+
+
+def rollout_goals(rollout: dict[str, Any]) -> list[dict[str, Any]]:
+    shadow = rollout_summary(rollout)["shadow"]
+    return [
+        {"goal": f"6. /predict @{rollout['connections']} conns, candidate in shadow: p99 ms (median round)", "value": round(shadow["p99"], 1),
+         "target": f"<= {MAX_P99_SHADOW_MS:g}", "met": shadow["p99"] <= MAX_P99_SHADOW_MS},
+        {"goal": f"6. /predict @{rollout['connections']} conns, candidate in shadow: errors", "value": shadow["errors"], "target": "0",
+         "met": shadow["errors"] == 0},
     ]  # fmt: skip
 
 
@@ -169,6 +194,12 @@ def table(results: dict[str, Any]) -> str:
         f"  {label:<42}{r['rps']:>8.0f} req/s  p50 {r['latency_ms']['p50']:6.1f}  p99 {r['latency_ms']['p99']:6.1f} ms  errors {r['errors']}"
         for label, r in (("/explain alone, 32 conns", ex["explain_alone"]), ("/predict, 32 conns, beside /explain", ex["predict_under_explain"]),
                          ("/explain, 32 conns, beside /predict", ex["explain_beside_predict"])))]  # fmt: skip
+    ro = results["rollout"]
+    lines += ["", f"a candidate model ({ro['candidate']}, a copy of the served one), /predict at {ro['connections']} connections, "
+              f"median of {len(ro['without'])} rounds:"]  # fmt: skip
+    for (mode, label), r in zip(ROLLOUT_MODES, rollout_summary(ro).values()):
+        lines.append(f"  {label:<14}{r['rps']:>8.0f} req/s ({r['relative']:.0%})  p50 {r['p50']:6.1f}  p99 {r['p99']:6.1f} ms  errors {r['errors']}")
+    lines.append(f"  shadow: {ro['shadow_records']:.0f} records compared for {ro['shadow_requests']} requests, {ro['shadow_skipped']:.0f} skipped")
     cap = results["capacity"]
     lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
               f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
@@ -253,6 +284,7 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"| 4. warm start to ready, s (all starts) | **{max(results['warm_start']['ours_seconds']):.2f}** worst of "
         f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
         *_explain_rows(results.get("explain")),
+        *_rollout_rows(results.get("rollout")),
         f"| memory after load, whole process tree: PSS (RSS sum), MiB | {m['ours']['pss_mib']:.0f} ({m['ours']['rss_mib']:.0f}), "
         f"{m['ours']['processes']} processes | {m['baseline']['pss_mib']:.0f} ({m['baseline']['rss_mib']:.0f}), {m['baseline']['processes']} processes | reported |",
         "",
@@ -280,6 +312,16 @@ def _explain_rows(explain: dict[str, Any] | None) -> list[str]:
         f"**{predict['latency_ms']['p99']:.1f}**, {predict['errors']} (`/explain` meanwhile: {beside['rps']:,.0f} req/s, "
         f"p99 {beside['latency_ms']['p99']:.1f} ms, {beside['errors']} errors) | | p99 ≤ 50, 0 errors |",
     ]
+
+
+def _rollout_rows(rollout: dict[str, Any] | None) -> list[str]:
+    if rollout is None:  # a bench.json from before issue 17
+        return []
+    r = rollout_summary(rollout)
+    cells = ", ".join(f"{label} **{r[mode]['rps']:,.0f}** ({r[mode]['relative']:.0%}, p99 {r[mode]['p99']:.1f} ms, {r[mode]['errors']} errors)"
+                      for mode, label in ROLLOUT_MODES)  # fmt: skip
+    return [f"| 6. `/predict` at {rollout['connections']} connections with a candidate model (a copy of the served one; canary "
+            f"{rollout['canary_percent']} %): req/s, p99, errors (median of {len(rollout['without'])}) | {cells} | | shadow: p99 ≤ 50, 0 errors |"]
 
 
 def alternatives_markdown(alt: dict[str, Any]) -> str:

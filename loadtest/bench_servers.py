@@ -162,11 +162,11 @@ def private_home(shared_home: str) -> Path:
     return home
 
 
-def our_service(workers: int | None = None) -> Server:
-    """`bentoml serve service:XGBoostService`, whatever service.py currently is."""
-    env = {"XGB_WORKERS": str(workers)} if workers else {}
+def our_service(workers: int | None = None, env: dict[str, str] | None = None, name: str = "ours") -> Server:
+    """`bentoml serve service:XGBoostService`, whatever service.py currently is, with `env` on top."""
+    env = {**({"XGB_WORKERS": str(workers)} if workers else {}), **(env or {})}
     return Server(
-        name="ours",
+        name=name,
         command=[str(VENV_BIN / "bentoml"), "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", "{port}"],
         ready_path="/readyz",
         env=env,

@@ -114,8 +114,16 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     # The /predict run beside /explain is measured while /explain runs, before and after it.
     assert explain["predict_under_explain"]["ok"] > 0 and explain["explain_beside_predict"]["seconds"] > explain["predict_under_explain"]["seconds"]
 
+    rollout = results["rollout"]
+    assert rollout["candidate"] != results["same_model"]["answers"]["ours"]["model_version"]
+    for mode in ("without", "shadow", "canary"):
+        assert len(rollout[mode]) == 1 and rollout[mode][0]["ok"] > 0 and rollout[mode][0]["connections"] == 32
+    # Every record the shadow server answered was also scored by the candidate (or counted as skipped),
+    # give or take the requests in flight when wrk stopped.
+    assert abs(rollout["shadow_records"] + rollout["shadow_skipped"] - rollout["shadow_requests"]) <= 32, rollout
+
     goals = {g["goal"]: g for g in results["goals"]}
-    assert len(goals) == 10
+    assert len(goals) == 12
     ratio = goals["1. /predict @64 conns: req/s ratio vs baseline"]["value"]
     assert math.isclose(ratio, ours[0]["rps"] / base[0]["rps"], abs_tol=0.01)
     assert results["all_goals_met"] == all(g["met"] for g in goals.values())
@@ -124,6 +132,7 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     readme = bench_report.markdown(results)
     assert "| 2. p99 ms of each round |" in readme["results"] and "| ours |" in readme["capacity"]
     assert "| 5. `/explain`, 32 connections" in readme["results"]
+    assert "| 6. `/predict` at 32 connections with a candidate model" in readme["results"] and "candidate" in run.stdout
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["bentoml-default", "session-fix"])
