@@ -35,10 +35,16 @@ VERBS = {
                "Builds and pushes a new image (or takes --image-tag from ECR), registers the next task "
                "definition revision with it, rolls it out and waits. On success the tag is pinned in the "
                "stack config (ml-api:imageTag), so the next `pulumi up` keeps it."),
+    "promote": ("make the candidate model the primary and clear the candidate (same image)",
+                "Registers the next task definition revision with MODEL_TAG set to the running candidate "
+                "(XGB_CANDIDATE_TAG) and the candidate settings removed, rolls it out and waits; on success the "
+                "stack config follows (ml-api:modelTag set, ml-api:candidate* removed). `ops rollback` goes back "
+                "to the revision with both models. Exits 1 if the new revision did not become healthy."),
     "rollback": ("go back to the previous task definition revision, or to an image tag",
                  "Points the service at the previous active task definition revision (or, with --to, a new "
                  "revision running that image from ECR), waits until it is stable and pins its image tag "
-                 "in the stack config. Exits 1 if the rollback itself did not become healthy."),
+                 "in the stack config (and, going back over `ops promote`, its model settings). Exits 1 if the "
+                 "rollback itself did not become healthy."),
     "status": ("service, tasks and deployments", "Service state, URL, image, task counts and every "
                "deployment with its rollout state."),
     "report": ("status, target health and CloudWatch metrics as tables",
@@ -82,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--repository-url", help="push here (default: the stack's ECR repository)")
     up = verb("update")
     up.add_argument("--image-tag", help="an image tag already in ECR (default: build and push one)")
+    verb("promote")
     rb = verb("rollback")
     rb.add_argument("--to", metavar="TAG", help="roll back to this image tag from ECR instead of the "
                                                 "previous task definition revision")
@@ -117,6 +124,8 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
         return outcome(deploy.update(ctx, args.image_tag))
     if verb == "rollback":
         return outcome(deploy.rollback(ctx, args.to))
+    if verb == "promote":
+        return outcome(deploy.promote(ctx))
     if verb == "push":
         uri = image.push(ctx.aws, ctx.stack, ctx.run, ctx.echo, args.repository_url)
         print(f"{image.IMAGE_LINE_PREFIX}{uri}", flush=True)

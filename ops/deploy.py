@@ -1,4 +1,4 @@
-"""Verbs that change the deployment: `deploy`, `update`, `rollback`, `destroy`.
+"""Verbs that change the deployment: `deploy`, `update`, `promote`, `rollback`, `destroy`.
 
 `update` and `rollback` change only the service's task definition (a new revision, or an older
 one) and then record the image tag in the stack config, so the next `pulumi up` keeps it; both go
@@ -12,7 +12,7 @@ from typing import Optional
 from ops import image
 from ops.context import Context
 from ops.errors import OpsError
-from ops.rollout import (RolloutResult, container_image, describe_service, previous_revision,
+from ops.rollout import (RolloutResult, api_container, describe_service, environment_of, previous_revision,
                          register_revision, wait_for_rollout)
 
 
@@ -87,18 +87,24 @@ def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = No
     return result
 
 
-def roll_out(ctx: Context, task_definition: str, image_tag: str) -> RolloutResult:
+def roll_out(ctx: Context, task_definition: str, image_tag: str,
+             environment: Optional[dict[str, str]] = None) -> RolloutResult:
     """Point the service at `task_definition`, wait, and on success pin `image_tag` in the stack
-    config, or the next `pulumi up` would put the stack's image back."""
+    config, or the next `pulumi up` would put the stack's image back. With `environment` (the new
+    revision's, when it serves other models), the stack config's model keys follow it too."""
     ctx.client("ecs").update_service(cluster=ctx.stack.cluster, service=ctx.stack.service,
                                      taskDefinition=task_definition)
     result = _wait(ctx, task_definition)
     if result.outcome == "completed":
         try:
             ctx.pulumi.set_image_tag(image_tag)
+            if environment is not None:
+                changed = ctx.pulumi.record_model_settings(environment)
+                if changed:
+                    ctx.echo(f"==> stack config now says what is served: {', '.join(f'ml-api:{k}' for k in changed)}")
         except OpsError as err:
-            ctx.echo(f"warning: could not record imageTag={image_tag} in the stack config ({err}); "
-                     f"run `pulumi config set ml-api:imageTag {image_tag}` before the next `pulumi up`")
+            ctx.echo(f"warning: could not record imageTag={image_tag} and the model settings in the stack config "
+                     f"({err}); set them with `pulumi config` before the next `pulumi up`")
     return result
 
 
@@ -132,6 +138,7 @@ def rollback(ctx: Context, to_tag: Optional[str] = None) -> RolloutResult:
     ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
     ecs = ctx.client("ecs")
     current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
+    environment = None
     if to_tag:
         target = register_revision(ecs, current, _existing_image(ctx, to_tag))
         tag = to_tag
@@ -140,9 +147,32 @@ def rollback(ctx: Context, to_tag: Optional[str] = None) -> RolloutResult:
         if older is None:
             raise OpsError(f"nothing to roll back to: {_name(current)} is the oldest active revision; "
                            f"`python -m ops rollback --to TAG` runs an image from ECR instead")
-        target, tag = older, container_image(ecs, older).rsplit(":", 1)[-1]
+        container = api_container(ecs, older)
+        target, tag = older, container["image"].rsplit(":", 1)[-1]
+        # An older revision may serve other models (before `ops promote`): the stack config follows.
+        environment = environment_of(container)
     ctx.echo(f"==> rolling back {_name(current)} -> {_name(target)} (image tag {tag})")
-    return roll_out(ctx, target, tag)
+    return roll_out(ctx, target, tag, environment)
+
+
+def promote(ctx: Context) -> RolloutResult:
+    """The candidate model becomes the primary and the candidate is cleared: a new revision of the
+    running task definition, same image (it holds both models), MODEL_TAG the candidate's tag."""
+    ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
+    ecs = ctx.client("ecs")
+    current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
+    container = api_container(ecs, current)
+    environment = environment_of(container)
+    candidate = environment.get("XGB_CANDIDATE_TAG")
+    if not candidate:
+        raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG): nothing to promote; "
+                       f"set one with `pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
+    promoted = {k: v for k, v in environment.items() if not k.startswith("XGB_CANDIDATE_")}
+    promoted["MODEL_TAG"] = candidate
+    target = register_revision(ecs, current, container["image"], promoted)
+    ctx.echo(f"==> promoting {candidate} (primary was {environment.get('MODEL_TAG', 'the image default')}): "
+             f"{_name(current)} -> {_name(target)}; `python -m ops rollback` goes back")
+    return roll_out(ctx, target, container["image"].rsplit(":", 1)[-1], promoted)
 
 
 def _deletion_protected(ctx: Context) -> bool:

@@ -22,7 +22,7 @@ import botocore.exceptions
 from ops.aws import Aws, error_code
 from ops.errors import OpsError
 from ops.runner import Runner
-from ops.stack import REPO_ROOT, Stack
+from ops.stack import MODEL_SETTINGS, REPO_ROOT, Stack
 
 TAG_LINE = re.compile(r"__tag__:(\S+:\S+)")
 IMAGE_LINE_PREFIX = "__image__:"
@@ -42,10 +42,16 @@ def bentoml_env() -> dict[str, str]:
     return {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")}
 
 
-def build_bento(run: Runner) -> str:
-    """`bentoml build` in the repository root; returns the Bento tag `name:version`."""
+def build_bento(run: Runner, stack: Stack | None = None) -> str:
+    """`bentoml build` in the repository root; returns the Bento tag `name:version`.
+
+    With the stack's modelTag and candidateTag in the environment, as the task will have them: the
+    service packs the models it would serve, so the image holds the candidate too, and `ops promote`
+    and `ops rollback` switch between them without a new image."""
+    models = {MODEL_SETTINGS[key]: value for key, value in (stack.model_settings if stack else ())
+              if key in ("modelTag", "candidateTag")}
     result = run([bentoml_executable(), "build", "--output", "tag"], cwd=REPO_ROOT, capture=True,
-                 env=bentoml_env())
+                 env={**bentoml_env(), **models})
     match = TAG_LINE.search(result.stdout)
     if not match:
         raise OpsError(f"`bentoml build` printed no __tag__ line: {result.stdout.strip()[-500:]}")
@@ -85,7 +91,7 @@ def build_and_push(aws: Aws, stack: Stack, run: Runner, repo_uri: str,
                    echo: Callable[[str], None]) -> str:
     """Returns the image tag now in ECR (the Bento version)."""
     echo("==> building the Bento")
-    bento = build_bento(run)
+    bento = build_bento(run, stack)
     tag = bento.split(":", 1)[1]
     image = f"{repo_uri}:{tag}"
     if image_exists(aws, stack, tag):

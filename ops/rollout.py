@@ -23,8 +23,9 @@ REGISTERABLE = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "con
                 "runtimePlatform", "ephemeralStorage", "pidMode", "ipcMode", "proxyConfiguration")
 
 
-def register_revision(ecs: Any, current_arn: str, image: str) -> str:
-    """Register the next revision of `current_arn` with the api container on `image`."""
+def register_revision(ecs: Any, current_arn: str, image: str, environment: dict[str, str] | None = None) -> str:
+    """Register the next revision of `current_arn` with the api container on `image` (and, if given,
+    with `environment` as its whole environment)."""
     described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
     definition = described["taskDefinition"]
     spec = {k: definition[k] for k in REGISTERABLE if definition.get(k) not in (None, [], {})}
@@ -33,6 +34,8 @@ def register_revision(ecs: Any, current_arn: str, image: str) -> str:
     if not api:
         raise OpsError(f"task definition {current_arn} has no container named {CONTAINER_NAME!r}")
     api[0]["image"] = image
+    if environment is not None:
+        api[0]["environment"] = [{"name": k, "value": v} for k, v in sorted(environment.items())]
     spec["containerDefinitions"] = containers
     if described.get("tags"):
         spec["tags"] = described["tags"]
@@ -63,9 +66,13 @@ def previous_revision(ecs: Any, current_arn: str) -> str | None:
     return max(older, key=revision_number, default=None)
 
 
-def container_image(ecs: Any, task_definition_arn: str) -> str:
+def api_container(ecs: Any, task_definition_arn: str) -> dict:
     containers = ecs.describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"]["containerDefinitions"]
-    return next(c["image"] for c in containers if c["name"] == CONTAINER_NAME)
+    return next(c for c in containers if c["name"] == CONTAINER_NAME)
+
+
+def environment_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("environment", [])}
 
 
 def describe_service(ecs: Any, cluster: str, service: str) -> dict:

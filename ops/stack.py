@@ -25,6 +25,9 @@ PROJECT = "ml-api"  # the Pulumi project name (Pulumi.yaml), prefix of its confi
 DEFAULTS = {f"{PROJECT}:project": "ml-api", f"{PROJECT}:environment": "prod"}
 DEFAULT_REGION = "us-west-2"
 CONTAINER_NAME = "api"
+# Stack config key -> the task environment variable the program makes of it (ml_api_infra/service.py).
+MODEL_SETTINGS = {"modelTag": "MODEL_TAG", "candidateTag": "XGB_CANDIDATE_TAG", "candidateMode": "XGB_CANDIDATE_MODE",
+                  "candidatePercent": "XGB_CANDIDATE_PERCENT", "shadowMinAgreement": "XGB_SHADOW_MIN_AGREEMENT"}
 
 
 def default_region() -> str:
@@ -76,6 +79,8 @@ class Stack:
     infra_dir: Path = INFRA_DIR
     domain_name: str = ""
     image_tag: str = ""  # pinned in the stack config; empty: `pulumi up` builds the image
+    # The stack config's model keys (MODEL_SETTINGS) that are set, with their values.
+    model_settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def cluster(self) -> str:
@@ -120,7 +125,9 @@ def load_stack(name: str, infra_dir: Path = INFRA_DIR) -> Stack:
     prefix = f"{config[f'{PROJECT}:project']}-{config[f'{PROJECT}:environment']}"
     return Stack(name=name, region=str(config.get("aws:region") or default_region()), prefix=prefix,
                  infra_dir=infra_dir, domain_name=str(config.get(f"{PROJECT}:domainName", "")),
-                 image_tag=str(config.get(f"{PROJECT}:imageTag", "")))
+                 image_tag=str(config.get(f"{PROJECT}:imageTag", "")),
+                 model_settings=tuple((key, str(config[f"{PROJECT}:{key}"])) for key in MODEL_SETTINGS
+                                      if f"{PROJECT}:{key}" in config))
 
 
 class Pulumi:
@@ -153,6 +160,21 @@ class Pulumi:
 
     def unpin_image_tag(self) -> None:
         self.run(self._cmd("config", "rm", f"{PROJECT}:imageTag"))
+
+    def record_model_settings(self, environment: dict[str, str]) -> list[str]:
+        """Make the stack config's model keys say what `environment` (a task's) runs, so the next
+        `pulumi up` keeps it: set what differs, remove what the task does not have. Returns the keys changed."""
+        current = dict(self.stack.model_settings)
+        changed = []
+        for key, variable in MODEL_SETTINGS.items():
+            value = environment.get(variable)
+            if value is not None and current.get(key) != value:
+                self.run(self._cmd("config", "set", f"{PROJECT}:{key}", value))
+                changed.append(key)
+            elif value is None and key in current:
+                self.run(self._cmd("config", "rm", f"{PROJECT}:{key}"))
+                changed.append(key)
+        return changed
 
     def destroy(self, *exclude: str) -> None:
         extra = [arg for pattern in exclude for arg in ("--exclude", pattern)]

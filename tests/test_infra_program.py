@@ -229,6 +229,13 @@ def test_candidate_model_settings_reach_the_task():
     env = {e["name"]: e["value"] for e in container(program)["environment"]}
     assert (env["XGB_CANDIDATE_TAG"], env["XGB_CANDIDATE_MODE"], env["XGB_CANDIDATE_PERCENT"]) == \
         ("xgb_classifier:abc", "shadow", "10")
+    assert "XGB_SHADOW_MIN_AGREEMENT" not in env, "unset: the service's default"
+    canary = run_program({**stack_config(), "ml-api:candidateTag": "xgb_classifier:abc", "ml-api:candidateMode": "canary",
+                          "ml-api:shadowMinAgreement": "0.7"})
+    env = {e["name"]: e["value"] for e in container(canary)["environment"]}
+    assert (env["XGB_CANDIDATE_MODE"], env["XGB_CANDIDATE_PERCENT"], env["XGB_SHADOW_MIN_AGREEMENT"]) == ("canary", "10", "0.7")
+    without = {e["name"] for e in container(run_program(stack_config()))["environment"]}
+    assert not {n for n in without if "CANDIDATE" in n or "SHADOW" in n}, "no candidate: nothing of it in the task"
 
 
 def test_task_security_group_admits_only_the_alb(prod):

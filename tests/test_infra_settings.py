@@ -57,6 +57,8 @@ def test_overrides_are_read_from_config():
     ({"ml-api:hostedZoneId": "Z0123456789ABCDEFGHIJ"}, "hostedZoneId"),
     ({"ml-api:domainName": "api.example.com"}, "domainName"),
     ({"ml-api:candidatePercent": "120"}, "candidatePercent"),
+    ({"ml-api:candidateMode": "blue-green"}, "candidateMode"),
+    ({"ml-api:shadowMinAgreement": "90"}, "shadowMinAgreement"),
 ])
 def test_invalid_values_name_their_key(config, key):
     with pytest.raises(SettingsError, match=f"ml-api:{key}"):

@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "candidateTag": "candidate model next to the primary: `XGB_CANDIDATE_TAG`",
     "candidateMode": "`XGB_CANDIDATE_MODE` (with `candidateTag`)",
     "candidatePercent": "`XGB_CANDIDATE_PERCENT` (with `candidateTag`), 0-100",
+    "shadowMinAgreement": "`XGB_SHADOW_MIN_AGREEMENT` (with `candidateTag`): the shadow agreement alert's level, 0-1",
     "xgbWorkers": "worker processes per task (one per vCPU)",
     "rangeCheck": "`XGB_RANGE_CHECK`: warn, reject or off",
     "corsOrigins": "`XGB_CORS_ORIGINS`",

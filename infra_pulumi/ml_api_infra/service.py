@@ -48,6 +48,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         if settings.candidate_mode:
             environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
         environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
+        if settings.shadow_min_agreement is not None:
+            environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
     container = {
         "name": CONTAINER_NAME,
         "image": image,

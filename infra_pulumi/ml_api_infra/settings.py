@@ -69,7 +69,8 @@ class StackSettings:
     # checks their values); passed through to the task only when set.
     candidate_tag: str = ""
     candidate_mode: str = ""
-    candidate_percent: float = 0.0
+    candidate_percent: float = 10.0  # the service's default (XGB_CANDIDATE_PERCENT)
+    shadow_min_agreement: Optional[float] = None  # XGB_SHADOW_MIN_AGREEMENT; None: the service's default
     api_key: Optional[pulumi.Output] = field(default=None, compare=False)
     # Edge. With domain_name + hosted_zone_id the program issues an ACM certificate validated in
     # that Route 53 zone and points the name at the ALB; certificate_arn uses an existing certificate
@@ -157,6 +158,10 @@ class StackSettings:
                 fail("loadTestCidrs", f"{cidr!r}: only IPv4 blocks (the ALB listens on IPv4)")
         if not 0 <= self.candidate_percent <= 100:
             fail("candidatePercent", f"a percentage in [0, 100], got {self.candidate_percent}")
+        if self.candidate_mode not in ("", "shadow", "canary"):
+            fail("candidateMode", f"one of shadow|canary, got {self.candidate_mode!r}")
+        if self.shadow_min_agreement is not None and not 0 <= self.shadow_min_agreement <= 1:
+            fail("shadowMinAgreement", f"a share in [0, 1], got {self.shadow_min_agreement}")
         return self
 
 
@@ -179,6 +184,7 @@ CONFIG_KEYS = {
     "candidateTag": ("candidate_tag", "get"),
     "candidateMode": ("candidate_mode", "get"),
     "candidatePercent": ("candidate_percent", "get_float"),
+    "shadowMinAgreement": ("shadow_min_agreement", "get_float"),
     "xgbWorkers": ("xgb_workers", "get_int"),
     "rangeCheck": ("range_check", "get"),
     "corsOrigins": ("cors_origins", "get"),
