@@ -8,8 +8,8 @@
 
 Without a candidate the service does what it did before: Rollout.answers() goes straight to the
 primary, no rollout metric is touched. All the work here is per batch and vectorised: the canary
-draw is one random vector per model call, the shadow comparison one array operation per drained
-backlog, so a /predict request pays nothing per record for either mode.
+picks one model per model call, the shadow comparison is one array operation per drained backlog,
+so a /predict request pays nothing per record for either mode.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class Rollout:
         self.share = percent / 100.0 if self.mode == "canary" else 0.0
         self._answer = answer
         self._rng = np.random.default_rng()
+        self._owed = 0.0
         self._by_version = {m.version: m for m in (primary, candidate) if m is not None}
         self._role = {primary.version: PRIMARY, **({candidate.version: CANDIDATE} if candidate else {})}
         self.shadow = Shadow(primary, candidate) if self.mode == "shadow" else None
@@ -117,27 +118,28 @@ class Rollout:
         return self.primary
 
     def answers(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict[str, Any]]:
-        """Answer bodies for `rows`, by `model` if given, else as the mode says (per row in canary)."""
+        """Answer bodies for `rows`, by `model` if given, else as the mode says (canary: per model call)."""
         if self.candidate is None:
             return self._answer(self.primary, rows)[2]
-        if model is None and self.share:
-            chosen = self._rng.random(len(rows)) < self.share
-            if chosen.any() and not chosen.all():
-                return self._answer_split(rows, chosen)
-            model = self.candidate if chosen.all() else self.primary
-        model = model or self.primary
+        if model is None:
+            model = self.candidate if self.share and self._canary_takes(len(rows)) else self.primary
         outputs, classes, bodies = self._answer_counted(model, rows)
         if self.shadow is not None and model is self.primary:
             self.shadow.submit(rows, outputs, classes)
         return bodies
 
-    def _answer_split(self, rows: np.ndarray, chosen: np.ndarray) -> list[dict[str, Any]]:
-        bodies: list[Any] = [None] * len(rows)
-        for model, mask in ((self.primary, ~chosen), (self.candidate, chosen)):
-            where = np.flatnonzero(mask)
-            for i, body in zip(where.tolist(), self._answer_counted(model, rows[where])[2]):  # type: ignore[arg-type]
-                bodies[i] = body
-        return bodies
+    def _canary_takes(self, records: int) -> bool:
+        """Whether the candidate answers this /predict batch: error diffusion over records, so the
+        candidate's share of answered records stays within one batch of the set share at any time.
+
+        A whole batch goes to one model: a model call has a fixed cost (~0.25 ms here) comparable to
+        a 16-record batch's, so splitting batches record by record cost ~75 % more CPU at 10 %.
+        """
+        self._owed += records * self.share  # records the candidate should have answered, minus those it did
+        if self._owed > records / 2:
+            self._owed -= records
+            return True
+        return False
 
     def _answer_counted(self, model: ModelBundle, rows: np.ndarray):
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from conftest import train_default_model
 from model_store import load_bundle
 from model_store.dataset import sample_records
 from monitoring import check_dashboards, dashboards, localstack
-from serving.rollout import Shadow, schema_difference
+from serving.rollout import Rollout, Shadow, schema_difference
 from test_monitoring_live import new_ports, scalar, wait_for
 
 CANDIDATE_SEED = "7"
@@ -216,6 +216,19 @@ def test_canary_answers_from_both_models_at_about_the_set_share(server_factory, 
         answered = versions.count(model.version) + 3 * batch_versions.count(model.version)
         assert total(found, "xgb_rollout_predictions_total", model_version=model.version) == answered
     assert total(found, "xgb_shadow_records_total") == 0, "a canary is not shadow-scored"
+
+
+@pytest.mark.parametrize("percent", [1, 10, 50, 90])
+def test_the_canary_share_of_records_stays_within_one_batch_of_the_set_share(models, percent):
+    primary, candidate = models
+    rollout = Rollout(primary, candidate, "canary", percent, answer=None)
+    sizes = np.random.default_rng(percent).integers(1, 40, 2000).tolist()
+    answered = total_records = 0
+    for n in sizes:
+        answered += n * rollout._canary_takes(n)
+        total_records += n
+        assert abs(answered - total_records * percent / 100) <= 40, (answered, total_records)
+    assert 0 < answered < total_records
 
 
 def test_a_version_header_pins_a_loaded_model_and_an_unknown_one_is_422(server_factory, models):
