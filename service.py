@@ -186,13 +186,13 @@ class XGBoostService:
     @bentoml.api(route="/explain", input_spec=RECORD, output_spec=explanation_type(CONTRACT))
     def explain(self, **fields: Any) -> dict:
         """Explain one record's prediction (exact TreeSHAP), for its predicted class."""
-        return self.explainer.explain(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
+        return self.explainers[self.bundle.version].explain(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
 
     @bentoml.api(route="/explain_batch", input_spec=client_api.batch_spec(RECORD, min(MAX_EXPLAIN_RECORDS, SETTINGS.max_batch_records), "ExplainBatchRequest"),
                  output_spec=batch_explanations_type(CONTRACT))  # fmt: skip
     def explain_batch(self, instances: list) -> dict:
         """Explain up to 1,000 records' predictions, answered in order."""
-        return {"explanations": self.explainer.explain(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
+        return {"explanations": self.explainers[self.bundle.version].explain(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms

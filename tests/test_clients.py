@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +102,28 @@ def test_bentoml_clients_call_a_model_whose_fields_have_spaces_and_punctuation(s
     assert sync_single == async_single == expected_single
     assert sync_batch == async_batch == http_predict_batch(server.url, records)
 
+
+
+
+def test_the_api_methods_called_in_process_answer_as_http_does(live_server):
+    """`XGBoostService().predict(**record)` (a BentoML user's unit test, or bentoml.depends) is the API too."""
+    code = (
+        "import json\n"
+        "from service import XGBoostService, RECORD\n"
+        "from model_store.dataset import EXAMPLE_RECORD\n"
+        "service = XGBoostService()\n"
+        "instances = [RECORD.model_validate(EXAMPLE_RECORD)] * 2\n"
+        "print(json.dumps({'predict': service.predict(**EXAMPLE_RECORD), 'predict_batch': service.predict_batch(instances),\n"
+        "                  'explain': service.explain(**EXAMPLE_RECORD), 'explain_batch': service.explain_batch(instances)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "XGB_WORKERS": "1"},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    over_http = {
+        "predict": requests.post(f"{live_server}/predict", json=EXAMPLE_RECORD, timeout=30).json(),
+        "predict_batch": http_predict_batch(live_server, [EXAMPLE_RECORD] * 2),
+        "explain": requests.post(f"{live_server}/explain", json=EXAMPLE_RECORD, timeout=30).json(),
+        "explain_batch": requests.post(f"{live_server}/explain_batch", json={"instances": [EXAMPLE_RECORD] * 2}, timeout=30).json(),
+    }
+    assert answers == over_http
