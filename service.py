@@ -26,6 +26,7 @@ import gc
 import logging
 from typing import Any
 
+import anyio.to_thread
 import bentoml
 import numpy as np
 import orjson
@@ -134,7 +135,7 @@ class XGBoostService:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(DRIFT_FLUSH_SECONDS)
-                self.drift.flush()
+                await anyio.to_thread.run_sync(self.drift.flush)  # numpy releases the GIL: requests go on
 
         if self.drift is not None:
             self._drift_flusher = asyncio.get_running_loop().create_task(loop())
