@@ -29,10 +29,10 @@ async def _stalling_rows(self, rows):
     return await _rows_func(self, rows)
 
 
-def _stalling_answers(self, rows):
+def _stalling_answers(self, rows, *args, **kwargs):
     if threading.current_thread() is not threading.main_thread() and (rows[:, 0] == STALL_MARKER).any():
         time.sleep(STALL_S)
-    return _answers(self, rows)
+    return _answers(self, rows, *args, **kwargs)
 
 
 _predict_rows.func = _stalling_rows
