@@ -27,8 +27,9 @@ def push_history(session, tags):
     """Push images oldest first, an hour apart (moto stamps pushes to the second)."""
     for tag in tags:
         push_image(session, STACK, tag)
-    images = ecr_backends[ACCOUNT]["us-west-2"].repositories[STACK.repository].images
-    for hour, image in enumerate(images):
+    # By tag, not by the backend's list order (which put the images out of push order in one CI run).
+    for image in ecr_backends[ACCOUNT]["us-west-2"].repositories[STACK.repository].images:
+        hour = min((tags.index(t) for t in image.image_tags if t in tags), default=-1)
         image.image_pushed_at = 1_760_000_000 + hour * 3600
 
 
