@@ -73,9 +73,12 @@ class Dashboard:
         return [(p.title, q) for row in self.rows for p in row.panels for q in p.queries]
 
 
-def _quantiles(metric: str, selector: str, quantiles: tuple[float, ...], by: str = "le") -> tuple[Query, ...]:
+def _quantiles(metric: str, selector: str, quantiles: tuple[float, ...], by: tuple[str, ...] = ()) -> tuple[Query, ...]:
+    """One series per quantile (and per combination of the `by` labels, named in the legend)."""
+    labels = ", ".join(("le", *by))
+    legend = "".join(f" {{{{{label}}}}}" for label in by)
     return tuple(
-        Query(f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{round(q * 100)}")
+        Query(f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{round(q * 100)}{legend}")
         for q in quantiles
     )
 
@@ -106,12 +109,8 @@ ROLLOUT = Row("Model rollout: primary and candidate side by side (XGB_CANDIDATE_
         Query(f"sum by (role, model_version) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))", "{{role}} {{model_version}}"),
     ), unit="ops", width=9,
        description="shadow: the candidate scores every record the primary answers; canary: its share of the answers."),
-    Panel("Model call p50 / p99 by version", (
-        Query(f"histogram_quantile(0.5, sum by (le, role, model_version) (rate({MODEL_LATENCY}_bucket{{{SVC}}}[{RATE}])))",
-              "p50 {{role}} {{model_version}}"),
-        Query(f"histogram_quantile(0.99, sum by (le, role, model_version) (rate({MODEL_LATENCY}_bucket{{{SVC}}}[{RATE}])))",
-              "p99 {{role}} {{model_version}}"),
-    ), unit="s", width=9, description="One model call: a batch of records (the candidate's shadow batches are drained backlogs)."),
+    Panel("Model call p50 / p99 by version", _quantiles(MODEL_LATENCY, SVC, (0.5, 0.99), by=("role", "model_version")),
+          unit="s", width=9, description="One model call: a batch of records (the candidate's shadow batches are drained backlogs)."),
     Panel("Predicted class share by version", (
         Query(f"sum by (role, model_version, predicted_class) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))"
               f" / on (role, model_version) group_left () sum by (role, model_version) (rate({ROLLOUT_PREDICTIONS}{{{SVC}}}[{RATE}]))",
