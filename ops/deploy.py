@@ -1,8 +1,9 @@
 """Verbs that change the deployment: `deploy`, `update`, `promote`, `rollback`, `destroy`.
 
-`update` and `rollback` change only the service's task definition (a new revision, or an older
-one) and then record the image tag in the stack config, so the next `pulumi up` keeps it; both go
-through `roll_out`, as any later verb that moves the service to another revision should.
+`update`, `rollback` and `promote` change only the service's task definition (a new revision, or
+an older one) and then record the image tag (and, for another model, the model settings) in the
+stack config, so the next `pulumi up` keeps it; all three go through `roll_out`, as any later verb
+that moves the service to another revision should.
 """
 
 from __future__ import annotations
@@ -121,11 +122,10 @@ def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
     """Roll out a new image on the running service: new task definition revision, no `pulumi up`."""
     ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
     if image_tag is None:
-        repo_uri = image.repository_uri(ctx.aws, ctx.stack)
-        if repo_uri is None:
-            raise OpsError(f"ECR repository {ctx.stack.repository} not found: run `python -m ops deploy` first")
-        image_tag = image.build_and_push(ctx.aws, ctx.stack, ctx.run, repo_uri, ctx.echo)
-    target = _existing_image(ctx, image_tag)
+        target = image.push(ctx.aws, ctx.stack, ctx.run, ctx.echo)
+        image_tag = target.rsplit(":", 1)[1]
+    else:
+        target = _existing_image(ctx, image_tag)
     ecs = ctx.client("ecs")
     svc = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)
     new_arn = register_revision(ecs, svc["taskDefinition"], target)
