@@ -21,8 +21,6 @@ from model_store.drift import Binner
 # config). BentoML's default starts at 5 ms, while /predict takes ~1 ms: p50 and p95 would be
 # interpolated inside the first bucket. Sub-millisecond to the 30 s request timeout; 0.05 is the
 # latency SLO's threshold (monitoring/slo.md), so the SLO's good-event count is exact.
-# Rows a worker keeps for drift binning between flushes before it bins them on the spot.
-MAX_KEPT_DRIFT_ROWS = 200_000
 REQUEST_DURATION_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
                             0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
 
@@ -143,6 +141,10 @@ def publish_model(tag: str, version: str, prior: list[float], class_names: tuple
     model_info.labels(model_tag=tag, model_version=version).set(1)
     for name, share in zip(class_names, prior):
         class_prior.labels(predicted_class=name).set(share)
+
+
+# Rows a worker keeps for drift binning between flushes before it bins them on the spot.
+MAX_KEPT_DRIFT_ROWS = 200_000
 
 
 class FeatureDrift:
