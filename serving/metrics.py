@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+from typing import Any, Callable
 
 import numpy as np
 import prometheus_client as prom
@@ -192,10 +193,15 @@ def publish_class_reference(shares: dict[str, float]) -> None:
         class_reference.labels(predicted_class=name).set(share)
 
 
-def observe_predictions(classes: np.ndarray, confidences: np.ndarray, class_names: tuple[str, ...]) -> None:
+def count_by_class(counter: Callable[[str], Any], classes: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """counter(class name).inc(records predicted that class), once per class present in the batch."""
     for cls, count in enumerate(np.bincount(classes, minlength=len(class_names)).tolist()):
         if count:
-            predictions.labels(predicted_class=class_names[cls]).inc(count)
+            counter(class_names[cls]).inc(count)
+
+
+def observe_predictions(classes: np.ndarray, confidences: np.ndarray, class_names: tuple[str, ...]) -> None:
+    count_by_class(lambda name: predictions.labels(predicted_class=name), classes, class_names)
     observe_many(confidence, confidences)
 
 
@@ -215,9 +221,8 @@ def observe_model(role: str, model, classes: np.ndarray | None, records: int, se
     if classes is None:
         rollout_predictions.labels(role=role, model_version=model.version, predicted_class="").inc(records)
         return
-    for cls, count in enumerate(np.bincount(classes, minlength=len(model.class_names)).tolist()):
-        if count:
-            rollout_predictions.labels(role=role, model_version=model.version, predicted_class=model.class_names[cls]).inc(count)
+    count_by_class(lambda name: rollout_predictions.labels(role=role, model_version=model.version, predicted_class=name),
+                   classes, model.class_names)  # fmt: skip
 
 
 def observe_shadow(pair: dict[str, str], records: int, agreed: int | None, abs_difference: np.ndarray) -> None:
