@@ -41,34 +41,9 @@ def urn_selected(urn: str, patterns: list[str]) -> bool:
     (`*` within a URN segment, `**` across segments). A component's children have URNs of their own
     (`...::ml-api:registry:Registry$aws:ecr/repository:Repository::ml-api-prod-repo`), so naming the
     component does not select them; `<type prefix>**` does."""
-    for pattern in patterns:
-        if "*" not in pattern:
-            if urn == pattern:
-                return True
-            continue
-        regex = "".join(".*" if part == "**" else "[^:]*" if part == "*" else re.escape(part)
-                        for part in _split_wildcards(pattern))
-        if re.fullmatch(regex, urn):
-            return True
-    return False
-
-
-def _split_wildcards(pattern: str) -> list[str]:
-    parts, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            parts.append("**")
-            i += 2
-        elif pattern[i] == "*":
-            parts.append("*")
-            i += 1
-        else:
-            j = i
-            while j < len(pattern) and pattern[j] != "*":
-                j += 1
-            parts.append(pattern[i:j])
-            i = j
-    return parts
+    return any(re.fullmatch("".join(".*" if part == "**" else "[^:]*" if part == "*" else re.escape(part)
+                                    for part in re.split(r"(\*\*|\*)", pattern)), urn)
+               for pattern in patterns)
 
 
 @dataclass(frozen=True)
