@@ -6,13 +6,17 @@ the developer's store and every run trains from scratch (~3 s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,6 +140,33 @@ def exposed(url: str, series: str) -> float:
     """The value of one series (name and labels as /metrics writes them) in a service's /metrics; 0 before it exists."""
     lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+@contextlib.contextmanager
+def meanwhile(send: Callable[[requests.Session], requests.Response], pause: float = 0.0) -> Iterator[list[tuple[int, float]]]:
+    """Sends a request over and over from a thread of its own (`pause` s apart) while the block runs.
+
+    Yields the (status, seconds) of each answer so far; the block's end stops the thread, and an
+    error it met (a timeout, a refused connection) is raised there.
+    """
+    answers: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                status = send(session).status_code
+                answers.append((status, time.monotonic() - started))
+                stop.wait(pause)
+
+    with ThreadPoolExecutor(1) as thread:
+        looping = thread.submit(loop)
+        try:
+            yield answers
+        finally:
+            stop.set()
+        looping.result()
 
 
 def worker_pids(server: ServerProcess) -> set[int]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
+from conftest import meanwhile
 from test_validation import CASES, JSON
 
 from model_store import Feature, ModelSchema, load_bundle
@@ -190,19 +190,10 @@ def test_a_full_explain_pool_answers_503_while_predict_keeps_answering(server_fa
     and the others are refused at once with 503 + Retry-After; /predict answers throughout."""
     server = server_factory({"XGB_EXPLAIN_QUEUE": "199"}, workers=1)
     records = sample_records(np.random.default_rng(27), 200)
-    done = threading.Event()
-    predicted: list[int] = []
-
-    def predict_meanwhile() -> None:
-        while not done.is_set():
-            predicted.append(requests.post(f"{server.url}/predict", json=records[0], timeout=10).status_code)
-
-    with ThreadPoolExecutor(4) as pool:
-        watcher = pool.submit(predict_meanwhile)
-        batches = list(pool.map(lambda _: requests.post(f"{server.url}/explain_batch", json={"instances": records}, timeout=120), range(3)))
-        done.set()
-        watcher.result()
+    with meanwhile(lambda session: session.post(f"{server.url}/predict", json=records[0], timeout=10)) as predicted:
+        with ThreadPoolExecutor(3) as pool:
+            batches = list(pool.map(lambda _: requests.post(f"{server.url}/explain_batch", json={"instances": records}, timeout=120), range(3)))
     assert sorted(r.status_code for r in batches) == [200, 503, 503], [r.text[:200] for r in batches]
     for refused in (r for r in batches if r.status_code == 503):
         assert refused.headers["retry-after"] == "1" and "overloaded" in refused.json()["error"]
-    assert predicted and set(predicted) == {200}
+    assert predicted and {status for status, _ in predicted} == {200}
