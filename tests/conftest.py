@@ -67,14 +67,16 @@ class ServerProcess:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 60) -> float:
+    def wait_ready(self, timeout: float = 60, ready: Callable[[requests.Response], bool] = lambda answer: answer.status_code == 200) -> requests.Response:
+        """Polls /readyz until an answer is `ready` (by default: a 200); returns that answer."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
+                answer = requests.get(f"{self.url}/readyz", timeout=1)
+                if ready(answer):
+                    return answer
             except requests.RequestException:
                 pass
             time.sleep(0.1)

@@ -264,15 +264,7 @@ def test_the_shared_socket_stays_when_own_sockets_are_turned_off(server_factory)
 
 def test_a_bentoml_whose_internals_moved_is_refused_readiness_naming_the_check(server_factory):
     server = server_factory(workers=1, wait=False, service=("tests.mismatched_bentoml_service:XGBoostService",))
-    deadline = time.monotonic() + 90
-    while True:
-        assert server.proc.poll() is None, server.log()[-3000:]
-        try:
-            ready = requests.get(f"{server.url}/readyz", timeout=2)
-            break
-        except requests.RequestException:  # not listening yet
-            assert time.monotonic() < deadline, server.log()[-3000:]
-            time.sleep(0.2)
+    ready = server.wait_ready(90, ready=lambda answer: True)  # its first answer, whatever it is
     check = "no BentoML batch dispatcher found for API 'predict_rows'"
     assert ready.status_code == 503 and check in ready.json()["error"], ready.text
     predict = requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10)
