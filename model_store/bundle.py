@@ -157,13 +157,14 @@ def encode(schema: ModelSchema, records: list[dict[str, Any]]) -> np.ndarray:
     test for a null; a plain schema's records are rows of floats already.
     """
     if schema.plain:
-        return np.array([[r[name] for name in schema.feature_names] for r in records], dtype=np.float64).reshape(-1, schema.n_features)
+        names = schema.feature_names
+        return np.array([[r[name] for name in names] for r in records], dtype=np.float64).reshape(-1, schema.n_features)
     rows = np.empty((len(records), schema.n_features), dtype=np.float64)
     nan = float("nan")
     for j, f in enumerate(schema.features):
         column = [r[f.name] for r in records]
         if f.kind == "categorical":
-            codes = {c: float(i) for i, c in enumerate(f.categories)}
+            codes = f.codes
             rows[:, j] = [nan if v is None else codes[v] for v in column]
         elif f.nullable:
             rows[:, j] = [nan if v is None else v for v in column]

@@ -9,6 +9,7 @@ schema is inferred from the CSV (train_export.py), an imported booster's from th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Literal, get_args
 
@@ -31,6 +32,11 @@ class Feature:
     # JSON null accepted, and given to XGBoost as missing (NaN).
     nullable: bool = False
     description: str = ""
+
+    @functools.cached_property
+    def codes(self) -> dict[str, float]:
+        """categorical: each allowed value's code, as the float XGBoost sees."""
+        return {c: float(i) for i, c in enumerate(self.categories)}
 
     def in_range(self, value: Any) -> bool:
         if value is None:
@@ -106,7 +112,8 @@ class ModelSchema:
         if bad:
             raise ValueError(f"the example record's value of {', '.join(map(repr, bad))} is not allowed by the schema")
 
-    @property
+    # Derived once per schema (cached): encode() reads them for every request.
+    @functools.cached_property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
@@ -127,7 +134,7 @@ class ModelSchema:
         """Class names "0".."k-1": answers carry the class index only (the seed's contract)."""
         return self.class_names == tuple(str(i) for i in range(self.n_classes))
 
-    @property
+    @functools.cached_property
     def plain(self) -> bool:
         """Every feature a number that must be present: a record is just a row of floats."""
         return all(f.kind != "categorical" and not f.nullable for f in self.features)
