@@ -103,8 +103,8 @@ class DensePredictor:
         )
         # XGBoost owns `result` (per thread, until its next call): copy it out. Its shape is (rows,)
         # for one output per row (regression, binary:logistic), (rows, classes) for softprob.
-        size = int(np.prod([shape[i] for i in range(dims.value)]))
-        return np.ctypeslib.as_array(result, shape=(size,)).reshape(rows, -1).copy()
+        columns = int(shape[1]) if dims.value > 1 else 1
+        return np.ctypeslib.as_array(result, shape=(rows, columns)).copy()
 
 
 def model_tag() -> str:
