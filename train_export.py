@@ -123,6 +123,18 @@ def no_better_than_prior(metrics: dict[str, Any]) -> str | None:
     return "; ".join(reasons) or None
 
 
+def refused_as_no_better(metrics: dict[str, Any], force: bool, failure: str, hint: str) -> bool:
+    """True (the error printed) when the model is no better than the prior and --force is not given;
+    with --force, a warning and False."""
+    weak = no_better_than_prior(metrics)
+    if weak and not force:
+        print(f"[train] error: {weak}: {failure}; nothing was registered ({hint}, or pass --force to register it anyway)", file=sys.stderr)
+        return True
+    if weak:
+        print(f"[train] warning: {weak}; registered anyway because of --force", file=sys.stderr)
+    return False
+
+
 def train(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema = dataset.SCHEMA, rounds: int = NUM_BOOST_ROUND):
     """Fit scaler + booster; returns (booster, scaler, metrics)."""
     import xgboost as xgb
@@ -220,13 +232,8 @@ def train_main(args: argparse.Namespace) -> int:
         print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
         return EXIT_DATA_ERROR
     log(f"held-out    {describe(metrics)}")
-    weak = no_better_than_prior(metrics)
-    if weak and not args.force:
-        print(f"[train] error: {weak}: the model has learned nothing usable; nothing was registered "
-              "(check the label column and the data, or pass --force to register it anyway)", file=sys.stderr)  # fmt: skip
+    if refused_as_no_better(metrics, args.force, "the model has learned nothing usable", "check the label column and the data"):
         return EXIT_NO_BETTER
-    if weak:
-        print(f"[train] warning: {weak}; registered anyway because of --force", file=sys.stderr)
     metadata: dict[str, Any] = {
         "metrics": metrics,
         "data_source": source,
@@ -305,13 +312,9 @@ def import_main(args: argparse.Namespace) -> int:
             metrics = held_out_metrics(schema, booster, data, table.y, table.y)
             metrics["sample_rows"] = int(len(table.y))
             log(f"on the sample ({len(table.y)} rows): {describe(metrics)}")
-            weak = no_better_than_prior(metrics)
-            if weak and not args.force:
-                print(f"[train] error: {weak}: on its sample the model predicts no better than the prior; nothing was registered "
-                      "(check the sample and the label, or pass --force to register it anyway)", file=sys.stderr)  # fmt: skip
+            failure = "on its sample the model predicts no better than the prior"
+            if refused_as_no_better(metrics, args.force, failure, "check the sample and the label"):
                 return EXIT_NO_BETTER
-            if weak:
-                print(f"[train] warning: {weak}; registered anyway because of --force", file=sys.stderr)
             metadata.update(metrics=metrics, data_sha256=table.sha256, sample=args.sample)
             if schema.is_classification:
                 metadata["class_prior"] = (np.bincount(table.y, minlength=schema.n_classes) / len(table.y)).round(4).tolist()
