@@ -86,6 +86,11 @@ def probabilities(booster: Any, data: Any) -> np.ndarray:
     return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
 
 
+def class_prior(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each class's share of the labels `y`."""
+    return np.bincount(y, minlength=n_classes) / len(y)
+
+
 def held_out_metrics(schema: ModelSchema, booster: Any, dtest: Any, y_train: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
     """Held-out metrics, and the same metrics for the prior: the training class shares (classification)
     or the training mean (regression). A useful model beats them."""
@@ -100,7 +105,7 @@ def held_out_metrics(schema: ModelSchema, booster: Any, dtest: Any, y_train: np.
         }
     labels = list(range(schema.n_classes))
     proba = probabilities(booster, dtest)
-    prior = np.bincount(y_train, minlength=schema.n_classes) / len(y_train)
+    prior = class_prior(y_train, schema.n_classes)
     return {
         "accuracy": round(float(accuracy_score(y_test, proba.argmax(axis=1))), 4),
         "log_loss": round(float(log_loss(y_test, proba, labels=labels)), 4),
@@ -244,7 +249,7 @@ def train_main(args: argparse.Namespace) -> int:
     }
     if schema.is_classification:
         # The training label distribution: monitoring compares the served class mix with it.
-        metadata["class_prior"] = (np.bincount(y, minlength=schema.n_classes) / len(y)).round(4).tolist()
+        metadata["class_prior"] = class_prior(y, schema.n_classes).round(4).tolist()
     register(booster, scaler, schema, dataset_label="csv" if args.data else "synthetic", metadata=metadata)
     log(f"  data        {metrics['train_rows']} train / {metrics['test_rows']} held-out rows")
     log(f"  time        {time.perf_counter() - started:.1f} s")
@@ -271,11 +276,16 @@ def imported_task(path: str, booster: Any) -> tuple[str, int]:
     )
 
 
+def booster_features(booster: Any) -> tuple[list[str], list[str]]:
+    """The booster's feature names and XGBoost types; a booster saved without them has f0, f1, ... all numeric."""
+    names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
+    return list(names), list(booster.feature_types or ["q"] * len(names))
+
+
 def imported_schema(path: str, booster: Any) -> ModelSchema:
     """Without a sample: names and kinds from the booster, no ranges, nothing nullable."""
     task, num_class = imported_task(path, booster)
-    names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
-    types = booster.feature_types or ["q"] * len(names)
+    names, types = booster_features(booster)
     if "c" in types:
         raise DataError(f"{path}: feature {names[types.index('c')]!r} is categorical: give --sample FILE.csv --label COLUMN so its categories are known")
     features = tuple(Feature(n, "binary", 0.0, 1.0) if t == "i" else Feature(n, "continuous") for n, t in zip(names, types))
@@ -299,12 +309,11 @@ def import_main(args: argparse.Namespace) -> int:
         task, num_class = imported_task(args.model, booster)
         metadata: dict[str, Any] = {"data_source": args.model}
         if args.sample:
-            names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
-            table = read_sample(args.sample, args.label, list(names), task)
+            names, booster_types = booster_features(booster)
+            table = read_sample(args.sample, args.label, names, task)
             schema = table.schema
             if schema.is_classification and schema.n_classes != max(num_class, 2):
                 raise DataError(f"{args.sample}: label {args.label!r} has {schema.n_classes} classes, the model {max(num_class, 2)}")
-            booster_types = booster.feature_types or ["q"] * len(names)
             for f, t in zip(schema.features, booster_types):
                 if (f.kind == "categorical") != (t == "c"):
                     raise DataError(f"{args.sample}: column {f.name!r} is {f.kind} in the sample but {'categorical' if t == 'c' else 'numeric'} in the model")
@@ -317,7 +326,7 @@ def import_main(args: argparse.Namespace) -> int:
                 return EXIT_NO_BETTER
             metadata.update(metrics=metrics, data_sha256=table.sha256, sample=args.sample)
             if schema.is_classification:
-                metadata["class_prior"] = (np.bincount(table.y, minlength=schema.n_classes) / len(table.y)).round(4).tolist()
+                metadata["class_prior"] = class_prior(table.y, schema.n_classes).round(4).tolist()
         else:
             schema = imported_schema(args.model, booster)
     except (DataError, OSError, UnicodeDecodeError, ValueError) as exc:
