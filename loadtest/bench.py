@@ -33,7 +33,7 @@ import numpy as np
 import psutil
 
 from . import bench_load, bench_report, bench_rollout
-from .bench_servers import REPO, Server, ServerError, baseline, our_service
+from .bench_servers import REPO, Server, ServerError, baseline, interleaved, our_service
 from .traffic import ServedModel
 
 EXIT_GOAL_MISSED = 1
@@ -135,12 +135,6 @@ def explanations(server: Server, bodies: dict[str, Path], seconds: float) -> dic
         explain_under_load = explain.result()
     return {"in_process": in_process, "explain_alone": alone, "predict_under_explain": predict, "explain_beside_predict": explain_under_load,
             "ratio": round(alone["rps"] / in_process["rows_per_s"], 3)}  # fmt: skip
-
-
-def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
-    """Alternate who goes first each round, so drift on the box (heat, caches) hits both alike."""
-    names = list(servers)
-    return [[servers[n] for n in (names if r % 2 == 0 else names[::-1])] for r in range(rounds)]
 
 
 def wait_for_quiet_box(max_wait: float, busy_limit: float = 0.25) -> float:

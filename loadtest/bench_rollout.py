@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_servers import REPO, Server, our_service
+from .bench_servers import REPO, Server, interleaved, our_service
 
 CONNECTIONS = 32
 CANARY_PERCENT = 50
@@ -75,10 +75,9 @@ def measure(workdir: Path, primary_tag: str, bodies: Path, rounds: int, seconds:
             server.start()
             closed_loop(server, bodies, CONNECTIONS, WARMUP_SECONDS)  # warm-up, discarded
         before = shadow_counts(group["shadow"])
-        names = list(group)
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                runs[name].append(closed_loop(group[name], bodies, CONNECTIONS, seconds))
+        for order in interleaved(group, rounds):
+            for server in order:
+                runs[server.name].append(closed_loop(server, bodies, CONNECTIONS, seconds))
         time.sleep(1)  # the last shadow backlog
         after = shadow_counts(group["shadow"])
         requests_sent = sum(x["requests"] for x in runs["shadow"])

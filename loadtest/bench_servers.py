@@ -150,6 +150,13 @@ class Server:
             self._home = None
 
 
+def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
+    """Each round starts one server later (two servers: they alternate who goes first), so drift on
+    the box (heat, caches) hits all alike."""
+    order = list(servers.values())
+    return [order[r % len(order):] + order[:r % len(order)] for r in range(rounds)]
+
+
 def private_home(shared_home: str) -> Path:
     """A BENTOML_HOME of this server's own that sees the shared model store.
 
