@@ -138,6 +138,22 @@ def live_server(server_factory) -> str:
     return server_factory().url
 
 
+def samples(url: str) -> dict[str, list]:
+    """A service's /metrics as {sample name: [(labels, value), ...]}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text):
+        for s in family.samples:
+            found.setdefault(s.name, []).append((s.labels, s.value))
+    return found
+
+
+def total(found: dict[str, list], name: str, **labels: str) -> float:
+    """The sum of a sample over the series (workers, label values) that carry `labels`."""
+    return sum(v for got, v in found.get(name, []) if labels.items() <= got.items())
+
+
 def exposed(url: str, series: str) -> float:
     """The value of one series (name and labels as /metrics writes them) in a service's /metrics; 0 before it exists."""
     lines = [l for l in requests.get(f"{url}/metrics", timeout=10).text.splitlines() if l.startswith(series + " ")]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import REPO, fuzz, listeners, meanwhile, worker_pids
+from conftest import REPO, fuzz, listeners, meanwhile, samples, total, worker_pids
 from model_store.dataset import EXAMPLE_RECORD
 from model_store.dataset import sample_records
 
@@ -90,15 +90,6 @@ def test_overload_answers_only_200_or_503_with_retry_after_and_health_stays_fast
         time.sleep(0.1)
 
 
-def in_progress(url: str, endpoint: str) -> float:
-    """BentoML's bentoml_service_request_in_progress for an endpoint, summed over the workers."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "bentoml_service_request_in_progress" and sample.labels.get("endpoint") == endpoint)  # fmt: skip
-
-
 def test_sigterm_finishes_every_request_in_flight(server_factory):
     from stalling_service import STALL_MARKER
 
@@ -116,7 +107,7 @@ def test_sigterm_finishes_every_request_in_flight(server_factory):
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(send, i) for i in range(32)]
         deadline = time.monotonic() + 30
-        while (seen := in_progress(server.url, "/predict_batch")) < 32:
+        while (seen := total(samples(server.url), "bentoml_service_request_in_progress", endpoint="/predict_batch")) < 32:
             assert time.monotonic() < deadline, f"only {seen} of 32 requests in flight"
             assert not any(f.done() for f in futures), "a request finished before all were in flight"
             time.sleep(0.05)

@@ -17,9 +17,8 @@ import bentoml
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import train_default_model
+from conftest import samples, total, train_default_model
 from model_store import load_bundle
 from model_store.dataset import sample_records
 from monitoring import check_dashboards, dashboards, localstack
@@ -68,19 +67,6 @@ def post_all(url: str, records: list[dict], headers: dict | None = None) -> list
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(post, records))
-
-
-def samples(url: str) -> dict[str, list]:
-    """/metrics as {sample name: [(labels, value), ...]}."""
-    found: dict[str, list] = {}
-    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text):
-        for s in family.samples:
-            found.setdefault(s.name, []).append((s.labels, s.value))
-    return found
-
-
-def total(found: dict[str, list], name: str, **labels: str) -> float:
-    return sum(v for got, v in found.get(name, []) if labels.items() <= got.items())
 
 
 def test_shadow_answers_come_from_the_primary_and_both_versions_are_measured(shadow_server, models):
