@@ -54,10 +54,6 @@ def shadow_server(server_factory, models):
     return rollout_server(server_factory, models, "shadow")
 
 
-def rows_of(records: list[dict], model) -> np.ndarray:
-    return model.encode(records)
-
-
 def post_all(url: str, records: list[dict], headers: dict | None = None) -> list[dict]:
     """Each record to /predict from 16 concurrent clients (so the server batches them); answers in order."""
     def post(record: dict) -> dict:
@@ -78,12 +74,12 @@ def test_shadow_answers_come_from_the_primary_and_both_versions_are_measured(sha
     batch = requests.post(f"{server.url}/predict_batch", json={"instances": records[200:]}, timeout=30).json()["predictions"]
     answers = singles + batch
 
-    want = primary.predict_proba(rows_of(records, primary))
+    want = primary.predict_proba(primary.encode(records))
     assert {a["model_version"] for a in answers} == {primary.version}
     np.testing.assert_allclose([a["probabilities"] for a in answers], want, atol=1e-5)
 
     # Every record is scored by the candidate too, after its answer: wait for the workers to catch up.
-    other = candidate.predict_proba(rows_of(records, candidate))
+    other = candidate.predict_proba(candidate.encode(records))
     deadline = time.monotonic() + 30
 
     def grew(name: str, **labels: str) -> float:
@@ -147,7 +143,7 @@ def test_shadow_scoring_waits_until_the_answers_are_written(models):
 
         requests_in_flight = [loop.create_task(request(f)) for f in answered]
         await asyncio.sleep(0)
-        rows = rows_of(sample_records(np.random.default_rng(1), 8), primary)
+        rows = primary.encode(sample_records(np.random.default_rng(1), 8))
         proba = primary.predict_proba(rows)
         shadow.submit(rows, proba, proba.argmax(axis=1))
         for future in answered:
@@ -180,7 +176,7 @@ def test_canary_answers_from_both_models_at_about_the_set_share(server_factory, 
     server = rollout_server(server_factory, models, "canary", XGB_CANDIDATE_PERCENT="50")
     records = sample_records(np.random.default_rng(5), 400)
     answers = post_all(server.url, records)
-    by_version = {m.version: m.predict_proba(rows_of(records, m)) for m in models}
+    by_version = {m.version: m.predict_proba(m.encode(records)) for m in models}
     versions = [a["model_version"] for a in answers]
     assert set(versions) == set(by_version)
     share = versions.count(candidate.version) / len(versions)
@@ -224,7 +220,7 @@ def test_a_version_header_pins_a_loaded_model_and_an_unknown_one_is_422(server_f
     for model in models:
         answers = post_all(server.url, records, headers={"X-Model-Version": model.version})
         assert {a["model_version"] for a in answers} == {model.version}
-        np.testing.assert_allclose([a["probabilities"] for a in answers], model.predict_proba(rows_of(records, model)), atol=1e-5)
+        np.testing.assert_allclose([a["probabilities"] for a in answers], model.predict_proba(model.encode(records)), atol=1e-5)
         response = requests.post(f"{server.url}/predict_batch", json={"instances": records}, headers={"X-Model-Version": model.version}, timeout=30)
         assert {p["model_version"] for p in response.json()["predictions"]} == {model.version}
         explained = requests.post(f"{server.url}/explain", json=records[0], headers={"X-Model-Version": model.version}, timeout=30)
