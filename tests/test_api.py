@@ -7,10 +7,9 @@ import pytest
 import requests
 
 from model_store import load_bundle
-from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES, SCHEMA
+from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES, SCHEMA, sample_records
 
 CLASS_NAMES = SCHEMA.class_names
-from model_store.dataset import sample_records
 
 SEED_KEYS = {"predicted_class", "confidence", "model_version", "features_used"}
 

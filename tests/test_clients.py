@@ -14,8 +14,7 @@ import pytest
 import requests
 
 from conftest import REPO
-from model_store.dataset import EXAMPLE_RECORD
-from model_store.dataset import sample_records
+from model_store.dataset import EXAMPLE_RECORD, sample_records
 
 
 def http_predict(url: str, record: dict) -> dict:

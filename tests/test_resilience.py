@@ -20,8 +20,7 @@ import pytest
 import requests
 
 from conftest import REPO, fuzz, listeners, meanwhile, samples, total, worker_pids
-from model_store.dataset import EXAMPLE_RECORD
-from model_store.dataset import sample_records
+from model_store.dataset import EXAMPLE_RECORD, sample_records
 
 
 def hey(url: str, *args: str, body: str | None = None, timeout: float = 300) -> str:
