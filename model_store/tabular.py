@@ -115,9 +115,9 @@ def infer_feature(path: str, name: str, cells: list[str]) -> tuple[Feature, np.n
             f"{path}: column {name!r} has {len(categories)} distinct text values (over {MAX_CATEGORIES}): "
             "an identifier or free text, not a category; drop the column"
         )
-    codes = {c: float(i) for i, c in enumerate(categories)}
-    values = np.array([np.nan if c == "" else codes[c] for c in cells], dtype=np.float64)
-    return Feature(name, "categorical", categories=tuple(categories), nullable=nullable), values
+    feature = Feature(name, "categorical", categories=tuple(categories), nullable=nullable)
+    values = np.array([np.nan if c == "" else feature.codes[c] for c in cells], dtype=np.float64)
+    return feature, values
 
 
 def infer_label(path: str, name: str, cells: list[str], task: str) -> tuple[str, tuple[str, ...], np.ndarray]:
@@ -173,10 +173,9 @@ def example_record(features: tuple[Feature, ...], row: np.ndarray) -> dict[str, 
     return record
 
 
-def _label_index(path: str, header: list[str], label: str) -> int:
+def _require_label(path: str, header: list[str], label: str) -> None:
     if label not in header:
         raise DataError(f"label column {label!r} is missing from {path} (its columns: {', '.join(map(repr, header[:10]))}{' ...' if len(header) > 10 else ''})")
-    return header.index(label)
 
 
 def read_sample(path: str, label: str, feature_names: list[str], task: str) -> Table:
@@ -184,16 +183,21 @@ def read_sample(path: str, label: str, feature_names: list[str], task: str) -> T
 
     The features are typed by the same rules as for training, and put in the booster's order."""
     header, rows, digest = read_rows(path)
-    label_col = _label_index(path, header, label)
+    _require_label(path, header, label)
     mismatch = column_mismatch(path, feature_names, [h for h in header if h != label])
     if mismatch:
         raise mismatch
     if not rows:
         raise DataError(f"{path} has no data rows")
-    columns = list(zip(*rows))
-    typed = [infer_feature(path, name, list(columns[header.index(name)])) for name in feature_names]
+    return _typed_table(path, header, rows, digest, feature_names, label, task)
+
+
+def _typed_table(path: str, header: list[str], rows: list[list[str]], digest: str, feature_names: list[str], label: str, task: str) -> Table:
+    """The named feature columns typed (in that order), then the label."""
+    columns = dict(zip(header, zip(*rows)))
+    typed = [infer_feature(path, name, list(columns[name])) for name in feature_names]
     features = tuple(f for f, _ in typed)
-    task, class_names, y = infer_label(path, label, list(columns[label_col]), task)
+    task, class_names, y = infer_label(path, label, list(columns[label]), task)
     x = np.column_stack([v for _, v in typed])
     return Table(x, y, ModelSchema(task, features, class_names, _example(features, x)), digest)  # type: ignore[arg-type]
 
@@ -206,18 +210,9 @@ def _example(features: tuple[Feature, ...], x: np.ndarray) -> dict[str, Any]:
 
 def read_table(path: str, label: str, task: str = "auto") -> Table:
     header, rows, digest = read_rows(path)
-    _label_index(path, header, label)
+    _require_label(path, header, label)
     if len(header) < 2:
         raise DataError(f"{path} has no feature column besides the label {label!r}")
     if len(rows) < MIN_ROWS:
         raise DataError(f"{path} has {len(rows)} data rows; at least {MIN_ROWS} are needed")
-    columns = list(zip(*rows))
-    features, values = [], []
-    for j, name in enumerate(header):
-        if name != label:
-            feature, column = infer_feature(path, name, list(columns[j]))
-            features.append(feature)
-            values.append(column)
-    task, class_names, y = infer_label(path, label, list(columns[header.index(label)]), task)
-    x = np.column_stack(values)
-    return Table(x, y, ModelSchema(task, tuple(features), class_names, _example(tuple(features), x)), digest)  # type: ignore[arg-type]
+    return _typed_table(path, header, rows, digest, [h for h in header if h != label], label, task)
