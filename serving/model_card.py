@@ -7,6 +7,7 @@ answers them. Built once at start-up and served from memory.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 from typing_extensions import TypedDict
@@ -61,7 +62,7 @@ def model_card(bundle: ModelBundle, candidate: Optional[ModelBundle], mode: str,
         "version": bundle.version,
         "created": bundle.created,
         "task": schema.task,
-        "features": [f.to_dict() for f in schema.features],
+        "features": [{**dataclasses.asdict(f), "categories": list(f.categories)} for f in schema.features],
         "class_names": list(schema.class_names),
         "example": schema.example,
         "metrics": meta.get("metrics", {}),
