@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -13,13 +12,14 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import train_export
+from byom_datasets import noise_binary, write_csv
 from conftest import REPO
 from model_store import ModelContractError, load_bundle, stored_model
 from model_store import dataset
+from model_store.bundle import SCALER_FILE
 from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES
 
 FEATURES = dataset.SCHEMA.features
-from model_store.bundle import SCALER_FILE
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
@@ -120,14 +120,6 @@ def test_the_dense_predictor_reads_category_codes_as_xgboost_does():
     assert any('"split_condition": [' in tree for tree in booster.get_dump(dump_format="json")), "the model must split on categories"
     expected = booster.predict(xgb.DMatrix(x, feature_types=types, enable_categorical=True))
     np.testing.assert_array_equal(DensePredictor(booster)(x)[:, 0], expected)
-
-
-def write_csv(path, columns: dict[str, list], header: list[str] | None = None):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header or list(columns))
-        writer.writerows(zip(*columns.values()))
-    return path
 
 
 ROWS = 60
@@ -246,8 +238,6 @@ def test_scaler_file_matches_the_fitted_scaler(bentoml_home):
 
 
 def test_a_model_no_better_than_the_class_prior_needs_force(bentoml_home, tmp_path):
-    from byom_datasets import noise_binary
-
     path = str(noise_binary(tmp_path / "noise.csv"))
     before = model_count()
     refused = run_train("--data", path, "--label", "label", "--rounds", "20")
