@@ -214,12 +214,18 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 open_loop[server.name].append(r.as_dict())
         results["open_loop"] = open_loop
 
-        log(f"goal 3: /predict_batch with {BATCH_RECORDS} records per request, 4 connections, {args.goal_seconds:g} s")
+        log(f"goal 3: /predict_batch with {BATCH_RECORDS} records per request, 4 connections, {args.rounds} round(s) of {args.goal_seconds:g} s")
         ours = servers["ours"]
-        batch = closed_loop(ours, bodies["batch"], 4, args.goal_seconds, path="/predict_batch")
+        batch_rounds = []
+        for _ in range(args.rounds):  # one 10 s run of large batches varies by +-20 % here: the median of rounds
+            r = closed_loop(ours, bodies["batch"], 4, args.goal_seconds, path="/predict_batch")
+            r["rows_per_s"] = round(r["rps"] * BATCH_RECORDS)
+            log(f"  ours     {r['rows_per_s']:,} rows/s  p99 {r['latency_ms']['p99']:.1f} ms  errors {r['errors']}")
+            batch_rounds.append(r)
+        batch = sorted(batch_rounds, key=lambda r: r["rows_per_s"])[len(batch_rounds) // 2]
         batch["records_per_request"] = BATCH_RECORDS
-        batch["rows_per_s"] = round(batch["rps"] * BATCH_RECORDS)
-        log(f"  ours     {batch['rows_per_s']:,} rows/s  p99 {batch['latency_ms']['p99']:.1f} ms  errors {batch['errors']}")
+        batch["rounds_rows_per_s"] = [r["rows_per_s"] for r in batch_rounds]
+        batch["errors"] = sum(r["errors"] for r in batch_rounds)  # the goal's 0 errors holds for every round
         results["batch"] = {"ours": batch}
 
         results["explain"] = explanations(ours, bodies, args.goal_seconds)
@@ -232,7 +238,7 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             server.stop()
 
     explain = results["explain"]
-    runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + [batch]
+    runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + batch_rounds
     runs += [explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]]
     runs += [r for mode in ("without", "shadow", "canary") for r in results["rollout"][mode]]
     for key in ("generator_cpu_share", "background_cpu_share"):

@@ -97,6 +97,8 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert len(results["open_loop"]["baseline"]) == 1
     batch = results["batch"]["ours"]
     assert batch["rows_per_s"] == round(batch["rps"] * 1000) and batch["ok"] > 0
+    assert batch["rounds_rows_per_s"] == [batch["rows_per_s"]], "one round: it is the median"
+    assert f"rows/s (median of 1: {batch['rows_per_s']:,})" in bench_report.markdown(results)["results"]
     assert len(results["warm_start"]["ours_seconds"]) == 1 and results["warm_start"]["ours_seconds"][0] > 0
     assert results["memory"]["ours"]["processes"] >= 2 and results["memory"]["ours"]["pss_mib"] > 0
     assert 0 <= results["generator_cpu_share"]["mean"] <= results["generator_cpu_share"]["max"] < 1
