@@ -54,7 +54,8 @@ class PredictionRoutes:
             "/explain": (self.explain, settings.max_predict_bytes),
             "/explain_batch": (self.explain_batch, settings.max_batch_bytes),
         }
-        self.pages = docs_page.pages(openapi.build(contract, settings))  # /, its files, /docs.json
+        versions = [model["version"] for model in card["rollout"]["models"]]
+        self.pages = docs_page.pages(openapi.build(contract, settings, versions))  # /, its files, /docs.json
         # The model card (serving/model_card.py); BentoML's clients read the routes from /schema.json (serving/client_api.py).
         self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card))
         self.pages["/schema.json"] = docs_page.Page(b"application/json", orjson.dumps(client_schema))

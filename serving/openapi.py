@@ -7,7 +7,7 @@ the documented contract and the enforced one cannot drift apart.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
@@ -120,10 +120,21 @@ def _explain_parameters(contract: Contract) -> list[dict[str, Any]]:
     return parameters
 
 
+def _version_header(versions: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": "X-Model-Version", "in": "header", "required": False,
+        "description": "answer with this loaded model version (for comparing a candidate with the primary, or debugging); "
+                       "default: the model the rollout picks. A version that is not loaded is a 422.",
+        "schema": {"type": "string", "enum": list(versions)},
+    }  # fmt: skip
+
+
 API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The value of XGB_API_KEY"}
 
 
-def build(contract: Contract, settings: Settings) -> dict[str, Any]:
+def build(contract: Contract, settings: Settings, versions: Sequence[str]) -> dict[str, Any]:
+    """The document for the served model's contract; `versions`: the loaded models' versions, which
+    the X-Model-Version header may pin."""
     errors = _errors(400, 401, 405, 408, 413, 415, 422, 503, 504)
     body = {"required": True, "content": _json("Record")}
     body["content"]["application/json"]["example"] = contract.schema.example
@@ -187,6 +198,9 @@ def build(contract: Contract, settings: Settings) -> dict[str, Any]:
         },
         "components": {"schemas": _schemas(contract)},
     }
+    for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):
+        operation = doc["paths"][path]["post"]
+        operation["parameters"] = [*operation.get("parameters", []), _version_header(versions)]
     if settings.api_key:  # the docs page then shows "Authorize", and "Try it out" sends the key
         doc["components"]["securitySchemes"] = {"ApiKey": API_KEY_SCHEME}
         for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):

@@ -233,6 +233,11 @@ def test_a_version_header_pins_a_loaded_model_and_an_unknown_one_is_422(server_f
         error = response.json()
         assert "nosuchversion" in error["error"] and primary.version in error["error"] and candidate.version in error["error"]
         assert error["detail"][0]["loc"] == ["header", "X-Model-Version"]
+    spec = requests.get(f"{server.url}/docs.json", timeout=10).json()
+    for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):
+        (header,) = [p for p in spec["paths"][path]["post"]["parameters"] if p["in"] == "header"]
+        assert header["name"] == "X-Model-Version" and not header["required"], f"{path}: {header}"
+        assert header["schema"]["enum"] == [primary.version, candidate.version], f"{path} documents the loaded versions"
 
 
 def test_a_candidate_with_another_schema_refuses_to_start_with_one_line(server_factory, models):

@@ -117,7 +117,7 @@ def test_the_openapi_record_is_the_schemas_in_openapi_3_0_terms():
 
     odd = ModelSchema(ODD.task, (*ODD.features[:2], Feature("colour.name", "categorical", categories=("blue", "rouge-é"), nullable=True)),
                       ODD.class_names, {**dict(list(ODD.example.items())[:2]), "colour.name": "blue"})  # fmt: skip
-    record = openapi.build(Contract(odd, Settings()), Settings())["components"]["schemas"]["Record"]
+    record = openapi.build(Contract(odd, Settings()), Settings(), ["v1"])["components"]["schemas"]["Record"]
     props = record["properties"]
     assert list(props) == list(odd.feature_names) and [p["title"] for p in props.values()] == list(odd.feature_names)
     assert props["petal length (cm)"]["type"] == "number" and "nullable" not in props["petal length (cm)"]
