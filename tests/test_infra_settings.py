@@ -80,6 +80,17 @@ def test_region_comes_from_the_stack_then_aws_region(monkeypatch):
     assert load_stack("prod").region == "us-west-2", "the committed stack sets aws:region"
 
 
+@pytest.mark.parametrize("aws_region,aws_default_region", [(None, None), ("eu-central-1", None), (None, "ap-south-1"), ("eu-central-1", "ap-south-1")])
+def test_ops_and_the_program_pick_the_same_region_without_aws_region_config(monkeypatch, aws_region, aws_default_region):
+    """ops (which does not import pulumi) and the program each resolve the default region: they must agree."""
+    import ml_api_infra.settings as program
+    import ops.stack
+
+    for name, value in (("AWS_REGION", aws_region), ("AWS_DEFAULT_REGION", aws_default_region)):
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    assert ops.stack.default_region() == program.default_region() == (aws_region or aws_default_region or "us-west-2")
+
+
 def test_subnet_blocks_are_disjoint_and_sized_per_az():
     public, private = subnet_cidrs("10.0.0.0/16", 3)
     assert public == ["10.0.0.0/20", "10.0.16.0/20", "10.0.32.0/20"]
