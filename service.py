@@ -96,8 +96,11 @@ class XGBoostService:
         if reference is None:
             logger.warning("model %s has no drift reference: feature drift cannot be monitored; retrain with `make train`", self.bundle.tag)
         else:
-            self.drift = metrics.FeatureDrift(drift.Binner(reference, self.bundle.schema.feature_names))
             metrics.publish_class_reference(reference["predicted_class_shares"])
+            if SETTINGS.drift:
+                self.drift = metrics.FeatureDrift(drift.Binner(reference, self.bundle.schema.feature_names))
+            elif bentoml.server_context.worker_index == 1:
+                logger.info("feature drift counting is off (XGB_DRIFT=0): no xgb_feature_bin_total, no feature PSI")
 
     @bentoml.on_startup
     def listen_on_own_socket(self) -> None:

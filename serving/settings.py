@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     # Each worker listens on its own SO_REUSEPORT socket (Linux), so the kernel spreads connections evenly.
     reuse_port: bool = Field(True, validation_alias="XGB_REUSEPORT")
+    # Count every predicted record into the model's drift bins (xgb_feature_bin_total), off the
+    # request path; off saves that CPU, which only a saturated /predict_batch notices (docs/monitoring.md).
+    drift: bool = True
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = ""
     # Comma-separated CORS origins; empty means CORS is off.

@@ -8,13 +8,17 @@ above the maximum, unknown values, missing values).
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import prometheus_client as prom
 import pytest
+import requests
+from conftest import samples, total
 
 from model_store import drift
+from model_store.dataset import FEATURE_NAMES, sample_records
 from serving import metrics
 
 FEATURES = (
@@ -132,3 +136,20 @@ def test_feature_drift_counts_every_record_once_per_flush(ref):
     assert (exported() - before).tolist() == binner.counts(rows).tolist()
     shares = [prom.REGISTRY.get_sample_value("xgb_feature_reference_ratio", {"feature": f, "bin": b}) for f, b in binner.labels]
     assert shares == pytest.approx(binner.shares.tolist())
+
+
+@pytest.mark.parametrize("setting,counted", [(None, True), ("0", False)])
+def test_xgb_drift_turns_feature_drift_counting_off_and_keeps_class_drift(server_factory, setting, counted):
+    server = server_factory({"XGB_DRIFT": setting} if setting else None, workers=1)
+    records = sample_records(np.random.default_rng(5), 50)
+    assert requests.post(f"{server.url}/predict_batch", json={"instances": records}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 10
+    while counted and total(samples(server.url), "xgb_feature_bin_total") < 50 * len(FEATURE_NAMES) and time.monotonic() < deadline:
+        time.sleep(0.2)  # counted at the worker's next once-a-second flush
+    time.sleep(0 if counted else 1.5)  # (off: a flush has passed, and still nothing)
+    found = samples(server.url)
+    assert total(found, "xgb_feature_bin_total") == (50 * len(FEATURE_NAMES) if counted else 0), "every value of every record, once"
+    assert bool(found.get("xgb_feature_reference_ratio")) is counted
+    assert total(found, "xgb_class_reference_ratio") == pytest.approx(1, abs=1e-3), "class drift stays either way"
+    assert total(found, "xgb_predictions_total") == 50
+    assert ("feature drift counting is off (XGB_DRIFT=0)" in server.log()) is not counted
