@@ -11,6 +11,7 @@ the X-API-Key scheme (openapi.py), so the page shows "Authorize" and "Try it out
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import html
 from importlib.util import find_spec
 from pathlib import Path
@@ -24,6 +25,10 @@ ASSETS = {
     "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", b"text/javascript; charset=utf-8"),
     "/docs/favicon-32x32.png": ("favicon-32x32.png", b"image/png"),
 }
+# Swagger UI's files change only with the pinned package: a browser may keep them a day, and they are
+# sent gzipped to a client that accepts it (the script is the page's bulk). The page and the documents
+# describe the served model and settings: never kept.
+ASSET_CACHE_CONTROL = b"public, max-age=86400"
 # Swagger UI styles its elements inline and shows its icons as data: URIs; everything else is this server's.
 CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -59,6 +64,31 @@ class Page:
     content_type: bytes
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    cache_control: bytes = b"no-store"
+    gzipped: bytes | None = None  # the body gzipped, for a client whose Accept-Encoding takes gzip
+
+    def answer(self, accept_encoding: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The body to send, and its headers beyond content type, length and cache control."""
+        if self.gzipped is None:
+            return self.body, list(self.headers)
+        if accepts_gzip(accept_encoding):
+            return self.gzipped, [*self.headers, (b"vary", b"accept-encoding"), (b"content-encoding", b"gzip")]
+        return self.body, [*self.headers, (b"vary", b"accept-encoding")]
+
+
+def accepts_gzip(accept_encoding: bytes) -> bool:
+    """Whether an Accept-Encoding header value takes gzip (and does not refuse it with q=0)."""
+    for item in accept_encoding.lower().split(b","):
+        coding, _, params = item.partition(b";")
+        if coding.strip() in (b"gzip", b"*"):
+            params = params.strip()
+            if not params.startswith(b"q="):
+                return True
+            try:
+                return float(params[2:]) > 0
+            except ValueError:  # a malformed weight: the plain body, which every client reads
+                return False
+    return False
 
 
 def swagger_ui_static() -> Path:
@@ -73,7 +103,10 @@ def pages(openapi: dict[str, Any]) -> dict[str, Page]:
     """Every path of the docs: /, its script and Swagger UI's files, and /docs.json."""
     static = swagger_ui_static()
     title = html.escape(openapi["info"]["title"])
-    served = {path: Page(kind, (static / name).read_bytes()) for path, (name, kind) in ASSETS.items()}
+    served = {}
+    for path, (name, kind) in ASSETS.items():
+        body = (static / name).read_bytes()
+        served[path] = Page(kind, body, cache_control=ASSET_CACHE_CONTROL, gzipped=gzip.compress(body, 9, mtime=0))
     return {
         "/": Page(b"text/html; charset=utf-8", PAGE.format(title=title).encode(), ((b"content-security-policy", CONTENT_SECURITY_POLICY),)),
         "/docs/init.js": Page(b"text/javascript; charset=utf-8", INIT_SCRIPT),

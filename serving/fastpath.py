@@ -39,7 +39,8 @@ logger = logging.getLogger("xgb_service")
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 EXPLAIN_ROUTES = frozenset({"/explain", "/explain_batch"})
 RETRY_AFTER_SECONDS = b"1"
-_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_SECURITY_HEADERS = [_NOSNIFF, (b"cache-control", b"no-store")]
 
 
 class PredictionRoutes:
@@ -85,7 +86,8 @@ class PredictionRoutes:
         if page is not None:
             if scope["method"] != "GET":
                 return await respond(send, 405, not_allowed(scope).body(), [(b"allow", b"GET")])
-            return await respond(send, 200, page.body, list(page.headers), page.content_type)
+            body, headers = page.answer(dict(scope["headers"]).get(b"accept-encoding", b""))
+            return await respond(send, 200, body, headers, page.content_type, page.cache_control)
         if scope["path"] == f"/{BATCHED_API}":
             # Internal: reachable only through /predict, which validates what it sends.
             return await respond(send, 404, not_found(scope).body())
@@ -285,8 +287,8 @@ def bentoml_route_sender(scope: dict[str, Any], send: Callable) -> Callable:
 
 
 async def respond(send: Callable, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None,
-                  content_type: bytes = b"application/json") -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
+                  content_type: bytes = b"application/json", cache_control: bytes = b"no-store") -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), _NOSNIFF, (b"cache-control", cache_control)]
     if extra_headers:
         headers.extend(extra_headers)
     start = {"type": "http.response.start", "status": status, "headers": headers}

@@ -4,10 +4,15 @@ anywhere but this server, and "Try it out" on /predict answers 200 (with an API 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.client
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 from chromium import Browser, Page
+
+from serving import docs_page
 
 API_KEY = "docs-page-key-7f3a"
 PREDICT = "#operations-default-predict"
@@ -64,6 +69,8 @@ def test_the_docs_page_is_ours_fetches_only_from_this_server_and_try_it_out_answ
             answer = await page.evaluate(f"document.querySelector('{PREDICT} .live-responses-table tbody .response-col_description').innerText")
             assert '"predicted_class"' in answer, answer
             assert_nothing_left_the_server(page, live_server)
+            (bundle,) = [r for r in page.responses if urlsplit(r["url"]).path == "/docs/swagger-ui-bundle.js"]
+            assert bundle["headers"].get("content-encoding") == "gzip", "the browser got the script gzipped"
 
     asyncio.run(scenario())
 
@@ -98,3 +105,40 @@ def test_an_unknown_path_answers_json_like_every_other_error(live_server):
     wrong_method = requests.post(f"{live_server}/healthz", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.json()["error"].startswith("method POST not allowed on /healthz")
     assert requests.post(f"{live_server}/", timeout=10).json() == {"error": "method POST not allowed on /: use GET", "detail": []}
+
+
+def get(url: str, path: str, accept_encoding: str | None) -> http.client.HTTPResponse:
+    """A GET with exactly this Accept-Encoding (none at all for None), its body read."""
+    connection = http.client.HTTPConnection(urlsplit(url).netloc, timeout=10)
+    connection.putrequest("GET", path, skip_accept_encoding=True)
+    if accept_encoding is not None:
+        connection.putheader("Accept-Encoding", accept_encoding)
+    connection.endheaders()
+    response = connection.getresponse()
+    response.body = response.read()  # type: ignore[attr-defined]
+    connection.close()
+    return response
+
+
+@pytest.mark.parametrize("accept_encoding,gzipped", [
+    ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True), ("*", True), (None, False), ("identity", False),
+    ("gzip;q=0", False), ("gzip;q=zero", False), ("deflate", False),
+])  # fmt: skip
+def test_swagger_files_are_cached_and_gzipped_for_clients_that_take_gzip(live_server, accept_encoding, gzipped):
+    original = (docs_page.swagger_ui_static() / "swagger-ui-bundle.js").read_bytes()
+    response = get(live_server, "/docs/swagger-ui-bundle.js", accept_encoding)
+    assert response.status == 200
+    assert response.getheader("content-encoding") == ("gzip" if gzipped else None)
+    assert (gzip.decompress(response.body) if gzipped else response.body) == original
+    assert int(response.getheader("content-length")) == len(response.body)
+    assert response.getheader("cache-control") == "public, max-age=86400" and response.getheader("vary") == "accept-encoding"
+    assert response.getheader("x-content-type-options") == "nosniff"
+    if gzipped:
+        assert len(response.body) < len(original) / 3
+
+
+@pytest.mark.parametrize("path", ["/", "/docs.json", "/metadata"])
+def test_what_describes_the_served_model_is_never_cached(live_server, path):
+    response = get(live_server, path, "gzip")
+    assert response.status == 200 and response.getheader("cache-control") == "no-store"
+    assert response.getheader("content-encoding") is None
