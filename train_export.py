@@ -140,26 +140,49 @@ def refused_as_no_better(metrics: dict[str, Any], force: bool, failure: str, hin
     return False
 
 
-def train(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema = dataset.SCHEMA, rounds: int = NUM_BOOST_ROUND):
-    """Fit scaler + booster; returns (booster, scaler, metrics)."""
+def train(x: np.ndarray, y: np.ndarray, seed: int, schema: ModelSchema = dataset.SCHEMA, rounds: int = NUM_BOOST_ROUND,
+          early_stopping: int = 0):  # fmt: skip
+    """Fit scaler + booster; returns (booster, scaler, metrics).
+
+    With `early_stopping` N, boosting stops once N rounds in a row have not improved the loss on a
+    validation part of the training rows, and the best round's model is kept. The held-out rows
+    are never looked at while fitting, so their metrics stay an honest estimate."""
     import xgboost as xgb
 
     x_train, x_test, y_train, y_test = split(x, y, seed, stratify=schema.is_classification)
     scaler = fit_scaler(x_train, schema)
-    dtrain = dmatrix(scaler.transform(x_train), y_train, schema)
     dtest = dmatrix(scaler.transform(x_test), y_test, schema)
     params = params_for(schema, seed)
     metric = params["eval_metric"]
-    log(f"training {rounds} rounds, max_depth {params['max_depth']}, {schema.task}" + (f", {schema.n_classes} classes" if schema.n_classes else "") + " ...")
+    callbacks: list[Any] = []
+    if early_stopping:
+        x_fit, x_val, y_fit, y_val = split(x_train, y_train, seed, stratify=schema.is_classification)
+        dtrain = dmatrix(scaler.transform(x_fit), y_fit, schema)
+        watched, shown = (dmatrix(scaler.transform(x_val), y_val, schema), "validation"), "validation"
+        callbacks.append(xgb.callback.EarlyStopping(rounds=early_stopping, metric_name=metric, data_name="validation", save_best=True))
+    else:
+        dtrain = dmatrix(scaler.transform(x_train), y_train, schema)
+        watched, shown = (dtest, "test"), "held-out"  # (XGBoost refuses a "-" in the name)
+    log(f"training {rounds} rounds, max_depth {params['max_depth']}, {schema.task}" + (f", {schema.n_classes} classes" if schema.n_classes else "")
+        + (f", stopping early after {early_stopping} rounds without a better validation {metric}" if early_stopping else "") + " ...")  # fmt: skip
+    losses: list[float] = []
 
     class Progress(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log):
+            losses.append(evals_log[watched[1]][metric][-1])
             if (epoch + 1) % 25 == 0:
-                log(f"  round {epoch + 1}/{rounds}  held-out {metric} {evals_log['test'][metric][-1]:.4f}")
+                log(f"  round {epoch + 1}/{rounds}  {shown} {metric} {losses[-1]:.4f}")
             return False
 
-    booster = xgb.train(params, dtrain, rounds, evals=[(dtest, "test")], verbose_eval=False, callbacks=[Progress()])
-    metrics = {**held_out_metrics(schema, booster, dtest, y_train, y_test), "train_rows": int(len(y_train)), "test_rows": int(len(y_test))}
+    booster = xgb.train(params, dtrain, rounds, evals=[watched], verbose_eval=False, callbacks=[Progress(), *callbacks])
+    fitted = dtrain.num_row()
+    if early_stopping:
+        kept = booster.num_boosted_rounds()
+        log(f"  kept round {kept} of {len(losses)} (validation {metric} {losses[kept - 1]:.4f})"
+            + ("" if len(losses) < rounds else f"; still improving at round {rounds}: more --rounds may help"))  # fmt: skip
+    metrics = {**held_out_metrics(schema, booster, dtest, y_train, y_test), "train_rows": fitted, "test_rows": int(len(y_test))}
+    if early_stopping:
+        metrics["validation_rows"] = int(len(y_train)) - fitted
     return booster, scaler, metrics
 
 
@@ -232,7 +255,7 @@ def train_main(args: argparse.Namespace) -> int:
         log(f"classes: {dict(zip(schema.class_names, np.bincount(y, minlength=schema.n_classes).tolist()))}")
 
     try:
-        booster, scaler, metrics = train(x, y, args.seed, schema, args.rounds)
+        booster, scaler, metrics = train(x, y, args.seed, schema, args.rounds, args.early_stopping)
     except DataError as exc:
         print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
         return EXIT_DATA_ERROR
@@ -243,7 +266,8 @@ def train_main(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "data_source": source,
         "data_sha256": digest,
-        "training_params": {**params_for(schema, args.seed), "num_boost_round": args.rounds, "test_fraction": TEST_FRACTION},
+        "training_params": {**params_for(schema, args.seed), "num_boost_round": booster.num_boosted_rounds(), "test_fraction": TEST_FRACTION,
+                            **({"early_stopping_rounds": args.early_stopping, "max_boost_round": args.rounds} if args.early_stopping else {})},  # fmt: skip
         "train_seconds": round(time.perf_counter() - started, 2),
         drift.REFERENCE_KEY: drift_reference(x, y, args.seed, schema, booster, scaler),
     }
@@ -251,7 +275,8 @@ def train_main(args: argparse.Namespace) -> int:
         # The training label distribution: monitoring compares the served class mix with it.
         metadata["class_prior"] = class_prior(y, schema.n_classes).round(4).tolist()
     register(booster, scaler, schema, dataset_label="csv" if args.data else "synthetic", metadata=metadata)
-    log(f"  data        {metrics['train_rows']} train / {metrics['test_rows']} held-out rows")
+    validation = f" / {metrics['validation_rows']} validation" if "validation_rows" in metrics else ""
+    log(f"  data        {metrics['train_rows']} train{validation} / {metrics['test_rows']} held-out rows")
     log(f"  time        {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -358,9 +383,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: classification for text labels or integers with at most 20 values, else regression (default)")  # fmt: skip
     parser.add_argument("--rows", type=int, default=dataset.DEFAULT_ROWS, help="rows of synthetic data (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED, help="data, split and model seed (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=NUM_BOOST_ROUND, help="boosting rounds (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=NUM_BOOST_ROUND, help="boosting rounds (default: %(default)s); with --early-stopping, the most")
+    parser.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                        help="stop when N rounds in a row do not improve the loss on a validation part of the training rows, and keep "
+                             "the best round (recommended for small datasets, which overfit; default: off)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="register a model even when it is no better than the class prior")
-    return train_main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.early_stopping < 0:
+        parser.error(f"--rounds must be at least 1 and --early-stopping at least 0 (off), not {args.rounds} and {args.early_stopping}")
+    return train_main(args)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import train_export
-from byom_datasets import noise_binary, write_csv
+from byom_datasets import churn_binary, noise_binary, write_csv
 from conftest import REPO
 from model_store import ModelContractError, load_bundle, stored_model
 from model_store import dataset
 from model_store.bundle import SCALER_FILE
 from model_store.dataset import EXAMPLE_RECORD, FEATURE_NAMES
+from model_store.tabular import read_table
 
 FEATURES = dataset.SCHEMA.features
 
@@ -252,6 +253,31 @@ def test_a_model_no_better_than_the_class_prior_needs_force(bentoml_home, tmp_pa
     bentoml.models.delete(model.tag)
 
 
+def test_early_stopping_keeps_the_best_round_on_validation_rows_and_beats_overfitting(bentoml_home, tmp_path):
+    path = churn_binary(tmp_path / "churn.csv")  # 600 rows: 100 rounds overfit them
+    result = run_train("--data", str(path), "--label", "churn", "--early-stopping", "10")
+    assert result.returncode == 0, result.stderr
+    model = bentoml.models.get("xgb_classifier:latest")
+    params, metrics = model.info.metadata["training_params"], model.info.metadata["metrics"]
+    try:
+        kept = params["num_boost_round"]
+        assert params["early_stopping_rounds"] == 10 and params["max_boost_round"] == 100 and 1 <= kept < 100
+        assert f"kept round {kept} of " in result.stdout
+        assert load_bundle().booster.num_boosted_rounds() == kept, "the served booster is the kept round's"
+        assert metrics["train_rows"] + metrics["validation_rows"] + metrics["test_rows"] == 600 and metrics["validation_rows"] > 0
+        table = read_table(str(path), "churn", "auto")
+        _, _, full = train_export.train(table.x, table.y, dataset.DEFAULT_SEED, table.schema)
+        assert metrics["log_loss"] < full["log_loss"], f"held-out log loss {metrics['log_loss']} early-stopped vs {full['log_loss']} at 100 rounds"
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+@pytest.mark.parametrize("args", [("--early-stopping", "-1"), ("--rounds", "0")])
+def test_bad_round_counts_are_refused_by_the_cli(args):
+    result = run_train(*args)
+    assert result.returncode == 2 and "--rounds must be at least 1 and --early-stopping at least 0" in result.stderr, result.stderr
+
+
 def test_the_prior_check_reads_the_right_metrics():
     assert train_export.no_better_than_prior({"accuracy": 0.9, "log_loss": 0.3, "prior_accuracy": 0.5, "prior_log_loss": 0.69}) is None
     assert "accuracy 0.5000" in train_export.no_better_than_prior({"accuracy": 0.5, "log_loss": 0.6, "prior_accuracy": 0.5, "prior_log_loss": 0.69})
@@ -333,8 +359,6 @@ def test_import_without_a_sample_takes_the_schema_from_the_booster(bentoml_home,
     ids=["two strings", "three strings", "20 integers", "21 integers", "floats", "two integers"],
 )
 def test_task_auto_follows_the_label(tmp_path, labels, task, class_names):
-    from model_store.tabular import read_table
-
     path = write_csv(tmp_path / "t.csv", {"x": list(range(len(labels))), "y": labels})
     table = read_table(str(path), "y")
     assert table.schema.task == task and table.schema.class_names == class_names
