@@ -259,3 +259,4 @@ def test_make_train_passes_a_csv_and_its_label_to_train_export():
     assert command("DATA=my data.csv", "LABEL=the label", "TASK=regression").endswith(
         "train_export.py --data 'my data.csv' --label 'the label' --task regression"
     )
+    assert command("DATA=d.csv", "LABEL=y", "TRAIN_ARGS=--early-stopping 10").endswith("--task auto --early-stopping 10")
