@@ -14,6 +14,7 @@ have the contract's shape is a failure, not a success.
 from __future__ import annotations
 
 import math
+import os
 import urllib.request
 from typing import Any
 
@@ -40,7 +41,9 @@ class ServedModel:
 
     @classmethod
     def fetch(cls, base_url: str, timeout: float = 10.0) -> "ServedModel":
-        with urllib.request.urlopen(f"{base_url.rstrip('/')}/metadata", timeout=timeout) as response:
+        # With an API key the card needs it too: the same variable the service and the locustfile read.
+        headers = {"X-API-Key": os.environ["XGB_API_KEY"]} if os.environ.get("XGB_API_KEY") else {}
+        with urllib.request.urlopen(urllib.request.Request(f"{base_url.rstrip('/')}/metadata", headers=headers), timeout=timeout) as response:
             return cls(orjson.loads(response.read()))
 
     def sample_records(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:

@@ -39,6 +39,9 @@ logger = logging.getLogger("xgb_service")
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 EXPLAIN_ROUTES = frozenset({"/explain", "/explain_batch"})
 RETRY_AFTER_SECONDS = b"1"
+# With XGB_API_KEY set, the model card needs the key like the prediction routes: it names the
+# training data, its metrics and the library versions. The docs page and the contract stay readable.
+KEYED_PAGES = frozenset({"/metadata"})
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _SECURITY_HEADERS = [_NOSNIFF, (b"cache-control", b"no-store")]
 
@@ -86,7 +89,13 @@ class PredictionRoutes:
         if page is not None:
             if scope["method"] != "GET":
                 return await respond(send, 405, not_allowed(scope).body(), [(b"allow", b"GET")])
-            body, headers = page.answer(dict(scope["headers"]).get(b"accept-encoding", b""))
+            request_headers = dict(scope["headers"])
+            if scope["path"] in KEYED_PAGES:
+                try:
+                    self.check_api_key(request_headers)
+                except InputError as exc:
+                    return await respond(send, exc.status, exc.body(), [(b"www-authenticate", b"API-Key")])
+            body, headers = page.answer(request_headers.get(b"accept-encoding", b""))
             return await respond(send, 200, body, headers, page.content_type, page.cache_control)
         if scope["path"] == f"/{BATCHED_API}":
             # Internal: reachable only through /predict, which validates what it sends.
@@ -187,13 +196,16 @@ class PredictionRoutes:
         if scope["method"] != "POST":
             raise not_allowed(scope, "POST")
         headers = dict(scope["headers"])
-        if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key):
-            raise InputError(401, "missing or wrong API key: send it in the X-API-Key header")
+        self.check_api_key(headers)
         content_type = headers.get(b"content-type")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
             raise InputError(415, f"unsupported content type {content_type.decode('latin-1')[:100]!r}: send application/json")
         pinned = headers.get(b"x-model-version")
         return None if pinned is None else self._service.rollout.pinned(pinned)
+
+    def check_api_key(self, headers: dict[bytes, bytes]) -> None:
+        if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key):
+            raise InputError(401, "missing or wrong API key: send it in the X-API-Key header")
 
     async def predict(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         rows = self.contract.parse_record(body)

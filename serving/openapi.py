@@ -170,7 +170,7 @@ def build(contract: Contract, settings: Settings, versions: Sequence[str]) -> di
                 "get": {
                     "summary": "The served model: tag, created, task, features, class names, metrics, provenance",
                     "operationId": "metadata",
-                    "responses": {"200": {"description": "The model card", "content": _json("ModelCard")}},
+                    "responses": {"200": {"description": "The model card", "content": _json("ModelCard")}, **_errors(401)},
                 }
             },
             "/explain": {
@@ -205,4 +205,5 @@ def build(contract: Contract, settings: Settings, versions: Sequence[str]) -> di
         doc["components"]["securitySchemes"] = {"ApiKey": API_KEY_SCHEME}
         for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):
             doc["paths"][path]["post"]["security"] = [{"ApiKey": []}]
+        doc["paths"]["/metadata"]["get"]["security"] = [{"ApiKey": []}]
     return doc

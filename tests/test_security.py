@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from loadtest.traffic import ServedModel
 from model_store.dataset import EXAMPLE_RECORD
 
 KEY = "s3cr3t-key-for-tests"
@@ -26,6 +27,19 @@ def test_a_missing_or_wrong_key_is_401_json(keyed_server, headers):
         assert response.status_code == 401
         assert "API key" in response.json()["error"]
         assert response.headers["www-authenticate"] == "API-Key"
+    card = requests.get(f"{keyed_server.url}/metadata", headers=headers, timeout=10)
+    assert card.status_code == 401 and "API key" in card.json()["error"], "the model card needs the key too"
+    assert card.headers["www-authenticate"] == "API-Key"
+
+
+def test_the_model_card_is_read_with_the_key_and_the_contract_without(keyed_server, monkeypatch):
+    card = requests.get(f"{keyed_server.url}/metadata", headers={"X-API-Key": KEY}, timeout=10)
+    assert card.status_code == 200 and card.json()["example"] == EXAMPLE_RECORD
+    spec = requests.get(f"{keyed_server.url}/docs.json", timeout=10)
+    assert spec.status_code == 200, "the documented contract stays readable"
+    assert spec.json()["paths"]["/metadata"]["get"]["security"] == [{"ApiKey": []}]
+    monkeypatch.setenv("XGB_API_KEY", KEY)  # the load tests' client reads the card with the service's key
+    assert ServedModel.fetch(keyed_server.url).schema.example == EXAMPLE_RECORD
 
 
 def test_the_right_key_is_accepted_and_probes_stay_open(keyed_server):
