@@ -6,6 +6,7 @@ Pulumi CLI cannot run in tests."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shlex
 import sys
@@ -30,8 +31,14 @@ def moto_session(region: str = "us-west-2") -> boto3.session.Session:
 
 
 def push_image(session: boto3.session.Session, stack: Stack, tag: str) -> str:
-    """Put an image manifest in ECR, as `docker push` would; returns its digest."""
-    manifest = json.dumps({"schemaVersion": 2, "tag": tag,
+    """Put an image manifest in ECR, as `docker push` would; returns its digest.
+
+    The manifest has a layer of its own per tag: moto derives the digest from the layers, and for a
+    manifest without any it picks one of only 101 digests at random, so two images could share one
+    (and `batch_delete_image` by digest then deleted both)."""
+    layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1,
+             "digest": "sha256:" + hashlib.sha256(f"{stack.repository}:{tag}".encode()).hexdigest()}
+    manifest = json.dumps({"schemaVersion": 2, "tag": tag, "layers": [layer],
                            "mediaType": "application/vnd.docker.distribution.manifest.v2+json"})
     image = session.client("ecr").put_image(repositoryName=stack.repository, imageManifest=manifest,
                                             imageTag=tag)
