@@ -65,6 +65,7 @@ class Page:
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
     cache_control: bytes = b"no-store"
+    keyed: bool = False  # with XGB_API_KEY set, answered only with the key
     gzipped: bytes | None = None  # the body gzipped, for a client whose Accept-Encoding takes gzip
 
     def answer(self, accept_encoding: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -39,9 +39,7 @@ logger = logging.getLogger("xgb_service")
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 EXPLAIN_ROUTES = frozenset({"/explain", "/explain_batch"})
 RETRY_AFTER_SECONDS = b"1"
-# With XGB_API_KEY set, the model card needs the key like the prediction routes: it names the
-# training data, its metrics and the library versions. The docs page and the contract stay readable.
-KEYED_PAGES = frozenset({"/metadata"})
+_API_KEY_CHALLENGE = (b"www-authenticate", b"API-Key")  # with every 401
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _SECURITY_HEADERS = [_NOSNIFF, (b"cache-control", b"no-store")]
 
@@ -61,7 +59,9 @@ class PredictionRoutes:
         versions = [model["version"] for model in card["rollout"]["models"]]
         self.pages = docs_page.pages(openapi.build(contract, settings, versions))  # /, its files, /docs.json
         # The model card (serving/model_card.py); BentoML's clients read the routes from /schema.json (serving/client_api.py).
-        self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card))
+        # With XGB_API_KEY set the card needs the key, like the prediction routes: it names the training
+        # data, its metrics and the library versions. The docs page and the contract stay readable.
+        self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card), keyed=True)
         self.pages["/schema.json"] = docs_page.Page(b"application/json", orjson.dumps(client_schema))
         self.explain_pool = BatchPool(settings.explain_threads, settings.explain_queue, name="explain", unit="records to explain", niceness=NICENESS)
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
@@ -90,11 +90,11 @@ class PredictionRoutes:
             if scope["method"] != "GET":
                 return await respond(send, 405, not_allowed(scope).body(), [(b"allow", b"GET")])
             request_headers = dict(scope["headers"])
-            if scope["path"] in KEYED_PAGES:
+            if page.keyed:
                 try:
                     self.check_api_key(request_headers)
                 except InputError as exc:
-                    return await respond(send, exc.status, exc.body(), [(b"www-authenticate", b"API-Key")])
+                    return await respond(send, exc.status, exc.body(), [_API_KEY_CHALLENGE])
             body, headers = page.answer(request_headers.get(b"accept-encoding", b""))
             return await respond(send, 200, body, headers, page.content_type, page.cache_control)
         if scope["path"] == f"/{BATCHED_API}":
@@ -128,7 +128,7 @@ class PredictionRoutes:
         except InputError as exc:
             metrics.rejected.labels(reason=_reason(exc.status)).inc()
             status, payload = exc.status, exc.body()
-            headers = [(b"www-authenticate", b"API-Key")] if exc.status == 401 else []
+            headers = [_API_KEY_CHALLENGE] if exc.status == 401 else []
             if exc.status == 405:
                 headers.append((b"allow", b"POST"))
             if isinstance(exc, BodyTooLarge) and exc.close_connection:
