@@ -220,14 +220,14 @@ class PredictionRoutes:
         self.batch_pool.admit()
         rows = self.contract.parse_batch(body)
         self.check_ranges(rows, batch=True)
-        model = pinned or self._service.rollout.for_request()  # a canary answers whole requests
+        model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
         return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows, model)})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
         """The loaded model's explanations that answer this request: pinned, or the canary's draw."""
         assert self.explanations is not None
-        return self.explanations[(pinned or self._service.rollout.for_request()).version]
+        return self.explanations[self._service.rollout.for_request(pinned).version]
 
     async def explain(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)

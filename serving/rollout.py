@@ -111,8 +111,11 @@ class Rollout:
             )
         return model
 
-    def for_request(self) -> ModelBundle:
-        """The model answering a whole request (/predict_batch, /explain): the canary draw, once."""
+    def for_request(self, pinned: ModelBundle | None = None) -> ModelBundle:
+        """The model answering a whole request (/predict_batch, /explain): the one X-Model-Version
+        pinned, else the canary draw, once."""
+        if pinned is not None:
+            return pinned
         if self.share and self._rng.random() < self.share:
             return self.candidate  # type: ignore[return-value]
         return self.primary
