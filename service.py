@@ -179,24 +179,32 @@ class XGBoostService:
     @bentoml.api(route="/predict", input_spec=RECORD, output_spec=CONTRACT.prediction_type)
     def predict(self, **fields: Any) -> dict:
         """Predict one record."""
-        return self.answers(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
+        return self.answers(self.record_rows(fields))[0]
 
     @bentoml.api(route="/predict_batch", input_spec=client_api.batch_spec(RECORD, SETTINGS.max_batch_records),
                  output_spec=CONTRACT.batch_response_type)  # fmt: skip
     def predict_batch(self, instances: list) -> dict:
         """Predict up to XGB_MAX_BATCH_RECORDS records, answered in order."""
-        return {"predictions": self.answers(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
+        return {"predictions": self.answers(self.batch_rows(instances))}
 
     @bentoml.api(route="/explain", input_spec=RECORD, output_spec=explanation_type(CONTRACT))
     def explain(self, **fields: Any) -> dict:
         """Explain one record's prediction (exact TreeSHAP), for its predicted class."""
-        return self.explainers[self.bundle.version].explain(encode(self.bundle.schema, [client_api.record_from(fields, self.contract)]))[0]
+        return self.explainers[self.bundle.version].explain(self.record_rows(fields))[0]
 
     @bentoml.api(route="/explain_batch", input_spec=client_api.batch_spec(RECORD, min(MAX_EXPLAIN_RECORDS, SETTINGS.max_batch_records), "ExplainBatchRequest"),
                  output_spec=batch_explanations_type(CONTRACT))  # fmt: skip
     def explain_batch(self, instances: list) -> dict:
         """Explain up to 1,000 records' predictions, answered in order."""
-        return {"explanations": self.explainers[self.bundle.version].explain(encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances]))}
+        return {"explanations": self.explainers[self.bundle.version].explain(self.batch_rows(instances))}
+
+    def record_rows(self, fields: dict[str, Any]) -> np.ndarray:
+        """The one record BentoML's validated keyword arguments make, as the model's feature row."""
+        return encode(self.bundle.schema, [client_api.record_from(fields, self.contract)])
+
+    def batch_rows(self, instances: list) -> np.ndarray:
+        """BentoML's validated batch request's records, as the model's feature rows."""
+        return encode(self.bundle.schema, [r.model_dump(by_alias=True) for r in instances])
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
