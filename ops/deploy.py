@@ -15,6 +15,10 @@ from ops.context import Context
 from ops.errors import OpsError
 from ops.rollout import (RolloutResult, api_container, describe_service, environment_of, previous_revision,
                          register_revision, wait_for_rollout)
+from ops.stack import MODEL_SETTINGS
+
+# What the task environment says about a candidate model: everything MODEL_SETTINGS sets but MODEL_TAG.
+CANDIDATE_VARIABLES = frozenset(MODEL_SETTINGS.values()) - {MODEL_SETTINGS["modelTag"]}
 
 
 def _name(task_definition: str) -> str:
@@ -167,7 +171,7 @@ def promote(ctx: Context) -> RolloutResult:
     if not candidate:
         raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG): nothing to promote; "
                        f"set one with `pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
-    promoted = {k: v for k, v in environment.items() if not k.startswith("XGB_CANDIDATE_")}
+    promoted = {k: v for k, v in environment.items() if k not in CANDIDATE_VARIABLES}
     promoted["MODEL_TAG"] = candidate
     target = register_revision(ecs, current, container["image"], promoted)
     ctx.echo(f"==> promoting {candidate} (primary was {environment.get('MODEL_TAG', 'the image default')}): "

@@ -16,7 +16,7 @@ from test_ops_deploy import (CLUSTER, REPO_URI, SERVICE, TASK_DEFINITION, TD1, T
 
 OLD, NEW = "xgb_classifier:old", "xgb_classifier:new"
 WITH_CANDIDATE = {"XGB_WORKERS": "1", "MODEL_TAG": OLD, "XGB_CANDIDATE_TAG": NEW, "XGB_CANDIDATE_MODE": "canary",
-                  "XGB_CANDIDATE_PERCENT": "10"}
+                  "XGB_CANDIDATE_PERCENT": "10", "XGB_SHADOW_MIN_AGREEMENT": "0.7"}
 PROMOTED = {"XGB_WORKERS": "1", "MODEL_TAG": NEW}
 
 
@@ -87,7 +87,7 @@ def test_rollback_after_a_promotion_serves_both_models_again_and_restores_the_co
     assert "==> rolling back ml-api-prod:3 -> ml-api-prod:2 (image tag v2)" in printed
     assert config_commands(runner) == [["config", "set", "ml-api:imageTag", "v2"], ["config", "set", "ml-api:modelTag", OLD],
                                        ["config", "set", "ml-api:candidateTag", NEW], ["config", "set", "ml-api:candidateMode", "canary"],
-                                       ["config", "set", "ml-api:candidatePercent", "10"]]
+                                       ["config", "set", "ml-api:candidatePercent", "10"], ["config", "set", "ml-api:shadowMinAgreement", "0.7"]]
 
 
 def test_promote_without_a_candidate_changes_nothing(session, capsys):
