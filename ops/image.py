@@ -42,14 +42,13 @@ def bentoml_env() -> dict[str, str]:
     return {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")}
 
 
-def build_bento(run: Runner, stack: Stack | None = None) -> str:
+def build_bento(run: Runner, stack: Stack) -> str:
     """`bentoml build` in the repository root; returns the Bento tag `name:version`.
 
     With the stack's modelTag and candidateTag in the environment, as the task will have them: the
     service packs the models it would serve, so the image holds the candidate too, and `ops promote`
     and `ops rollback` switch between them without a new image."""
-    models = {MODEL_SETTINGS[key]: value for key, value in (stack.model_settings if stack else ())
-              if key in ("modelTag", "candidateTag")}
+    models = {MODEL_SETTINGS[key]: value for key, value in stack.model_settings if key in ("modelTag", "candidateTag")}
     result = run([bentoml_executable(), "build", "--output", "tag"], cwd=REPO_ROOT, capture=True,
                  env={**bentoml_env(), **models})
     match = TAG_LINE.search(result.stdout)
