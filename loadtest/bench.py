@@ -240,7 +240,7 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     explain = results["explain"]
     runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + batch_rounds
     runs += [explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]]
-    runs += [r for mode in ("without", "shadow", "canary") for r in results["rollout"][mode]]
+    runs += [r for mode, _ in bench_report.ROLLOUT_MODES for r in results["rollout"][mode]]
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}

@@ -139,12 +139,15 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one server: median req/s, p50 and p99, errors summed."""
+    return {"rps": statistics.median(r["rps"] for r in runs), "p50": statistics.median(r["latency_ms"]["p50"] for r in runs),
+            "p99": statistics.median(r["latency_ms"]["p99"] for r in runs), "errors": sum(r["errors"] for r in runs)}  # fmt: skip
+
+
 def rollout_summary(rollout: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per mode: median req/s, p50 and p99 over the rounds, errors summed, req/s relative to no candidate."""
-    out = {mode: {"rps": statistics.median(r["rps"] for r in rollout[mode]),
-                  "p50": statistics.median(r["latency_ms"]["p50"] for r in rollout[mode]),
-                  "p99": statistics.median(r["latency_ms"]["p99"] for r in rollout[mode]),
-                  "errors": sum(r["errors"] for r in rollout[mode])} for mode, _ in ROLLOUT_MODES}  # fmt: skip
+    """Per mode: summary() of its rounds, and req/s relative to no candidate."""
+    out = {mode: summary(rollout[mode]) for mode, _ in ROLLOUT_MODES}
     for mode in out:
         out[mode]["relative"] = out[mode]["rps"] / out["without"]["rps"] if out["without"]["rps"] else 0.0
     return out
@@ -254,13 +257,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def markdown(results: dict[str, Any]) -> dict[str, str]:
     """The README's tables (docs/performance.md) from a bench.json: {"results": ..., "capacity": ...}."""
     closed = results["closed_loop_64"]
-    med = {n: {k: statistics.median(f(r) for r in runs) for k, f in
-               (("rps", lambda r: r["rps"]), ("p50", lambda r: r["latency_ms"]["p50"]), ("p99", lambda r: r["latency_ms"]["p99"]))}
-           for n, runs in closed.items()}  # fmt: skip
-    errors = {n: sum(r["errors"] for r in runs) for n, runs in closed.items()}
-    open_loop = {n: {"rps": statistics.median(r["rps"] for r in runs), "offered": runs[0]["offered_rps"],
-                     "p50": statistics.median(r["latency_ms"]["p50"] for r in runs), "p99": statistics.median(r["latency_ms"]["p99"] for r in runs),
-                     "p99s": ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs), "errors": sum(r["errors"] for r in runs)}
+    med = {n: summary(runs) for n, runs in closed.items()}
+    open_loop = {n: {**summary(runs), "offered": runs[0]["offered_rps"], "p99s": ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)}
                  for n, runs in results["open_loop"].items()}  # fmt: skip
     o, b = open_loop["ours"], open_loop["baseline"]
     rounds = len(results["open_loop"]["ours"])
@@ -276,7 +274,7 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"| 1. `/predict`, 64 connections: req/s (median of {len(closed['ours'])}) | **{med['ours']['rps']:,.0f}** | {med['baseline']['rps']:,.0f} | "
         f"ratio **{med['ours']['rps'] / med['baseline']['rps']:.2f}×** (≥ 3.0×) |",
         f"| 1. p50 / p99 ms | {med['ours']['p50']:.1f} / **{med['ours']['p99']:.1f}** | {med['baseline']['p50']:.1f} / {med['baseline']['p99']:.1f} | p99 ≤ 50 |",
-        f"| 1. errors (non-2xx + socket) | {errors['ours']} | {errors['baseline']} | 0 |",
+        f"| 1. errors (non-2xx + socket) | {med['ours']['errors']} | {med['baseline']['errors']} | 0 |",
         f"| 2. open loop {o['offered']:,.0f} req/s offered: achieved, p50 / p99 ms (median of {rounds}), errors | {o['rps']:,.0f}, {o['p50']:.1f} / "
         f"**{o['p99']:.1f}**, {o['errors']} | {b['rps']:,.0f}, {b['p50']:.1f} / {b['p99']:.1f}, {b['errors']} | p99 ≤ 20, 0 errors |",
         f"| 2. p99 ms of each round | {o['p99s']} | {b['p99s']} | |",

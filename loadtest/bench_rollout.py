@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from model_store.bundle import store_path
+
 from .bench_servers import REPO, Server, interleaved, our_service
 
 CONNECTIONS = 32
@@ -36,7 +38,7 @@ print(save_bundle(b.booster, types.SimpleNamespace(mean_=b.mean, scale_=b.scale)
 def candidate_store(workdir: Path, primary_tag: str) -> tuple[Path, str]:
     """A store holding the served model and a copy of it under a new version; returns (home, copy's tag)."""
     name, version = primary_tag.split(":", 1)
-    source = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models" / name / version
+    source = Path(store_path()) / name / version
     home = workdir / "rollout-store"
     shutil.copytree(source, home / "models" / name / version)
     out = subprocess.run([sys.executable, "-c", _COPY, primary_tag], cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home)},
