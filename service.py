@@ -34,12 +34,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 from model_store import ModelBundle, ModelContractError, drift, load_bundle, stored_model
 from model_store.bundle import encode
-from serving import bentoml_internals, client_api, metrics
+from serving import client_api, metrics, pins, uvicorn_internals
 from serving.contract import Contract, predicted
 from serving.explain import MAX_EXPLAIN_RECORDS, Explainer, batch_explanations_type, explanation_type
 from serving.fastpath import PredictionRoutes, cors_options
 from serving.model_card import model_card
-from serving.rollout import Rollout, load_candidate
+from serving.rollout import Rollout, Scored, load_candidate
 from serving.settings import SettingsError, load
 
 logger = logging.getLogger("xgb_service")
@@ -61,6 +61,10 @@ except (SettingsError, ModelContractError) as exc:  # BentoML's CLI prints its o
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
 CONTRACT = Contract(BUNDLE.schema, SETTINGS)
 RECORD = client_api.record_spec(CONTRACT)
+if uvicorn_internals.in_bentoml_worker():  # before BentoML's worker builds uvicorn's config
+    pins.warn_if_not_pinned()
+    uvicorn_internals.bound_slow_headers(SETTINGS.header_timeout_s, SETTINGS.idle_timeout_s,
+                                         metrics.rejected.labels(reason="header_timeout").inc)  # fmt: skip
 
 
 @bentoml.service(
@@ -78,7 +82,7 @@ class XGBoostService:
     def __init__(self) -> None:
         self.bundle = BUNDLE
         self.contract = CONTRACT
-        self.rollout = Rollout(BUNDLE, CANDIDATE, SETTINGS.candidate_mode, SETTINGS.candidate_percent, self.answer)
+        self.rollout = Rollout(BUNDLE, CANDIDATE, SETTINGS.candidate_mode, SETTINGS.candidate_percent, self.score)
         if self.rollout.shadow is not None:
             metrics.shadow_min_agreement.set(SETTINGS.shadow_min_agreement)
         prior = self.bundle.metadata.get("class_prior")
@@ -105,20 +109,20 @@ class XGBoostService:
     @bentoml.on_startup
     def listen_on_own_socket(self) -> None:
         # With the arbiter's one shared socket, the worker that wakes first takes every pending
-        # connection: 50 keep-alive clients split 8/42 over two workers, and the busy one set p99.
-        if SETTINGS.reuse_port and bentoml_internals.own_listening_socket():
+        # connection, and the busier worker sets p99 (docs/performance.md).
+        if SETTINGS.reuse_port and uvicorn_internals.own_listening_socket():
             logger.info("listening on this worker's own SO_REUSEPORT socket")
 
     @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
-        # A worker starts with ~120k long-lived objects (BentoML, pydantic, numpy, the model). A full
-        # collection walks them all (40-130 ms here) and stalls every request in flight: that was the
-        # p99. Frozen objects are never scanned again; garbage made by requests still is.
+        # A worker starts with many long-lived objects (BentoML, pydantic, numpy, the model). A full
+        # collection walks them all and stalls every request in flight: that was the p99
+        # (docs/performance.md). Frozen objects are never scanned again; garbage made by requests still is.
         gc.collect()
         gc.freeze()
         # A request allocates thousands of objects, so the default 700-allocation threshold ran
-        # several collections per request and the older generations often: at 64 connections p99
-        # went from 58-104 ms to 29-37 ms with these thresholds, with the same worker memory.
+        # several collections per request and the older generations often; these thresholds cut
+        # p99 at 64 connections with the same worker memory (docs/performance.md).
         gc.set_threshold(*GC_THRESHOLDS)
 
     @bentoml.on_startup
@@ -153,50 +157,55 @@ class XGBoostService:
         if self.rollout.shadow is not None:
             self.rollout.shadow.start()
 
-    def answers(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict]:
-        """The answer for each encoded feature row, by `model` or the one the rollout picks."""
+    def prediction_bodies(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict]:
+        """The answer body for each encoded feature row, by `model` or the one the rollout picks."""
         if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
             metrics.observe_out_of_range(self.contract.out_of_range(rows), self.bundle.schema.feature_names)
         if self.drift is not None:
             self.drift.observe(rows)
-        return self.rollout.answers(rows, model)
+        return self.rollout.prediction_bodies(rows, model)
 
-    def answer(self, model: ModelBundle, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[dict]]:
-        """One model's outputs, predicted classes (None for regression) and answers, counted in the prediction metrics."""
+    def score(self, model: ModelBundle, rows: np.ndarray) -> Scored:
+        """One model's outputs, predicted classes (None for regression) and answer bodies, counted in the prediction metrics."""
         if not model.schema.is_classification:
             values = model.predict(rows)
             metrics.observe_values(values)
-            return values, None, self.contract.value_bodies(values, model.version)
+            return Scored(values, None, self.contract.value_bodies(values, model.version))
         proba = model.predict_proba(rows)
         classes, confidence = predicted(proba)
         metrics.observe_predictions(classes, confidence, model.class_names)
-        return proba, classes, self.contract.class_bodies(proba, classes, confidence, model.version)
+        return Scored(proba, classes, self.contract.class_bodies(proba, classes, confidence, model.version))
+
+    def explainer_for(self, pinned: ModelBundle | None = None) -> Explainer:
+        """The explainer of the model answering a whole request: the one pinned, else the rollout's draw."""
+        return self.explainers[self.rollout.for_request(pinned).version]
 
     # /predict, /predict_batch, /explain and /explain_batch are answered by serving.fastpath in front
     # of BentoML. These methods are how BentoML sees them: their specs make /schema.json, and with it
-    # bentoml.SyncHTTPClient(url).predict(**record), .predict_batch(instances=[...]), .explain(...);
-    # called in process they give the same answers.
+    # bentoml.SyncHTTPClient(url).predict(**record), .predict_batch(instances=[...]), .explain(...).
+    # Called in process they pick the model as the fast path does (rollout.for_request, the same
+    # prediction_bodies and explainers) with the defaults of a request without ?class= or ?top=.
     @bentoml.api(route="/predict", input_spec=RECORD, output_spec=CONTRACT.prediction_type)
     def predict(self, **fields: Any) -> dict:
         """Predict one record."""
-        return self.answers(self.record_rows(fields))[0]
+        return self.prediction_bodies(self.record_rows(fields))[0]
 
     @bentoml.api(route="/predict_batch", input_spec=client_api.batch_spec(RECORD, SETTINGS.max_batch_records),
                  output_spec=CONTRACT.batch_response_type)  # fmt: skip
     def predict_batch(self, instances: list) -> dict:
         """Predict up to XGB_MAX_BATCH_RECORDS records, answered in order."""
-        return {"predictions": self.answers(self.batch_rows(instances))}
+        return {"predictions": self.prediction_bodies(self.batch_rows(instances), self.rollout.for_request())}
 
     @bentoml.api(route="/explain", input_spec=RECORD, output_spec=explanation_type(CONTRACT))
     def explain(self, **fields: Any) -> dict:
         """Explain one record's prediction (exact TreeSHAP), for its predicted class."""
-        return self.explainers[self.bundle.version].explain(self.record_rows(fields))[0]
+        return self.explainer_for().explain(self.record_rows(fields))[0]
 
     @bentoml.api(route="/explain_batch", input_spec=client_api.batch_spec(RECORD, min(MAX_EXPLAIN_RECORDS, SETTINGS.max_batch_records), "ExplainBatchRequest"),
                  output_spec=batch_explanations_type(CONTRACT))  # fmt: skip
     def explain_batch(self, instances: list) -> dict:
         """Explain up to 1,000 records' predictions, answered in order."""
-        return {"explanations": self.explainers[self.bundle.version].explain(self.batch_rows(instances))}
+        return {"explanations": self.explainer_for().explain(self.batch_rows(instances))}
 
     def record_rows(self, fields: dict[str, Any]) -> np.ndarray:
         """The one record BentoML's validated keyword arguments make, as the model's feature row."""
@@ -214,7 +223,7 @@ class XGBoostService:
 
         Encoded here, once per batch, so that a request's own work after the model is only writing them.
         """
-        return np.array([orjson.dumps(answer) for answer in self.answers(rows)], dtype=object)
+        return np.array([orjson.dumps(body) for body in self.prediction_bodies(rows)], dtype=object)
 
 
 if SETTINGS.cors_origins:  # for BentoML's routes; PredictionRoutes applies the same to its own

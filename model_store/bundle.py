@@ -4,8 +4,15 @@ One store entry holds every part, so a booster can never be served with another 
 contract:
   booster.ubj        the XGBoost booster (XGBoost's own binary format)
   scaler.json        the StandardScaler's mean and scale, applied with plain numpy at serve time
-                     (sklearn's transform() re-validates its input on every call: ~0.2 ms a request)
+                     (sklearn's transform() re-validates its input on every call: docs/performance.md)
   metadata "schema"  the ModelSchema (model_store/schema.py): features, task, class names, example
+
+| reach (xgboost-cpu 3.2.0)                           | used by          | checked at load (load_bundle)          | public fallback            |
+|-----------------------------------------------------|------------------|----------------------------------------|----------------------------|
+| xgboost.core._LIB.XGBoosterPredictFromDense, _check_call, c_bst_ulong, make_jcargs | DensePredictor | checked_predictor(): its answers on probe rows equal Booster.inplace_predict()'s exactly | InplacePredictor (Booster.inplace_predict), logged |
+| sys.modules["sklearn"] = None while importing xgboost | import_xgboost() | -                                      | (xgboost imports without its sklearn wrappers by design) |
+
+Pinned: xgboost-cpu==3.2.0 (requirements.in); serving/pins.py warns at start when another is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -47,8 +55,8 @@ def import_xgboost():
     """xgboost, imported without its scikit-learn wrappers when it is not imported yet.
 
     XGBoost imports scikit-learn (and with it SciPy) at import time whenever it is installed, only
-    to offer XGBClassifier & co. Serving uses the Booster alone, and that import costs ~1.3 s of
-    start-up per process (the arbiter and every worker). The image has no scikit-learn at all;
+    to offer XGBClassifier & co. Serving uses the Booster alone, and that import costs a noticeable
+    part of start-up per process (the arbiter and every worker; docs/performance.md). The image has no scikit-learn at all;
     this keeps a development environment as quick to start as the image.
     """
     if "xgboost" in sys.modules:
@@ -66,16 +74,17 @@ def import_xgboost():
 
 
 XGBOOST_VERSION = "3.2.0"  # DensePredictor calls its C API; pinned in requirements*.in
+logger = logging.getLogger("xgb_service")
 
 
 class DensePredictor:
     """Booster.inplace_predict() for a dense float64 array, without its per-call Python overhead.
 
-    inplace_predict() spends ~0.12 ms of its ~0.35 ms a call on Python work for the general case
+    inplace_predict() spends a large share of a call on Python work for the general case
     (DataFrame/Arrow detection, the config and array interface built with json.dumps): a third of
-    the model's cost at /predict's batch sizes. This calls the same C function with the same
-    arguments, the config built once. It uses xgboost.core's _LIB and _check_call;
-    tests/test_training.py checks it returns exactly what inplace_predict() returns.
+    the model's cost at /predict's batch sizes (docs/performance.md). This calls the same C function
+    with the same arguments, the config built once. It uses xgboost.core's _LIB and _check_call;
+    checked_predictor() checks it at load against inplace_predict(), tests/test_training.py too.
     """
 
     def __init__(self, booster: Any) -> None:
@@ -107,6 +116,39 @@ class DensePredictor:
         return np.ctypeslib.as_array(result, shape=(rows, columns)).copy()
 
 
+class InplacePredictor:
+    """The public path DensePredictor shortcuts: Booster.inplace_predict(), shaped as DensePredictor answers."""
+
+    def __init__(self, booster: Any) -> None:
+        self._booster = booster
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        return np.asarray(self._booster.inplace_predict(x, validate_features=False), dtype=np.float32).reshape(len(x), -1)
+
+
+def checked_predictor(booster: Any, probe: np.ndarray, fast: type = DensePredictor) -> DensePredictor | InplacePredictor:
+    """`fast` (DensePredictor) when it answers the probe rows exactly as Booster.inplace_predict() does,
+    else the public InplacePredictor, with a warning naming what differed."""
+    public = InplacePredictor(booster)
+    try:
+        predictor = fast(booster)
+        same = np.array_equal(predictor(probe), public(probe), equal_nan=True)
+        problem = "" if same else "answers differently from Booster.inplace_predict()"
+    except Exception as exc:  # an xgboost whose internals moved: any error is the check failing
+        problem = f"failed ({type(exc).__name__}: {exc})"
+    if not problem:
+        return predictor
+    logger.warning("xgboost's C predict %s: predicting with inplace_predict() (update model_store/bundle.py)", problem)
+    return public
+
+
+def probe_rows(schema: ModelSchema, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """What the booster sees for the schema's example, an all-zero row and an all-missing row."""
+    example = (encode(schema, [schema.example]) - mean) / scale
+    return np.vstack([example, np.zeros((1, schema.n_features)), np.full((1, schema.n_features), np.nan)])
+
+
 def model_tag() -> str:
     return os.environ.get(MODEL_TAG_ENV) or f"{MODEL_NAME}:latest"
 
@@ -119,7 +161,7 @@ class ModelBundle:
     scale: np.ndarray
     schema: ModelSchema
     metadata: dict[str, Any]
-    predict_scaled: DensePredictor = dataclasses.field(repr=False, compare=False)
+    predict_scaled: DensePredictor | InplacePredictor = dataclasses.field(repr=False, compare=False)
     created: str = ""  # when it was registered, ISO 8601 (UTC)
 
     @property
@@ -156,7 +198,7 @@ def encode(schema: ModelSchema, records: list[dict[str, Any]]) -> np.ndarray:
     Column by column, so the per-value Python work is one dict lookup for a category and one
     test for a null; a plain schema's records are rows of floats already.
     """
-    if schema.plain:
+    if schema.records_are_float_rows:
         names = schema.feature_names
         return np.array([[r[name] for name in names] for r in records], dtype=np.float64).reshape(-1, schema.n_features)
     rows = np.empty((len(records), schema.n_features), dtype=np.float64)
@@ -278,4 +320,5 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     # One thread per worker: workers already use every core, and threads would fight over them.
     booster.set_param({"nthread": nthread})
     created = model.info.creation_time.isoformat(timespec="seconds")
-    return ModelBundle(full_tag, booster, mean, scale, schema, metadata, DensePredictor(booster), created)
+    predictor = checked_predictor(booster, probe_rows(schema, mean, scale))
+    return ModelBundle(full_tag, booster, mean, scale, schema, metadata, predictor, created)

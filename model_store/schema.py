@@ -135,7 +135,7 @@ class ModelSchema:
         return self.class_names == tuple(str(i) for i in range(self.n_classes))
 
     @functools.cached_property
-    def plain(self) -> bool:
+    def records_are_float_rows(self) -> bool:
         """Every feature a number that must be present: a record is just a row of floats."""
         return all(f.kind != "categorical" and not f.nullable for f in self.features)
 

@@ -1,55 +1,53 @@
-"""The one place that reaches into BentoML internals (bentoml==1.4.40, pinned in requirements.in).
+"""The one place that reaches into BentoML internals (uvicorn's and the socket's: uvicorn_internals.py).
 
-Why: BentoML's adaptive batching (CorkDispatcher + the bentoml_service_adaptive_batch_size metric)
-is only reachable through the HTTP route of a batchable API, whose per-request path (pydantic
-schema building, OpenTelemetry, context objects) costs more than the whole prediction. Our
-/predict fast path validates the seed's flat JSON itself and then hands the row to the *same*
+| reach (bentoml 1.4.40)                                 | used for                          | checked at start (PredictionRoutes.start) | public fallback                                   |
+|--------------------------------------------------------|-----------------------------------|-------------------------------------------|---------------------------------------------------|
+| API route endpoint = partial(factory.api_endpoint_wrapper) | find_app_factory()            | the route, its factory, `batch_infer`, `dispatchers` | none that batches: the worker is not ready, /readyz and /predict* answer 503 naming the check (never a 500 per request) |
+| ServiceAppFactory.batch_infer(api, args, kwargs)       | batch_caller(): /predict's batching | (with find_app_factory)                 | (same)                                            |
+| ServiceAppFactory._service_instance                    | service_instance()                | not None                                  | (same)                                            |
+| APIMethod descriptor (`_local_call`, `__get__`)        | bind_api_once()                   | the class attribute is an APIMethod       | skipped: BentoML binds the method per request (slower), logged |
+| CorkDispatcher.optimizer / Optimizer / max_latency     | dispatch_without_holding()        | an Optimizer, exactly, and max_latency    | BentoML's own holding Optimizer, logged          |
+| Starlette app.middleware_stack                         | serve_in_front()                  | a Starlette app with a built stack        | the fast path stays inside BentoML's chain (slower; BentoML counts the requests), logged |
+| RunnerTrafficMetricsMiddleware: _is_setup, _setup(), metrics_request_{total,duration,in_progress}, metrics_last_request_timestamp | TrafficMetrics | check_traffic_metrics(): each is there and has .labels | (same as serve_in_front: BentoML's chain counts them) |
+| bentoml.server_context (public)                        | TrafficMetrics' labels            | -                                         | -                                                 |
+
+Pinned: bentoml==1.4.40, starlette==1.10.0 (requirements.in); serving/pins.py warns at start when
+another is installed, and tests/test_serving_runtime.py checks every reach against the installed one.
+
+Why batching: BentoML's adaptive batching (CorkDispatcher + the bentoml_service_adaptive_batch_size
+metric) is only reachable through the HTTP route of a batchable API, whose per-request path
+(pydantic schema building, OpenTelemetry, context objects) costs more than the whole prediction.
+Our /predict fast path validates the seed's flat JSON itself and then hands the row to the *same*
 dispatcher BentoML built for the batchable `predict_rows` API, through the app factory's own
-`batch_infer`, so batching, its metric and its thread limiter are BentoML's.
-
-How: Starlette puts the app into every request scope; BentoML's API routes are
+`batch_infer`, so batching, its metric and its thread limiter are BentoML's. Starlette puts the
+app into every request scope; BentoML's API routes are
 `functools.partial(factory.api_endpoint_wrapper, api_name)`, so the route's endpoint leads to the
-factory. tests/test_serving_runtime.py fails if an upgrade moves any of this, and every worker
-looks it all up at start-up (fastpath.PredictionRoutes.start): if anything moved, the worker is
-not ready, naming the failed check, rather than answering each prediction with a 500.
+factory.
 
-The fast path is also put *in front of* BentoML's middleware chain (serve_in_front). A middleware
-added with add_asgi_middleware runs inside BentoML's error, metrics, OpenTelemetry and timeout
-middlewares, which cost ~30 % of a /predict request here (a task, a timer and five metric label
-lookups per request) and there is no public hook to go before them. The fast path records
-BentoML's own request metrics itself (TrafficMetrics), with the same names and labels, so
-dashboards and alerts see no difference; tracing was already excluded on these routes.
-
-uvicorn (what BentoML serves with) writes a response's status line and headers with one write()
-and its body with another, and uvloop sends each at once: two loopback segments, two wake-ups of
-the client, per prediction. send_response() has uvicorn write both in one.
-
-Last, BentoML's arbiter binds one listening socket and every worker accepts from it; whichever
-worker wakes first takes all pending connections, so keep-alive clients end up unevenly spread
-(25/25 to 8/42 for 50 connections over 2 workers, measured) and the busiest worker sets the tail
-latency. own_listening_socket() gives each worker its own SO_REUSEPORT socket on the same address,
-as nginx's `reuseport` does, so the kernel spreads new connections evenly.
+Why in front: a middleware added with add_asgi_middleware runs inside BentoML's error, metrics,
+OpenTelemetry and timeout middlewares, which cost a large share of a /predict request (a task, a
+timer and five metric label lookups per request; docs/performance.md) and there is no public hook
+to go before them. The fast path records BentoML's own request metrics itself (TrafficMetrics),
+with the same names and labels, so dashboards and alerts see no difference; tracing was already
+excluded on these routes.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
-import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from bentoml._internal.context import server_context
+from bentoml import server_context
 from bentoml._internal.marshal.dispatcher import Optimizer
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from starlette.applications import Starlette
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 BENTOML_VERSION = "1.4.40"
-UVICORN_VERSION = "0.54.0"  # send_response() relies on its httptools RequestResponseCycle
+STARLETTE_VERSION = "1.10.0"
+logger = logging.getLogger("xgb_service")
 
 
 class BentoMLInternalsChanged(RuntimeError):
@@ -160,18 +158,34 @@ def traffic_metrics_middleware(app: Any) -> RunnerTrafficMetricsMiddleware | Non
     return None
 
 
+TRAFFIC_METRICS = ("metrics_request_total", "metrics_request_duration", "metrics_request_in_progress", "metrics_last_request_timestamp")
+
+
+def check_traffic_metrics(middleware: RunnerTrafficMetricsMiddleware) -> None:
+    """Set BentoML's request-metrics middleware up (as its first request would) and check it has the metrics TrafficMetrics records."""
+    setup = getattr(middleware, "_setup", None)
+    if not callable(setup) or not hasattr(middleware, "_is_setup"):
+        raise BentoMLInternalsChanged("BentoML's RunnerTrafficMetricsMiddleware has no _setup()/_is_setup")
+    if not middleware._is_setup:
+        setup()
+    missing = [name for name in TRAFFIC_METRICS if not callable(getattr(getattr(middleware, name, None), "labels", None))]
+    if missing:
+        raise BentoMLInternalsChanged(f"BentoML's RunnerTrafficMetricsMiddleware has no {', '.join(missing)}")
+
+
 class TrafficMetrics:
     """What RunnerTrafficMetricsMiddleware records per request, for requests that bypass it.
 
     Same metric objects, names and labels (bentoml_service_request_total, _request_duration_seconds,
     _request_in_progress, _last_request_timestamp_seconds); the labelled children are looked up
-    once per endpoint and status instead of five times per request.
+    once per endpoint and status instead of five times per request. Raises BentoMLInternalsChanged
+    when the middleware does not have them (check_traffic_metrics).
     """
 
     def __init__(self, middleware: RunnerTrafficMetricsMiddleware | None) -> None:
         self.middleware = middleware
-        if middleware is not None and not getattr(middleware, "_is_setup", False):
-            middleware._setup()
+        if middleware is not None:
+            check_traffic_metrics(middleware)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._in_progress: dict[str, Any] = {}
         self._last_request: Any = None
@@ -209,100 +223,3 @@ class TrafficMetrics:
         total.inc()
         duration.observe(max(time.perf_counter() - started, 0.0))
         self._in_progress[endpoint].dec()
-
-
-class _CollectingTransport:
-    """Stands in for uvicorn's transport while one response is sent, collecting its writes."""
-
-    __slots__ = ("real", "chunks", "close_requested")
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.chunks: list[bytes] = []
-        self.close_requested = False
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def close(self) -> None:
-        self.close_requested = True  # after the collected bytes are written
-
-    def is_closing(self) -> bool:
-        return self.real.is_closing()
-
-
-async def send_response(send: Callable, start: dict[str, Any], body: dict[str, Any]) -> None:
-    """Send an ASGI response start and its whole body; through uvicorn's httptools protocol, in one write().
-
-    uvicorn's send() still does all its own work (status line, header checks, keep-alive, content
-    length, completion); only the transport it writes to is swapped for the duration. Any other
-    server (or a wrapped send, e.g. with CORS) gets the two messages as usual.
-    """
-    cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestResponseCycle:
-        await send(start)
-        await send(body)
-        return
-    real = cycle.transport
-    collector = _CollectingTransport(real)
-    cycle.transport = collector
-    try:
-        await send(start)
-        await send(body)
-    finally:
-        cycle.transport = real
-        if collector.chunks and not real.is_closing():
-            real.write(b"".join(collector.chunks))
-        if collector.close_requested:
-            real.close()
-
-
-logger = logging.getLogger("xgb_service")
-
-
-def _worker_argument(name: str) -> str | None:
-    """A command-line option of BentoML's worker process (`python -m _bentoml_impl.worker.service ... --fd 3`)."""
-    argv = sys.argv
-    if name in argv[:-1]:
-        return argv[argv.index(name) + 1]
-    return None
-
-
-def own_listening_socket() -> bool:
-    """In a BentoML HTTP worker on Linux, listen on a socket of its own instead of the arbiter's.
-
-    Must run before uvicorn starts listening: in a startup hook (uvicorn runs the lifespan start-up
-    first). The arbiter's socket is passed to the worker as `--fd N`; this binds a new SO_REUSEPORT
-    socket to the same address, stops the shared one listening (in every process: a listening
-    socket is one kernel object), and puts the new socket at fd N, where uvicorn picks it up.
-    A worker started later (or a replacement for one that died) does the same. Returns False, and
-    changes nothing, where this does not apply.
-    """
-    fd = _worker_argument("--fd")
-    if sys.platform != "linux" or fd is None or not fd.isdigit():
-        return False
-    fd_number = int(fd)
-    shared = socket.socket(fileno=os.dup(fd_number))  # a second handle: closing it keeps fd N
-    try:
-        if shared.type != socket.SOCK_STREAM or shared.family not in (socket.AF_INET, socket.AF_INET6):
-            return False
-        address = shared.getsockname()
-        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # lets our socket bind beside it
-        own = socket.socket(shared.family, socket.SOCK_STREAM)
-        try:
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            own.bind(address)
-            backlog = _worker_argument("--backlog")
-            own.listen(int(backlog) if backlog and backlog.isdigit() else socket.SOMAXCONN)
-            if shared.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                shared.shutdown(socket.SHUT_RD)  # out of the reuseport group: nobody would accept from it
-            os.dup2(own.fileno(), fd_number)
-        finally:
-            own.close()
-    except OSError as exc:
-        logger.warning("keeping the shared listening socket (own SO_REUSEPORT socket failed: %s)", exc)
-        return False
-    finally:
-        shared.close()
-    return True

@@ -21,23 +21,11 @@ from typing_extensions import Annotated, TypedDict
 from model_store.bundle import encode
 from model_store.schema import Feature, ModelSchema
 
+from .errors import InputError  # noqa: F401  (serving.contract.InputError: where the contract's callers import it)
 from .settings import Settings
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _NUMBER_TYPES = {float, int}
-
-
-class InputError(Exception):
-    """A request the service refuses: status code, a summary, and per-field details."""
-
-    def __init__(self, status: int, error: str, detail: list[dict[str, Any]] | None = None):
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail or []
-
-    def body(self) -> bytes:
-        return orjson.dumps({"error": self.error, "detail": self.detail})
 
 
 def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
@@ -102,7 +90,7 @@ class Contract:
         self._maximum = np.array([np.inf if f.maximum is None or f.kind == "categorical" else f.maximum for f in schema.features])
         self._binary = np.array([f.kind == "binary" for f in schema.features])
         self._labels = None if schema.has_default_class_names else list(schema.class_names)
-        self._plain = schema.plain  # records are rows of numbers: the fast parser applies
+        self._float_rows = schema.records_are_float_rows  # the fast parser applies
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -112,13 +100,13 @@ class Contract:
             record = self.record_adapter.validate_json(body)
         except ValidationError as exc:
             _raise_for(exc)
-        if self._plain:
+        if self._float_rows:
             return np.array([self._values(record)], dtype=np.float64)
         return encode(self.schema, [record])
 
     def parse_batch(self, body: bytes) -> np.ndarray:
         """{"instances": [record, ...]} -> an (n, n_features) float64 array, in request order."""
-        rows = self._parse_well_formed_batch(body) if self._plain else None
+        rows = self._parse_well_formed_batch(body) if self._float_rows else None
         if rows is not None:
             return rows
         try:

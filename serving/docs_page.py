@@ -68,7 +68,7 @@ class Page:
     keyed: bool = False  # with XGB_API_KEY set, answered only with the key
     gzipped: bytes | None = None  # the body gzipped, for a client whose Accept-Encoding takes gzip
 
-    def answer(self, accept_encoding: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def response_for(self, accept_encoding: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         """The body to send, and its headers beyond content type, length and cache control."""
         if self.gzipped is None:
             return self.body, list(self.headers)

@@ -8,9 +8,10 @@ and times each request in BentoML's own request metrics, reads the body with a s
 (body.py), answers within the request timeout (deadlines.py), validates it with pydantic-core,
 sends single records through BentoML's adaptive batching and batches to a pool of their own
 (batch_pool.py), and writes the JSON with orjson. /explain and /explain_batch take the same
-records (same contract) and run in a pool of their own (serving/explain.py). The docs page (/, its files, /docs.json) is served
-from memory (docs_page.py). Every other route goes through BentoML as usual, and its router's
-plain-text 404 and 405 become JSON errors like ours.
+records (same contract) and run in a pool of their own (serving/explain.py). The pages (/, its
+files, /docs.json, /metadata, /schema.json) are served from memory (pages.py). Every error's body,
+status and headers are errors.py's. Every other route goes through BentoML as usual, and its
+router's plain-text 404 and 405 become JSON errors like ours (errors.bentoml_route_sender).
 """
 
 from __future__ import annotations
@@ -25,23 +26,21 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, docs_page, metrics, openapi
-from .bentoml_internals import ASGIApp
+from . import bentoml_internals, errors, metrics
 from .batch_pool import BatchPool
-from .body import BodyTooLarge, read_body
-from .contract import Contract, InputError
+from .bentoml_internals import ASGIApp
+from .body import read_body
+from .contract import Contract
 from .deadlines import Deadlines, timed_out
+from .errors import InputError, respond
 from .explain import MAX_EXPLAIN_RECORDS, NICENESS, ExplainBatcher
+from .pages import Pages
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
 
 BATCHED_API = "predict_rows"  # the batchable BentoML API the single-record path feeds
 EXPLAIN_ROUTES = frozenset({"/explain", "/explain_batch"})
-RETRY_AFTER_SECONDS = b"1"
-_API_KEY_CHALLENGE = (b"www-authenticate", b"API-Key")  # with every 401
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
-_SECURITY_HEADERS = [_NOSNIFF, (b"cache-control", b"no-store")]
 
 
 class PredictionRoutes:
@@ -56,16 +55,11 @@ class PredictionRoutes:
             "/explain": (self.explain, settings.max_predict_bytes),
             "/explain_batch": (self.explain_batch, settings.max_batch_bytes),
         }
-        versions = [model["version"] for model in card["rollout"]["models"]]
-        self.pages = docs_page.pages(openapi.build(contract, settings, versions))  # /, its files, /docs.json
-        # The model card (serving/model_card.py); BentoML's clients read the routes from /schema.json (serving/client_api.py).
-        # With XGB_API_KEY set the card needs the key, like the prediction routes: it names the training
-        # data, its metrics and the library versions. The docs page and the contract stay readable.
-        self.pages["/metadata"] = docs_page.Page(b"application/json", orjson.dumps(card), keyed=True)
-        self.pages["/schema.json"] = docs_page.Page(b"application/json", orjson.dumps(client_schema))
+        self.pages = Pages(contract, settings, card, client_schema, self.check_api_key)
         self.explain_pool = BatchPool(settings.explain_threads, settings.explain_queue, name="explain", unit="records to explain", niceness=NICENESS)
         # What serves the prediction routes from in front of BentoML's chain (see __call__).
-        self.front: ASGIApp = CORSMiddleware(self.handle, **cors_options(settings)) if settings.cors_origins else self.handle
+        self.prediction_app: ASGIApp = (CORSMiddleware(self.serve_counted, **cors_options(settings)) if settings.cors_origins
+                                        else self.serve_counted)  # fmt: skip
         self.traffic = bentoml_internals.TrafficMetrics(None)
         self.not_ready: bytes | None = None  # the failed start-up check's answer to /readyz and /predict*
         self.inflight = 0
@@ -82,37 +76,29 @@ class PredictionRoutes:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.not_ready is not None and (scope["path"] in self.routes or scope["path"] == "/readyz"):
-            return await respond(send, 503, self.not_ready, [(b"retry-after", RETRY_AFTER_SECONDS)])
-        if scope["path"] in self.routes:  # (once started, these requests go to self.front directly)
-            return await self.front(scope, receive, send)
-        page = self.pages.get(scope["path"])
-        if page is not None:
-            if scope["method"] != "GET":
-                return await respond(send, 405, not_allowed(scope).body(), [(b"allow", b"GET")])
-            request_headers = dict(scope["headers"])
-            if page.keyed:
-                try:
-                    self.check_api_key(request_headers)
-                except InputError as exc:
-                    return await respond(send, exc.status, exc.body(), [_API_KEY_CHALLENGE])
-            body, headers = page.answer(request_headers.get(b"accept-encoding", b""))
-            return await respond(send, 200, body, headers, page.content_type, page.cache_control)
+            return await respond(send, 503, self.not_ready, errors.RETRY_AFTER)
+        if scope["path"] in self.routes:  # (once served in front, these requests go to self.prediction_app directly)
+            return await self.prediction_app(scope, receive, send)
+        if scope["path"] in self.pages:
+            return await self.pages.serve(scope, send)
         if scope["path"] == f"/{BATCHED_API}":
             # Internal: reachable only through /predict, which validates what it sends.
-            return await respond(send, 404, not_found(scope).body())
-        return await self.app(scope, receive, bentoml_route_sender(scope, send))
+            return await respond(send, 404, errors.not_found(scope).body())
+        return await self.app(scope, receive, errors.bentoml_route_sender(scope, send))
 
-    async def handle(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        """One /predict or /predict_batch request, counted in BentoML's request metrics."""
+    async def serve_counted(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """One /predict* or /explain* request, counted in BentoML's request metrics."""
         endpoint = scope["path"]
-        started = self.traffic.started(endpoint)
         status = 500
+        started = self.traffic.started(endpoint)
         try:
-            status = await self.answer_request(scope, receive, send)
+            status = await self.serve_prediction(scope, receive, send)
         finally:
             self.traffic.finished(endpoint, status, started)
 
-    async def answer_request(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
+    async def serve_prediction(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
+        """Answer one /predict* or /explain* request; returns the status sent.
+        """
         handler, max_bytes = self.routes[scope["path"]]
         status, headers, body = 200, None, None
         counted = scope["path"] not in EXPLAIN_ROUTES  # explanations have their own limit (their pool)
@@ -126,40 +112,27 @@ class PredictionRoutes:
                 raise ServiceUnavailable("the prediction queue is full")
             payload = await handler(body, scope, pinned)
         except InputError as exc:
-            metrics.rejected.labels(reason=_reason(exc.status)).inc()
-            status, payload = exc.status, exc.body()
-            headers = [_API_KEY_CHALLENGE] if exc.status == 401 else []
-            if exc.status == 405:
-                headers.append((b"allow", b"POST"))
-            if isinstance(exc, BodyTooLarge) and exc.close_connection:
-                headers.append((b"connection", b"close"))
+            metrics.rejected.labels(reason=errors.rejection_reason(exc.status)).inc()
+            status, payload, headers = exc.status, exc.body(), errors.headers_for(exc)
         except (asyncio.CancelledError, ServiceUnavailable) as exc:
             # BentoML's dispatcher turns a cancelled wait into ServiceUnavailable: either may be the deadline.
             if timed_out(cohort, task):
-                status, payload = self.timeout_answer(body is None)
+                metrics.rejected.labels(reason="timeout").inc()
+                status, payload = errors.timed_out_answer(body is None, self.settings.request_timeout_s)
             elif isinstance(exc, asyncio.CancelledError):
                 raise
             else:
                 metrics.rejected.labels(reason="overloaded").inc()
-                status, headers = 503, [(b"retry-after", RETRY_AFTER_SECONDS)]
-                payload = orjson.dumps({"error": "overloaded: the prediction queue is full, retry shortly", "detail": []})
+                status, headers, payload = 503, errors.RETRY_AFTER, errors.overloaded()
         except Exception:
             logger.exception("prediction failed")
             status = 500
-            payload = orjson.dumps({"error": "internal error: the prediction failed; see the server log", "detail": []})
+            payload = errors.internal_error()
         finally:
             self.inflight -= counted
             cohort.discard(task)
         await respond(send, status, payload, headers)
         return status
-
-    def timeout_answer(self, reading_body: bool) -> tuple[int, bytes]:
-        """408 for a client still trickling its body at the deadline, 504 for a prediction not done by then."""
-        metrics.rejected.labels(reason="timeout").inc()
-        timeout = self.settings.request_timeout_s
-        if reading_body:
-            return 408, InputError(408, f"request body not received within {timeout:g} s").body()
-        return 504, InputError(504, f"the prediction did not finish within {timeout:g} s (XGB_REQUEST_TIMEOUT_S)").body()
 
     def on_startup_complete(self, app: Any, send: Callable) -> Callable:
         """The lifespan's send: when BentoML's start-up is done (service instance, dispatchers), and
@@ -174,27 +147,39 @@ class PredictionRoutes:
 
     def start(self, app: Any) -> None:
         """Bind to BentoML's dispatcher and service instance, then take the prediction routes in front
-        of its middleware chain. If BentoML does not look as expected (an upgrade), the worker stays
-        up but not ready: /readyz and the prediction routes answer 503 naming the failed check, so a
-        deployment never takes traffic it would answer with 500s."""
+        of its middleware chain (the reaches: serving/bentoml_internals.py's table). Without the
+        dispatcher or the service instance the worker stays up but not ready: /readyz and the
+        prediction routes answer 503 naming the failed check, so a deployment never takes traffic it
+        would answer with 500s. The other reaches fall back to BentoML's public behaviour, logged."""
         try:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
-            bentoml_internals.bind_api_once(self._service, BATCHED_API)
-            bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
-            self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
-            bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
             error = f"not ready: BentoML internals changed ({exc}); update serving/bentoml_internals.py"
             logger.error("%s", error, exc_info=not isinstance(exc, bentoml_internals.BentoMLInternalsChanged))
             self.not_ready = InputError(503, error).body()
+            return
+        for optimisation, fallback in ((lambda: bentoml_internals.bind_api_once(self._service, BATCHED_API), "bound per request"),
+                                       (lambda: bentoml_internals.dispatch_without_holding(factory, BATCHED_API), "BentoML's holding optimizer")):  # fmt: skip
+            try:
+                optimisation()
+            except bentoml_internals.BentoMLInternalsChanged as exc:
+                logger.warning("%s; falling back to %s (update serving/bentoml_internals.py)", exc, fallback)
+        try:
+            traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
+            bentoml_internals.serve_in_front(app, frozenset(self.routes), self.prediction_app)
+        except bentoml_internals.BentoMLInternalsChanged as exc:
+            # Inside BentoML's chain (a plain add_asgi_middleware) BentoML counts the requests itself.
+            logger.warning("%s; the prediction routes stay inside BentoML's middleware chain (update serving/bentoml_internals.py)", exc)
+        else:
+            self.traffic = traffic
 
     def check_request(self, scope: dict[str, Any]) -> Any:
         """Refuse what is not a well-formed prediction request; returns the model X-Model-Version pins, if any."""
         if scope["method"] != "POST":
-            raise not_allowed(scope, "POST")
+            raise errors.not_allowed(scope, "POST")
         headers = dict(scope["headers"])
         self.check_api_key(headers)
         content_type = headers.get(b"content-type")
@@ -211,7 +196,7 @@ class PredictionRoutes:
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
-            return orjson.dumps(self._service.answers(rows, pinned)[0])
+            return orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
         assert self._batched is not None
         (answer,) = await self._batched(rows)
         return answer
@@ -222,12 +207,12 @@ class PredictionRoutes:
         self.check_ranges(rows, batch=True)
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows, model)})
+        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.prediction_bodies, rows, model)})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
-        """The loaded model's explanations that answer this request: pinned, or the canary's draw."""
+        """The batcher of the explainer answering this request (XGBoostService.explainer_for: pinned, or the rollout's draw)."""
         assert self.explanations is not None
-        return self.explanations[self._service.rollout.for_request(pinned).version]
+        return self.explanations[self._service.explainer_for(pinned).bundle.version]
 
     async def explain(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
@@ -250,7 +235,7 @@ class PredictionRoutes:
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
-        batch, where the rows are predicted (XGBoostService.answers)."""
+        batch, where the rows are predicted (XGBoostService.prediction_bodies)."""
         if self.settings.range_check != "reject":
             return
         mask = self.contract.out_of_range(rows)
@@ -259,49 +244,5 @@ class PredictionRoutes:
             raise self.contract.range_error(rows, mask, batch)
 
 
-def _reason(status: int) -> str:
-    return {401: "unauthorized", 413: "too_large"}.get(status, "invalid_input")
-
-
 def cors_options(settings: Settings) -> dict[str, Any]:
     return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "X-API-Key"]}
-
-
-def not_found(scope: dict[str, Any]) -> InputError:
-    return InputError(404, f"not found: {scope['path'][:200]}")
-
-
-def not_allowed(scope: dict[str, Any], allowed: str = "GET") -> InputError:
-    return InputError(405, f"method {scope['method']} not allowed on {scope['path'][:200]}: use {allowed}")
-
-
-def bentoml_route_sender(scope: dict[str, Any], send: Callable) -> Callable:
-    """BentoML's own routes (probes, metrics) get the same security headers as ours, and its router's
-    plain-text "Not Found" and "Method Not Allowed" become our JSON errors, like every other error."""
-    replaced = False
-
-    async def wrapped(message: dict[str, Any]) -> None:
-        nonlocal replaced
-        if message["type"] == "http.response.start":
-            headers = dict(message.get("headers", ()))
-            if message["status"] in (404, 405) and not headers.get(b"content-type", b"").startswith(b"application/json"):
-                replaced = True
-                if message["status"] == 404:
-                    return await respond(send, 404, not_found(scope).body())
-                allowed = headers.get(b"allow", b"GET")
-                return await respond(send, 405, not_allowed(scope, allowed.decode("latin-1")).body(), [(b"allow", allowed)])
-            message["headers"] = [*message.get("headers", ()), *_SECURITY_HEADERS]
-        elif replaced:
-            return  # the body of the response replaced above
-        await send(message)
-
-    return wrapped
-
-
-async def respond(send: Callable, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None,
-                  content_type: bytes = b"application/json", cache_control: bytes = b"no-store") -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), _NOSNIFF, (b"cache-control", cache_control)]
-    if extra_headers:
-        headers.extend(extra_headers)
-    start = {"type": "http.response.start", "status": status, "headers": headers}
-    await bentoml_internals.send_response(send, start, {"type": "http.response.body", "body": body})

@@ -3,11 +3,21 @@
 `bentoml serve` gives every worker PROMETHEUS_MULTIPROC_DIR in its environment, so these
 prometheus_client metrics are multiprocess: each worker writes its own series and /metrics,
 answered by any worker, sums them.
+
+| reach (prometheus_client 0.26.0, the lock's pin) | used by        | checked at start (check_internals) | public fallback                 |
+|--------------------------------------------------|----------------|------------------------------------|---------------------------------|
+| Histogram child's _upper_bounds, _buckets, _sum  | observe_many() | each is there, one bucket per bound, with .inc | observe() per value   |
+| Summary's _count, _sum                           | observe_values() | each is there, with .inc         | observe() per value             |
+
+Both write what observe() itself writes, once per batch instead of once per value (one
+multiprocess file write each: docs/performance.md); tests/test_metrics.py checks the result equals
+observe() value by value, and that the fallback gives the same.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 from typing import Any, Callable
@@ -18,9 +28,11 @@ import prometheus_client.multiprocess
 
 from model_store.drift import Binner
 
+PROMETHEUS_CLIENT_VERSION = "0.26.0"
+
 # BentoML's request-duration buckets (service.py passes them to BentoML's `metrics.duration`
-# config). BentoML's default starts at 5 ms, while /predict takes ~1 ms: p50 and p95 would be
-# interpolated inside the first bucket. Sub-millisecond to the 30 s request timeout; 0.05 is the
+# config). BentoML's default starts at 5 ms, while /predict takes well under that (docs/performance.md):
+# p50 and p95 would be interpolated inside the first bucket. Sub-millisecond to the 30 s request timeout; 0.05 is the
 # latency SLO's threshold (monitoring/slo.md), so the SLO's good-event count is exact.
 REQUEST_DURATION_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
                             0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
@@ -211,6 +223,10 @@ def observe_values(values: np.ndarray) -> None:
     Once per batch through the Summary's own _count and _sum (what observe() increments), not one
     multiprocess file write per value."""
     predictions.labels(predicted_class="").inc(len(values))
+    if not FAST_OBSERVE:
+        for value in values.tolist():
+            prediction_value.observe(value)
+        return
     prediction_value._count.inc(len(values))
     prediction_value._sum.inc(float(values.sum()))
 
@@ -235,12 +251,12 @@ def observe_shadow(pair: dict[str, str], records: int, agreed: int | None, abs_d
 def observe_many(histogram: prom.Histogram, values: np.ndarray) -> None:
     """histogram.observe() for every value, with one write per bucket instead of per value.
 
-    A 1,000-record batch would otherwise cost 1,000 multiprocess file writes (~4 ms). Uses
-    prometheus_client's Histogram fields (_upper_bounds, _buckets, _sum), which observe() itself
-    uses; tests/test_metrics.py checks the result equals observe() value by value.
+    A 1,000-record batch would otherwise cost 1,000 multiprocess file writes. Uses prometheus_client's
+    Histogram fields (_upper_bounds, _buckets, _sum), which observe() itself uses (the table above).
     """
-    if len(values) == 1:
-        histogram.observe(float(values[0]))
+    if len(values) == 1 or not FAST_OBSERVE:
+        for value in values.tolist():
+            histogram.observe(value)
         return
     bucket_of = np.searchsorted(np.asarray(histogram._upper_bounds), values, side="left")
     for bucket, count in enumerate(np.bincount(bucket_of, minlength=len(histogram._upper_bounds)).tolist()):
@@ -285,3 +301,35 @@ def forget_dead_workers() -> None:
                 prometheus_client.multiprocess.mark_process_dead(pid, directory)
             except FileNotFoundError:  # another worker got there first
                 pass
+
+
+class PrometheusInternalsChanged(RuntimeError):
+    """prometheus_client's metrics no longer hold the fields observe_many and observe_values write."""
+
+
+def check_internals(histogram: Any = None, summary: Any = None) -> None:
+    """Raise PrometheusInternalsChanged naming the field observe_many/observe_values need and do not find."""
+    histogram = confidence if histogram is None else histogram
+    summary = prediction_value if summary is None else summary
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if not isinstance(bounds, list) or not isinstance(buckets, list) or len(bounds) != len(buckets):
+        raise PrometheusInternalsChanged("a Histogram has no _upper_bounds/_buckets of one bucket per bound")
+    fields = {"Histogram._sum": getattr(histogram, "_sum", None), "Summary._count": getattr(summary, "_count", None),
+              "Summary._sum": getattr(summary, "_sum", None), "Histogram._buckets[0]": buckets[0] if buckets else None}  # fmt: skip
+    missing = [name for name, field in fields.items() if not callable(getattr(field, "inc", None))]
+    if missing:
+        raise PrometheusInternalsChanged(f"no {', '.join(missing)} with .inc()")
+
+
+def _fast_observe_usable() -> bool:
+    try:
+        check_internals()
+    except PrometheusInternalsChanged as exc:
+        logging.getLogger("xgb_service").warning("%s: observing value by value (update serving/metrics.py)", exc)
+        return False
+    return True
+
+
+# Checked once, when the service imports this module (each worker, at start).
+FAST_OBSERVE = _fast_observe_usable()

@@ -6,7 +6,7 @@
                            canary: the candidate answers XGB_CANDIDATE_PERCENT % of requests
     X-Model-Version        a request header pinning a loaded version (debugging, tests)
 
-Without a candidate the service does what it did before: Rollout.answers() goes straight to the
+Without a candidate the service does what it did before: Rollout.prediction_bodies() goes straight to the
 primary, no rollout metric is touched. All the work here is per batch and vectorised: the canary
 picks one model per model call, the shadow comparison is one array operation per drained backlog,
 so a /predict request pays nothing per record for either mode.
@@ -18,7 +18,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -38,8 +38,15 @@ SHADOW_BACKLOG_RECORDS = 50_000
 # answers requests) is never held for more than a few milliseconds.
 SHADOW_SLICE_RECORDS = 1_024
 
-# (model, rows) -> (model outputs, predicted class per row or None, answer bodies)
-Answer = Callable[[ModelBundle, np.ndarray], tuple[np.ndarray, "np.ndarray | None", list[dict[str, Any]]]]
+class Scored(NamedTuple):
+    """One model call: its outputs, the predicted class per row (None for regression), the answer bodies."""
+
+    outputs: np.ndarray
+    classes: np.ndarray | None
+    bodies: list[dict[str, Any]]
+
+
+Scorer = Callable[[ModelBundle, np.ndarray], Scored]  # (model, rows) -> Scored
 
 
 def schema_difference(primary: ModelBundle, candidate: ModelBundle) -> str | None:
@@ -84,12 +91,12 @@ def load_candidate(primary: ModelBundle, tag: str) -> ModelBundle | None:
 class Rollout:
     """Which model answers a batch, and the candidate's shadow scoring."""
 
-    def __init__(self, primary: ModelBundle, candidate: ModelBundle | None, mode: str, percent: float, answer: Answer) -> None:
+    def __init__(self, primary: ModelBundle, candidate: ModelBundle | None, mode: str, percent: float, score: Scorer) -> None:
         self.primary = primary
         self.candidate = candidate
         self.mode = mode if candidate is not None else None
         self.share = percent / 100.0 if self.mode == "canary" else 0.0
-        self._answer = answer
+        self._score = score
         self._rng = np.random.default_rng()
         self._owed = 0.0
         self._by_version = {m.version: m for m in (primary, candidate) if m is not None}
@@ -120,13 +127,13 @@ class Rollout:
             return self.candidate  # type: ignore[return-value]
         return self.primary
 
-    def answers(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict[str, Any]]:
+    def prediction_bodies(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict[str, Any]]:
         """Answer bodies for `rows`, by `model` if given, else as the mode says (canary: per model call)."""
         if self.candidate is None:
-            return self._answer(self.primary, rows)[2]
+            return self._score(self.primary, rows).bodies
         if model is None:
             model = self.candidate if self.share and self._canary_takes(len(rows)) else self.primary
-        outputs, classes, bodies = self._answer_counted(model, rows)
+        outputs, classes, bodies = self._score_counted(model, rows)
         if self.shadow is not None and model is self.primary:
             self.shadow.submit(rows, outputs, classes)
         return bodies
@@ -144,11 +151,11 @@ class Rollout:
             return True
         return False
 
-    def _answer_counted(self, model: ModelBundle, rows: np.ndarray):
+    def _score_counted(self, model: ModelBundle, rows: np.ndarray) -> Scored:
         started = time.perf_counter()
-        outputs, classes, bodies = self._answer(model, rows)
-        metrics.observe_model(self._role[model.version], model, classes, len(rows), time.perf_counter() - started)
-        return outputs, classes, bodies
+        scored = self._score(model, rows)
+        metrics.observe_model(self._role[model.version], model, scored.classes, len(rows), time.perf_counter() - started)
+        return scored
 
 
 class Shadow:

@@ -33,11 +33,11 @@ class Settings(BaseSettings):
     max_predict_bytes: int = Field(64 * 1024, ge=1)
     max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1)
     # Overload protection, per worker: predictions in flight beyond this get 503 + Retry-After at once.
-    # The benchmark's 64 connections put ~32 in flight per worker; 4x that leaves room for bursts.
+    # Several times what the benchmark's connections put in flight per worker: room for bursts (docs/performance.md).
     max_inflight: int = Field(128, ge=1)
     # /explain*: threads per worker computing explanations (below the event loop's CPU priority), and
     # records that may wait for them per worker before answering 503 (one /explain_batch: up to 1,000;
-    # at ~3 ms a record on one core, 2,000 are ~6 s of work).
+    # 2,000 are a few seconds of work on one core: docs/performance.md).
     explain_threads: int = Field(1, ge=1)
     explain_queue: int = Field(2000, ge=0)
     # BentoML adaptive batching of single records: rows per model call, and the latency budget of
@@ -51,12 +51,18 @@ class Settings(BaseSettings):
     # /predict_batch's model calls, per worker: threads that run them, and how many more may wait
     # for one before the request is answered 503 + Retry-After. A worker has one core's share, but
     # XGBoost predicts without the GIL: two let one worker use a second core when the connections
-    # land unevenly over the workers (a 4-connection client all on one worker happens 1 time in 8).
+    # land unevenly over the workers (a few connections all on one worker is common).
     batch_threads: int = Field(2, ge=1, le=64)
     batch_queue: int = Field(8, ge=0)
     # Seconds from a request's arrival to its answer on /predict*: 408 while its body is still
     # arriving, 504 once it is predicting (serving/deadlines.py); BentoML's timeout on other routes.
     request_timeout_s: float = Field(30.0, gt=0)
+    # Seconds a request's headers may take from its first byte (then 408 and the connection closed),
+    # and a new connection may stay silent before its first request (then closed): clients holding
+    # connections open by sending headers slowly, or nothing, are cut (serving/uvicorn_internals.py).
+    # An idle keep-alive connection between requests is BentoML's `--timeout-keep-alive` (5 s).
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(10.0, gt=0, le=3600)
     # Each worker listens on its own SO_REUSEPORT socket (Linux), so the kernel spreads connections evenly.
     reuse_port: bool = Field(True, validation_alias="XGB_REUSEPORT")
     # Count every predicted record into the model's drift bins (xgb_feature_bin_total), off the

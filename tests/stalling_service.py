@@ -20,7 +20,7 @@ STALL_S = float(os.environ.get("XGB_TEST_STALL_S", "0"))
 
 _predict_rows = XGBoostService.apis["predict_rows"]
 _rows_func = _predict_rows.func
-_answers = XGBoostService.inner.answers
+_answers = XGBoostService.inner.prediction_bodies
 
 
 async def _stalling_rows(self, rows):
@@ -36,4 +36,4 @@ def _stalling_answers(self, rows, *args, **kwargs):
 
 
 _predict_rows.func = _stalling_rows
-XGBoostService.inner.answers = _stalling_answers
+XGBoostService.inner.prediction_bodies = _stalling_answers
