@@ -1,5 +1,6 @@
 """How the service runs: uvloop + httptools in every worker, adaptive batching under concurrency,
-BentoML internals still where serving/bentoml_internals.py expects them, and `bentoml build`."""
+BentoML and uvicorn internals still where serving/bentoml_internals.py and serving/uvicorn_internals.py
+expect them, and `bentoml build`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import requests
 from conftest import BENTOML, REPO, listeners, worker_pids
 from model_store import load_bundle
 from model_store.dataset import EXAMPLE_RECORD
-from serving import bentoml_internals
+from serving import bentoml_internals, uvicorn_internals
 
 
 def test_every_worker_runs_uvloop_and_httptools(server_factory):
@@ -202,15 +203,15 @@ def _uvicorn_exchange(app, request: bytes) -> tuple[list[bytes], bool]:
 
 @pytest.mark.fast
 def test_a_response_leaves_uvicorn_in_one_write():
-    assert __import__("uvicorn").__version__ == bentoml_internals.UVICORN_VERSION, (
-        "uvicorn changed version: re-check send_response() in serving/bentoml_internals.py, then update UVICORN_VERSION"
+    assert __import__("uvicorn").__version__ == uvicorn_internals.UVICORN_VERSION, (
+        "uvicorn changed version: re-check serving/uvicorn_internals.py, then update UVICORN_VERSION"
     )
     body = b'{"predicted_class": 4}'
 
     async def app(scope, receive, send):
         await receive()
         start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
-        await bentoml_internals.send_response(send, start, {"type": "http.response.body", "body": body})
+        await uvicorn_internals.send_response(send, start, {"type": "http.response.body", "body": body})
 
     writes, closed = _uvicorn_exchange(app, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
     assert len(writes) == 1, f"expected the status line, headers and body in one write, got {len(writes)}: {writes}"
