@@ -88,8 +88,8 @@ def bind_api_once(instance: Any, api_name: str) -> None:
     """Bind a BentoML API method to its instance once, instead of on every request.
 
     batch_infer() looks the method up with getattr(instance, name) per request, and BentoML's
-    APIMethod.__get__ rebuilds an inspect.signature() wrapper each time (~10 % of a worker's CPU
-    under load). APIMethod is a non-data descriptor, so an instance attribute takes precedence.
+    APIMethod.__get__ rebuilds an inspect.signature() wrapper each time (a noticeable share of a
+    worker's CPU under load: docs/performance.md). APIMethod is a non-data descriptor, so an instance attribute takes precedence.
     """
     descriptor = type(instance).__dict__.get(api_name)
     if descriptor is None or not hasattr(descriptor, "_local_call"):
@@ -103,9 +103,8 @@ class NoHoldOptimizer(Optimizer):
 
     CorkDispatcher holds a batch open while n * (wn + tick + a) <= 0.95 * wait, where `wait` is the
     mean queueing time of recent batches, refreshed at most every 5 s. The holding is what feeds
-    that mean: after a burst it keeps delaying every request for minutes (a lone client went from
-    0.8 ms to 8 ms per request after 6 s at 64 connections; 1,000 req/s open-loop fell short of its
-    rate). Our model call runs on the event loop, so the requests that arrive while it runs already
+    that mean: after a burst it keeps delaying every request for minutes (a lone client's latency
+    grew tenfold, and the open loop fell short of its rate: docs/performance.md). Our model call runs on the event loop, so the requests that arrive while it runs already
     form the next batch: no waiting is needed to batch. The fitted cost (a, b) still drives
     BentoML's latency-budget shedding.
     """

@@ -8,12 +8,12 @@ regression), so for every record `base_value + sum(contributions) == margin`.
 A classifier's explained class is the predicted one unless `?class=` names another (by name or
 index). For a binary model XGBoost explains the log-odds of class 1; class 0's are its negatives.
 
-Exact TreeSHAP costs milliseconds per record, ~10x a prediction, so explanations run off the
+Exact TreeSHAP costs milliseconds per record, many times a prediction (docs/performance.md), so explanations run off the
 event loop in a bounded pool of their own (a BatchPool counting records): threads at a lower CPU
 priority than the event loop, with their own limit of records in flight, so /predict keeps its
 latency while /explain is saturated. Requests that arrive while an explanation runs are explained
 together in the next call (ExplainBatcher), as BentoML batches /predict: the per-call costs (the
-DMatrix, the margins and probabilities, ~0.5 ms) are paid once per batch instead of per record.
+DMatrix, the margins and probabilities) are paid once per batch instead of per record.
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ class Rollout:
         """Whether the candidate answers this /predict batch: error diffusion over records, so the
         candidate's share of answered records stays within one batch of the set share at any time.
 
-        A whole batch goes to one model: a model call has a fixed cost (~0.25 ms here) comparable to
-        a 16-record batch's, so splitting batches record by record cost ~75 % more CPU at 10 %.
+        A whole batch goes to one model: a model call has a fixed cost comparable to a small batch's,
+        so splitting batches record by record cost much more CPU (docs/performance.md).
         """
         self._owed += records * self.share  # records the candidate should have answered, minus those it did
         if self._owed > records / 2:
