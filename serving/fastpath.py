@@ -89,12 +89,13 @@ class PredictionRoutes:
     async def serve_counted(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         """One /predict* or /explain* request, counted in BentoML's request metrics."""
         endpoint = scope["path"]
-        status = 500
-        started = self.traffic.started(endpoint)
+        status, started = 500, None
         try:
+            started = self.traffic.started(endpoint)
             status = await self.serve_prediction(scope, receive, send)
         finally:
-            self.traffic.finished(endpoint, status, started)
+            if started is not None:
+                self.traffic.finished(endpoint, status, started)
 
     async def serve_prediction(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
         """Answer one /predict* or /explain* request; returns the status sent.
