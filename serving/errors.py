@@ -23,7 +23,7 @@ RETRY_AFTER_SECONDS = b"1"
 API_KEY_CHALLENGE = (b"www-authenticate", b"API-Key")  # with every 401
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 SECURITY_HEADERS = [NOSNIFF, (b"cache-control", b"no-store")]
-RETRY_AFTER = [(b"retry-after", RETRY_AFTER_SECONDS)]
+RETRY_AFTER = ((b"retry-after", RETRY_AFTER_SECONDS),)
 _REASONS = {401: "unauthorized", 413: "too_large", 408: "timeout", 504: "timeout"}
 
 

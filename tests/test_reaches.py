@@ -10,8 +10,10 @@ import logging
 import numpy as np
 import prometheus_client as prom
 import pytest
+import requests
 
 from model_store import bundle
+from model_store.dataset import EXAMPLE_RECORD
 from serving import bentoml_internals, errors, metrics, pins, uvicorn_internals
 
 # -- version pins ------------------------------------------------------------------------------
@@ -246,3 +248,22 @@ def test_uvicorn_is_as_bound_slow_headers_expects_and_the_fallback_is_uvicorns_o
         assert not uvicorn_internals.bound_slow_headers(2.0, 3.0, lambda: None)
     assert auto.AutoHTTPProtocol is H11Protocol, "unchanged"
     assert "slow-header connections are not bounded" in caplog.text
+
+
+def _request_total(url: str, endpoint: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("bentoml_service_request_total{") and f'endpoint="{endpoint}"' in line and 'http_response_code="200"' in line)  # fmt: skip
+
+
+def test_moved_bentoml_traffic_metrics_fall_back_to_bentomls_chain_with_the_same_answers(server_factory, live_server):
+    moved = server_factory(workers=1, service=("tests.moved_traffic_metrics_service:XGBoostService",))
+    assert "the prediction routes stay inside BentoML's middleware chain" in moved.log()
+    assert "no _setup()/_is_setup" in moved.log()
+    before = _request_total(moved.url, "/predict")
+    for path, body in (("/predict", EXAMPLE_RECORD), ("/predict_batch", {"instances": [EXAMPLE_RECORD] * 3}),
+                       ("/explain", EXAMPLE_RECORD), ("/predict", {**EXAMPLE_RECORD, "no_such_field": 1})):  # fmt: skip
+        fallback = requests.post(f"{moved.url}{path}", json=body, timeout=30)
+        fast = requests.post(f"{live_server}{path}", json=body, timeout=30)
+        assert (fallback.status_code, fallback.json()) == (fast.status_code, fast.json()), path
+    assert _request_total(moved.url, "/predict") == before + 1, "BentoML's chain counts the request the fast path no longer counts"
