@@ -8,7 +8,7 @@
 | APIMethod descriptor (`_local_call`, `__get__`)        | bind_api_once()                   | the class attribute is an APIMethod       | skipped: BentoML binds the method per request (slower), logged |
 | CorkDispatcher.optimizer / Optimizer / max_latency     | dispatch_without_holding()        | an Optimizer, exactly, and max_latency    | BentoML's own holding Optimizer, logged          |
 | Starlette app.middleware_stack                         | serve_in_front()                  | a Starlette app with a built stack        | the fast path stays inside BentoML's chain (slower; BentoML counts the requests), logged |
-| RunnerTrafficMetricsMiddleware: _is_setup, _setup(), metrics_request_{total,duration,in_progress}, metrics_last_request_timestamp | TrafficMetrics | check_traffic_metrics(): each is there and has .labels | (same as serve_in_front: BentoML's chain counts them) |
+| RunnerTrafficMetricsMiddleware in the chain (factory.enable_metrics): _is_setup, _setup(), metrics_request_{total,duration,in_progress}, metrics_last_request_timestamp | TrafficMetrics | traffic_metrics_middleware() finds it when metrics are on; check_traffic_metrics(): each is there and has .labels | (same as serve_in_front: BentoML's chain counts them) |
 | bentoml.server_context (public)                        | TrafficMetrics' labels            | -                                         | -                                                 |
 
 Pinned: bentoml==1.4.40, starlette==1.10.0 (requirements.in); serving/pins.py warns at start when
@@ -147,13 +147,15 @@ def serve_in_front(app: Any, paths: frozenset[str], handler: ASGIApp) -> None:
     app.middleware_stack = front
 
 
-def traffic_metrics_middleware(app: Any) -> RunnerTrafficMetricsMiddleware | None:
-    """BentoML's request-metrics middleware in the app's chain (None when metrics are disabled)."""
+def traffic_metrics_middleware(app: Any, factory: Any = None) -> RunnerTrafficMetricsMiddleware | None:
+    """BentoML's request-metrics middleware in the app's chain (None when the factory has metrics disabled)."""
     layer = app.middleware_stack
     while layer is not None:
         if isinstance(layer, RunnerTrafficMetricsMiddleware):
             return layer
         layer = getattr(layer, "app", None)
+    if factory is not None and getattr(factory, "enable_metrics", True):
+        raise BentoMLInternalsChanged("BentoML's metrics are on but no RunnerTrafficMetricsMiddleware is in the app's chain")
     return None
 
 

@@ -169,7 +169,7 @@ class PredictionRoutes:
             except bentoml_internals.BentoMLInternalsChanged as exc:
                 logger.warning("%s; falling back to %s (update serving/bentoml_internals.py)", exc, fallback)
         try:
-            traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
+            traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app, factory))
             bentoml_internals.serve_in_front(app, frozenset(self.routes), self.prediction_app)
         except bentoml_internals.BentoMLInternalsChanged as exc:
             # Inside BentoML's chain (a plain add_asgi_middleware) BentoML counts the requests itself.
