@@ -199,8 +199,8 @@ class PredictionRoutes:
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
             return orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
         assert self._batched is not None
-        (answer,) = await self._batched(rows)
-        return answer
+        (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
+        return body
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         self.batch_pool.admit()
@@ -220,8 +220,8 @@ class PredictionRoutes:
         explained_class, top = explanations.explainer.options(scope["query_string"])
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
-        (answer,) = await explanations.explain(rows, explained_class, top)
-        return orjson.dumps(answer)
+        (explanation,) = await explanations.explain(rows, explained_class, top)
+        return orjson.dumps(explanation)
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
@@ -231,8 +231,7 @@ class PredictionRoutes:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        answers = await explanations.explain(rows, explained_class, top)
-        return orjson.dumps({"explanations": answers})
+        return orjson.dumps({"explanations": await explanations.explain(rows, explained_class, top)})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
