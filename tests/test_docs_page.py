@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from chromium import Browser, Page
+from testkit.chromium import Browser, Page
 
 from serving import docs_page
 

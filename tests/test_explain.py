@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import meanwhile
+from testkit.probes import meanwhile
 from test_validation import CASES, JSON
 
 from model_store import Feature, ModelSchema, load_bundle

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port
-
+from testkit.servers import free_port
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra_pulumi"))
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, free_port
-
+from testkit.servers import REPO, free_port
 from loadtest import slo
 from loadtest.traffic import RequestPool, ServedModel
 from model_store.dataset import FEATURE_NAMES, SCHEMA

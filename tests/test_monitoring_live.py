@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import REPO, exposed, free_port, worker_pids
+from testkit.probes import exposed, worker_pids
+from testkit.servers import REPO, free_port
 from test_resilience import burst
 
 from model_store.dataset import sample_records

@@ -13,7 +13,8 @@ import bentoml
 import pytest
 import requests
 
-from conftest import BENTOML, REPO, listeners, worker_pids
+from testkit.probes import listeners, worker_pids
+from testkit.servers import BENTOML, REPO
 from model_store import load_bundle
 from model_store.dataset import EXAMPLE_RECORD
 from serving import bentoml_internals
@@ -266,9 +267,9 @@ def test_the_shared_socket_stays_when_own_sockets_are_turned_off(server_factory)
 
 def test_a_bentoml_whose_internals_moved_is_refused_readiness_naming_the_check(server_factory):
     server = server_factory(workers=1, wait=False, service=("tests.mismatched_bentoml_service:XGBoostService",))
-    ready = server.wait_ready(90, ready=lambda answer: True)  # its first answer, whatever it is
+    status, body = server.wait_ready(90, ready=lambda status: True)  # its first answer, whatever it is
     check = "no BentoML batch dispatcher found for API 'predict_rows'"
-    assert ready.status_code == 503 and check in ready.json()["error"], ready.text
+    assert status == 503 and check in json.loads(body)["error"], body
     predict = requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10)
     assert predict.status_code == 503 and check in predict.json()["error"], "never a 500 per request"
     assert predict.headers["retry-after"] == "1"

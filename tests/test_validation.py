@@ -6,8 +6,7 @@ import json
 
 import pytest
 import requests
-from conftest import exposed
-
+from testkit.probes import exposed
 from model_store.dataset import EXAMPLE_RECORD
 
 JSON = {"Content-Type": "application/json"}
