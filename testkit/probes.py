@@ -100,3 +100,15 @@ def fuzz(url: str, report_dir: Path, max_examples: int) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:]
     assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
+
+
+class LiveClient(requests.Session):
+    """A requests Session for one server whose URLs are paths ("/predict"), like the in-process
+    app_client's: a test written against one runs against the other."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+
+    def request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
+        return super().request(method, self.base_url + url if url.startswith("/") else url, *args, **kwargs)

@@ -26,7 +26,7 @@ from testkit.probes import train_default_model  # noqa: E402
 from testkit.servers import Server, bentoml_serve  # noqa: E402
 os.environ.pop("MODEL_TAG", None)
 
-LIVE_FIXTURES = {"live_server", "server_factory", "keyed_server"}
+LIVE_FIXTURES = {"live_server", "live_client", "server_factory", "keyed_server"}
 APP_FIXTURES = {"app_client"}
 
 
@@ -97,6 +97,15 @@ def live_server(bentoml_home) -> Iterator[str]:
     yield start_servers(started)().url
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_client(live_server):
+    """The shared real service through a client with app_client's interface (paths, not URLs)."""
+    from testkit.probes import LiveClient
+
+    with LiveClient(live_server) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
