@@ -26,7 +26,7 @@ from testkit.probes import train_default_model  # noqa: E402
 from testkit.servers import Server, bentoml_serve  # noqa: E402
 os.environ.pop("MODEL_TAG", None)
 
-LIVE_FIXTURES = {"live_server", "live_client", "server_factory", "keyed_server"}
+LIVE_FIXTURES = {"live_server", "live_server_process", "live_client", "server_factory", "keyed_server"}
 APP_FIXTURES = {"app_client"}
 
 
@@ -91,12 +91,19 @@ def server_factory(bentoml_home) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture(scope="session")
-def live_server(bentoml_home) -> Iterator[str]:
-    """Base URL of a shared real service with default settings (2 workers), for the whole session."""
+def live_server_process(bentoml_home) -> Iterator[Server]:
+    """A shared real service with default settings (2 workers), for the whole session (one per xdist
+    worker). Tests only send it requests: what changes a server (a kill, a signal) starts its own."""
     started: list[Server] = []
-    yield start_servers(started)().url
+    yield start_servers(started)()
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(live_server_process) -> str:
+    """Base URL of the shared real service."""
+    return live_server_process.url
 
 
 @pytest.fixture(scope="session")
