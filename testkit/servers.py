@@ -9,6 +9,7 @@ set) so the suite can say how many servers it ran and how many were alive at onc
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -111,7 +112,7 @@ class Server:
             live = len(LIVE)
         if os.environ.get(START_LOG_ENV):
             with open(os.environ[START_LOG_ENV], "a") as log:
-                log.write(f"testkit: started {self.name} pid {self.proc.pid} port {self.port} live {live}: {' '.join(command[1:4])}\n")
+                log.write(f"testkit: started {self.name} pid {self.proc.pid} port {self.port} live {live}: {shlex.join([Path(command[0]).name, *command[1:3]])}\n")
         if not wait:
             return 0.0
         try:

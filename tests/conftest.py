@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
     lines = Path(path).read_text().splitlines() if path and Path(path).exists() else []
     most = max((int(m.group(1)) for line in lines if (m := re.search(r" live (\d+):", line))), default=0)
     terminalreporter.write_line(f"testkit: {len(lines)} server starts in this run "
-                                f"({sum('serve' in line for line in lines)} bentoml serve), at most {most} alive at once in one process ({path})")
+                                f"({sum(': bentoml serve' in line for line in lines)} bentoml serve), at most {most} alive at once in one process ({path})")
 
 
 @pytest.fixture(scope="session")
