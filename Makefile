@@ -52,7 +52,7 @@ serve: model  ## serve on http://localhost:$(PORT)
 test: install sysdeps  ## run every test
 	$(PY) -m pytest
 
-test-fast: install  ## in-process tests of the contract, the fast path and the settings (under 60 s)
-	$(PY) -m pytest -m fast
+test-fast: install  ## the in-process tiers: units and the service's ASGI app, no server (under 60 s)
+	$(PY) -m pytest -m "fast or app" -n 0
 
 -include mk/*.mk

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "infra_pulumi"))
 
-from loadtest.bench_servers import free_port  # noqa: E402
+from testkit.servers import free_port  # noqa: E402
+from testkit.waiting import NotReady, http_ready  # noqa: E402
 from model_store import load_bundle  # noqa: E402
 from ml_api_infra.mocks import task_container  # noqa: E402
 from serving import docs_page  # noqa: E402
@@ -137,17 +138,17 @@ def process_uids(pid: int) -> list[dict]:
 
 
 def wait_ready(name: str, url: str) -> float:
+    def running() -> str | None:
+        if podman("inspect", "--format", "{{.State.Running}}", name) == "true":
+            return None
+        return f"the container exited before it was ready:\n{podman('logs', name, check=False)[-3000:]}"
+
     started = time.monotonic()
-    while time.monotonic() - started < READY_TIMEOUT_S:
-        if podman("inspect", "--format", "{{.State.Running}}", name) != "true":
-            raise RuntimeError(f"the container exited before it was ready:\n{podman('logs', name, check=False)[-3000:]}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"/readyz not 200 after {READY_TIMEOUT_S} s:\n{podman('logs', name, check=False)[-3000:]}")
+    try:
+        http_ready(f"{url}/readyz", READY_TIMEOUT_S, 0.5, alive=running)
+    except NotReady as exc:
+        raise RuntimeError(f"{exc}\n{podman('logs', name, check=False)[-3000:]}") from None
+    return time.monotonic() - started
 
 
 def fargate_tmp_volume(image_volumes: list[str], image_tmp: dict, directory: Path) -> dict:

@@ -18,13 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
 from monitoring import alert_logger
+from testkit.waiting import NotReady, http_ready
 
 MONITORING_DIR = Path(__file__).resolve().parent
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus.yml"
@@ -102,19 +102,13 @@ def local_alertmanager_config(ports: Ports) -> dict:
 
 
 def _wait_http_ok(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                response.read()
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout} s; log: {log}")
+    def running() -> str | None:
+        return None if proc.poll() is None else f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-2000:]}"
+
+    try:
+        http_ready(url, timeout, alive=running)
+    except NotReady as exc:
+        raise RuntimeError(f"{exc}; log: {log}") from None
 
 
 class LocalStack:

@@ -14,12 +14,13 @@ CLASS_NAMES = SCHEMA.class_names
 SEED_KEYS = {"predicted_class", "confidence", "model_version", "features_used"}
 
 
-def predict(url: str, record: dict) -> requests.Response:
-    return requests.post(f"{url}/predict", json=record, timeout=10)
+def predict(client, record: dict):
+    """POST /predict through `client`: app_client (in process) or live_client (a real server)."""
+    return client.post("/predict", json=record, timeout=10)
 
 
-def test_seed_example_gets_the_seed_response_shape(live_server):
-    response = predict(live_server, EXAMPLE_RECORD)
+def test_seed_example_gets_the_seed_response_shape(live_client):
+    response = predict(live_client, EXAMPLE_RECORD)
     assert response.status_code == 200, response.text
     body = response.json()
     assert SEED_KEYS <= body.keys()
@@ -32,29 +33,29 @@ def test_seed_example_gets_the_seed_response_shape(live_server):
     assert body["predicted_class"] == int(np.argmax(body["probabilities"]))
 
 
-def test_predictions_equal_the_in_process_model(live_server):
+def test_predictions_equal_the_in_process_model(app_client):
     records = sample_records(np.random.default_rng(7), 25)
     expected = load_bundle().predict_proba(np.array([[r[f] for f in FEATURE_NAMES] for r in records]))
     for record, want in zip(records, expected):
-        got = predict(live_server, record).json()
+        got = predict(app_client, record).json()
         np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
         assert got["predicted_class"] == int(np.argmax(want))
 
 
-def test_batch_answers_in_request_order(live_server):
+def test_batch_answers_in_request_order(live_client):
     records = sample_records(np.random.default_rng(11), 60)
-    response = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=30)
+    response = live_client.post(f"/predict_batch", json={"instances": records}, timeout=30)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert len(predictions) == len(records)
-    singles = [predict(live_server, r).json() for r in records]
+    singles = [predict(live_client, r).json() for r in records]
     assert [p["probabilities"] for p in predictions] == [s["probabilities"] for s in singles]
     assert len({p["predicted_class"] for p in predictions}) > 1, "sampled records should not all get one class"
 
 
-def test_batch_of_the_documented_maximum_is_accepted(live_server):
+def test_batch_of_the_documented_maximum_is_accepted(app_client):
     records = sample_records(np.random.default_rng(3), 5000)
-    response = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=60)
+    response = app_client.post(f"/predict_batch", json={"instances": records}, timeout=60)
     assert response.status_code == 200, response.text[:300]
     assert len(response.json()["predictions"]) == 5000
 
@@ -69,8 +70,8 @@ def test_probes_docs_and_metrics_answer(live_server, path, status):
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_openapi_documents_both_prediction_routes_with_the_feature_schema(live_server):
-    spec = requests.get(f"{live_server}/docs.json", timeout=10).json()
+def test_openapi_documents_both_prediction_routes_with_the_feature_schema(app_client):
+    spec = app_client.get(f"/docs.json", timeout=10).json()
     assert {"/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"} <= spec["paths"].keys()
     record = spec["components"]["schemas"]["Record"]
     assert list(record["properties"]) == list(FEATURE_NAMES)
@@ -79,8 +80,8 @@ def test_openapi_documents_both_prediction_routes_with_the_feature_schema(live_s
     assert "/predict_rows" not in spec["paths"], "the internal batching API must not be documented"
 
 
-def test_metadata_describes_the_default_model_from_the_store(live_server):
-    meta = requests.get(f"{live_server}/metadata", timeout=10).json()
+def test_metadata_describes_the_default_model_from_the_store(app_client):
+    meta = app_client.get(f"/metadata", timeout=10).json()
     bundle = load_bundle()
     assert meta["tag"] == bundle.tag and meta["version"] == bundle.version and meta["task"] == "multiclass"
     assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES) and meta["class_names"] == list(CLASS_NAMES)
@@ -88,18 +89,18 @@ def test_metadata_describes_the_default_model_from_the_store(live_server):
                                    "nullable": False, "description": "age in years"}  # fmt: skip
     assert meta["example"] == EXAMPLE_RECORD and meta["metrics"] == bundle.metadata["metrics"]
     assert meta["data_sha256"] == bundle.metadata["data_sha256"] and meta["created"] == bundle.created
-    spec = requests.get(f"{live_server}/docs.json", timeout=10).json()
+    spec = app_client.get(f"/docs.json", timeout=10).json()
     assert spec["paths"]["/metadata"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelCard")
 
 
-def test_internal_batching_api_is_not_reachable(live_server):
-    response = requests.post(f"{live_server}/predict_rows", json=[[float("1")] * 36], timeout=10)
+def test_internal_batching_api_is_not_reachable(app_client):
+    response = app_client.post(f"/predict_rows", json=[[float("1")] * 36], timeout=10)
     assert response.status_code == 404
 
 
-def test_metrics_expose_bentoml_and_model_series(live_server):
-    predict(live_server, EXAMPLE_RECORD)
-    text = requests.get(f"{live_server}/metrics", timeout=10).text
+def test_metrics_expose_bentoml_and_model_series(live_client):
+    predict(live_client, EXAMPLE_RECORD)
+    text = live_client.get(f"/metrics", timeout=10).text
     for name in (
         "bentoml_service_request_total",
         "bentoml_service_request_duration_seconds_bucket",
@@ -127,16 +128,16 @@ def _request_series(url: str) -> dict[tuple[str, str, str], float]:
     return series
 
 
-def test_prediction_requests_are_counted_in_bentoml_request_metrics(live_server):
+def test_prediction_requests_are_counted_in_bentoml_request_metrics(live_client):
     # The prediction routes are answered in front of BentoML's middlewares: the dashboards and
     # alerts read BentoML's request series, so they must count and time every answer, by status.
-    before = _request_series(live_server)
+    before = _request_series(live_client.base_url)
     for _ in range(3):
-        assert predict(live_server, EXAMPLE_RECORD).status_code == 200
-    assert predict(live_server, {**EXAMPLE_RECORD, "feat1": "x"}).status_code == 422
-    assert requests.get(f"{live_server}/predict", timeout=10).status_code == 405
-    assert requests.post(f"{live_server}/predict_batch", json={"instances": [EXAMPLE_RECORD]}, timeout=10).status_code == 200
-    after = _request_series(live_server)
+        assert predict(live_client, EXAMPLE_RECORD).status_code == 200
+    assert predict(live_client, {**EXAMPLE_RECORD, "feat1": "x"}).status_code == 422
+    assert live_client.get(f"/predict", timeout=10).status_code == 405
+    assert live_client.post(f"/predict_batch", json={"instances": [EXAMPLE_RECORD]}, timeout=10).status_code == 200
+    after = _request_series(live_client.base_url)
 
     def grew(metric: str, endpoint: str, status: str) -> float:
         return after.get((metric, endpoint, status), 0) - before.get((metric, endpoint, status), 0)

@@ -18,7 +18,7 @@ import pytest
 from loadtest import bench_load, bench_report
 from loadtest.alternatives import bench_depends
 from loadtest.bench import EXIT_GOAL_MISSED, write_bodies
-from loadtest.bench_servers import free_port
+from testkit.servers import free_port
 from loadtest.traffic import ServedModel
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import requests
 
-import byom_datasets
+from testkit import byom_datasets
 import train_export
-from conftest import BENTOML, REPO, ServerProcess, exposed, fuzz
+from testkit.probes import exposed, fuzz
+from testkit.servers import BENTOML, REPO, bentoml_serve
 from model_store import ModelSchema, load_bundle
 
 DATASETS = {
@@ -52,7 +53,7 @@ def served(request, bentoml_home, tmp_path_factory):
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     tag = str(bentoml.models.get("xgb_classifier:latest").tag)
-    server = ServerProcess({"MODEL_TAG": tag}, workers=1)
+    server = bentoml_serve({"MODEL_TAG": tag}, workers=1)
     try:
         server.start(timeout=120)
         yield request.param, tag, server.url, path

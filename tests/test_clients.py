@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import REPO
+from testkit.servers import REPO
 from model_store.dataset import EXAMPLE_RECORD, sample_records
 
 
@@ -84,7 +84,7 @@ def test_schema_json_lists_what_docs_json_documents(live_server):
             assert list(batch["items"]["properties"]) == list(components["Record"]["properties"]), path
 
 def test_bentoml_clients_call_a_model_whose_fields_have_spaces_and_punctuation(server_factory, tmp_path):
-    from byom_datasets import flowers_multiclass
+    from testkit.byom_datasets import flowers_multiclass
 
     home = tmp_path / "home"
     data = flowers_multiclass(tmp_path / "flowers.csv")

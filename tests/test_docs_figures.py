@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 
-from conftest import REPO
+from testkit.servers import REPO
 from test_monitoring_live import NEEDS_CANDIDATE, NEEDS_NGINX
 
 from monitoring import dashboards, localstack

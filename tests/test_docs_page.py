@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from chromium import Browser, Page
+from testkit.chromium import Browser, Page
 
 from serving import docs_page
 
@@ -98,13 +98,13 @@ def test_with_an_api_key_the_page_offers_authorize_and_try_it_out_sends_the_key(
     asyncio.run(scenario())
 
 
-def test_an_unknown_path_answers_json_like_every_other_error(live_server):
-    answer = requests.get(f"{live_server}/x", timeout=10)
+def test_an_unknown_path_answers_json_like_every_other_error(app_client):
+    answer = app_client.get(f"/x", timeout=10)
     assert (answer.status_code, answer.headers["content-type"]) == (404, "application/json")
     assert answer.json() == {"error": "not found: /x", "detail": []}
-    wrong_method = requests.post(f"{live_server}/healthz", timeout=10)
+    wrong_method = app_client.post(f"/healthz", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.json()["error"].startswith("method POST not allowed on /healthz")
-    assert requests.post(f"{live_server}/", timeout=10).json() == {"error": "method POST not allowed on /: use GET", "detail": []}
+    assert app_client.post(f"/", timeout=10).json() == {"error": "method POST not allowed on /: use GET", "detail": []}
 
 
 def get(url: str, path: str, accept_encoding: str | None) -> http.client.HTTPResponse:

@@ -15,8 +15,7 @@ import numpy as np
 import prometheus_client as prom
 import pytest
 import requests
-from conftest import samples, total
-
+from testkit.probes import samples, total
 from model_store import drift
 from model_store.dataset import FEATURE_NAMES, sample_records
 from serving import metrics

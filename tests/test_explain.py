@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import meanwhile
+from testkit.probes import meanwhile
 from test_validation import CASES, JSON
 
 from model_store import Feature, ModelSchema, load_bundle
@@ -30,8 +30,9 @@ def bundle():
     return load_bundle()
 
 
-def explain_batch(url: str, records: list[dict], query: str = "") -> list[dict]:
-    response = requests.post(f"{url}/explain_batch{query}", json={"instances": records}, timeout=120)
+def explain_batch(client, records: list[dict], query: str = "") -> list[dict]:
+    """POST /explain_batch through `client` (app_client or live_client); the explanations."""
+    response = client.post(f"/explain_batch{query}", json={"instances": records}, timeout=120)
     assert response.status_code == 200, response.text[:500]
     return response.json()["explanations"]
 
@@ -42,14 +43,14 @@ def in_process(bundle, records: list[dict], **kwargs) -> np.ndarray:
     return bundle.booster.predict(data, validate_features=False, **kwargs)
 
 
-def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(live_server, bundle):
+def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(app_client, bundle):
     records = sample_records(np.random.default_rng(21), 40)
-    answers = explain_batch(live_server, records)
+    answers = explain_batch(app_client, records)
     names = list(bundle.schema.feature_names)
     exact = in_process(bundle, records, pred_contribs=True)  # (rows, classes, features + 1)
     saabas = in_process(bundle, records, pred_contribs=True, approx_contribs=True)
     margins = in_process(bundle, records, output_margin=True)
-    predictions = requests.post(f"{live_server}/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
+    predictions = app_client.post(f"/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
     for i, (record, answer, prediction) in enumerate(zip(records, answers, predictions)):
         cls = answer["explained_class"]
         assert answer["prediction"] == prediction and cls == prediction["predicted_class"]  # the predicted class by default
@@ -111,25 +112,25 @@ def test_explanations_are_the_exact_shapley_values_of_the_trees():
         assert np.abs(approx[:-1] - shapley).max() > 1e-3
 
 
-def test_concurrent_single_explanations_equal_the_batch_ones(live_server):
+def test_concurrent_single_explanations_equal_the_batch_ones(app_client):
     """Concurrent requests are explained together (one call per class and top): each still gets its own."""
     records = sample_records(np.random.default_rng(22), 24)
     queries = ["", "?class=0", "?top=2"] * 8
-    expected = [explain_batch(live_server, [r], q)[0] for r, q in zip(records, queries)]
+    expected = [explain_batch(app_client, [r], q)[0] for r, q in zip(records, queries)]
     with ThreadPoolExecutor(12) as pool:
-        singles = list(pool.map(lambda rq: requests.post(f"{live_server}/explain{rq[1]}", json=rq[0], timeout=60).json(), zip(records, queries)))
+        singles = list(pool.map(lambda rq: app_client.post(f"/explain{rq[1]}", json=rq[0], timeout=60).json(), zip(records, queries)))
     assert singles == expected
 
 
-def test_class_by_name_or_index_and_top(live_server, bundle):
+def test_class_by_name_or_index_and_top(live_client, bundle):
     record = sample_records(np.random.default_rng(23), 1)
     names = list(bundle.schema.feature_names)
     margins = in_process(bundle, record, output_margin=True)[0]
-    default = explain_batch(live_server, record)[0]
-    (one,) = explain_batch(live_server, record, "?top=1")[0]["top"]
+    default = explain_batch(live_client, record)[0]
+    (one,) = explain_batch(live_client, record, "?top=1")[0]["top"]
     assert one == default["top"][0]
     for cls, name in enumerate(bundle.schema.class_names):
-        by_name, by_index = (explain_batch(live_server, record, f"?class={c}&top={len(names)}")[0] for c in (name, cls))
+        by_name, by_index = (explain_batch(live_client, record, f"?class={c}&top={len(names)}")[0] for c in (name, cls))
         assert by_name == by_index and by_name["explained_class"] == cls
         assert by_name["margin"] == pytest.approx(float(margins[cls]), abs=1e-5)
         assert by_name["base_value"] + sum(by_name["contributions"].values()) == pytest.approx(by_name["margin"], abs=1e-4)
@@ -137,14 +138,14 @@ def test_class_by_name_or_index_and_top(live_server, bundle):
         assert len(magnitudes) == len(names) and magnitudes == sorted(magnitudes, reverse=True)
 
 
-def test_extreme_values_are_explained_as_they_are_predicted(live_server):
+def test_extreme_values_are_explained_as_they_are_predicted(app_client):
     record = sample_records(np.random.default_rng(28), 1)[0]
     for value in (1e308, -1e308, 1e39):
         extreme = {**record, next(iter(record)): value}
-        explained = requests.post(f"{live_server}/explain", json=extreme, timeout=30)
+        explained = app_client.post(f"/explain", json=extreme, timeout=30)
         assert explained.status_code == 200, explained.text
         answer = explained.json()
-        assert answer["prediction"] == requests.post(f"{live_server}/predict", json=extreme, timeout=30).json()
+        assert answer["prediction"] == app_client.post(f"/predict", json=extreme, timeout=30).json()
         assert answer["base_value"] + sum(answer["contributions"].values()) == pytest.approx(answer["margin"], abs=1e-4)
 
 
@@ -153,34 +154,34 @@ def test_extreme_values_are_explained_as_they_are_predicted(live_server):
     [("?class=9", "class"), ("?class=cat", "class"), ("?class=-1", "class"), ("?top=0", "top"), ("?top=37", "top"),
      ("?top=two", "top"), ("?top=", "top"), ("?colour=red", "colour"), ("?top=3&top=4", "top")],
 )  # fmt: skip
-def test_a_bad_query_parameter_is_a_422_naming_it(live_server, bundle, query, parameter):
+def test_a_bad_query_parameter_is_a_422_naming_it(app_client, bundle, query, parameter):
     record = sample_records(np.random.default_rng(24), 1)[0]
     for path, body in (("/explain", record), ("/explain_batch", {"instances": [record]})):
-        response = requests.post(f"{live_server}{path}{query}", json=body, timeout=30)
+        response = app_client.post(f"{path}{query}", json=body, timeout=30)
         assert response.status_code == 422, response.text
         error = response.json()
         assert f"'{parameter}'" in error["error"] and error["detail"][0]["loc"] == ["query", parameter]
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_explain_refuses_what_predict_refuses_the_same_way(live_server, name):
+def test_explain_refuses_what_predict_refuses_the_same_way(app_client, name):
     body = CASES[name][0]
-    predict = requests.post(f"{live_server}/predict", data=body, headers=JSON, timeout=10)
-    explain = requests.post(f"{live_server}/explain", data=body, headers=JSON, timeout=10)
+    predict = app_client.post(f"/predict", data=body, headers=JSON, timeout=10)
+    explain = app_client.post(f"/explain", data=body, headers=JSON, timeout=10)
     assert (explain.status_code, explain.json()) == (predict.status_code, predict.json())
 
 
 @pytest.mark.parametrize("n", [0, MAX_EXPLAIN_RECORDS + 1])
-def test_explain_batch_size_is_limited(live_server, n):
+def test_explain_batch_size_is_limited(app_client, n):
     records = sample_records(np.random.default_rng(25), n)
-    response = requests.post(f"{live_server}/explain_batch", json={"instances": records}, timeout=30)
+    response = app_client.post(f"/explain_batch", json={"instances": records}, timeout=30)
     assert response.status_code == 422, response.text[:300]
     assert "instances" in response.json()["error"] and response.json()["detail"][0]["loc"][0] == "instances"
 
 
-def test_explain_batch_of_the_maximum_is_answered_in_order(live_server):
+def test_explain_batch_of_the_maximum_is_answered_in_order(app_client):
     records = sample_records(np.random.default_rng(26), MAX_EXPLAIN_RECORDS)
-    answers = explain_batch(live_server, records)
+    answers = explain_batch(app_client, records)
     assert len(answers) == MAX_EXPLAIN_RECORDS
     assert [a["top"][0]["value"] for a in answers] == [r[a["top"][0]["feature"]] for r, a in zip(records, answers)]
 

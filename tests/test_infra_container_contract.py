@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port
-
+from testkit.servers import free_port
+from testkit.waiting import NotReady, http_ready
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra_pulumi"))
 
@@ -64,18 +64,10 @@ def fargate_like_server(container, bentoml_home, tmp_path_factory):
     proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", setup], stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} on a read-only root:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"not ready after 90 s on a read-only root:\n{log.read_text()[-3000:]}")
+    try:
+        http_ready(f"{url}/readyz", 90, 0.2, alive=lambda: None if proc.poll() is None else f"server exited with {proc.returncode}")
+    except NotReady as exc:
+        pytest.fail(f"{exc} on a read-only root:\n{log.read_text()[-3000:]}")
     yield {"url": url, "port": port, "proc": proc, "log": log}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, free_port
-
+from testkit.waiting import wait_until
+from testkit.servers import REPO, free_port
 from loadtest import slo
 from loadtest.traffic import RequestPool, ServedModel
 from model_store.dataset import FEATURE_NAMES, SCHEMA
@@ -239,14 +239,7 @@ def test_web_ui_runs_a_swarm_with_zero_failures(live_server):
 
 
 def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) waiting for {what}:\n{proc.stdout.read()[-3000:]}")
-        try:
-            if condition():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    def alive() -> str | None:
+        return None if proc.poll() is None else f"process exited ({proc.returncode}):\n{proc.stdout.read()[-3000:]}"
+
+    wait_until(condition, timeout, what, 0.5, alive=alive, errors=(requests.RequestException,))

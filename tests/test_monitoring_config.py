@@ -17,8 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import yaml
-from conftest import free_port
-
+from testkit.servers import free_port
 from monitoring import alert_logger, check_dashboards, dashboards, localstack
 
 MON = Path(localstack.MONITORING_DIR)

@@ -32,7 +32,9 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import REPO, exposed, free_port, worker_pids
+from testkit.waiting import wait_until
+from testkit.probes import exposed, worker_pids
+from testkit.servers import REPO, free_port
 from test_resilience import burst
 
 from model_store.dataset import sample_records
@@ -84,13 +86,7 @@ def panel(stack: localstack.LocalStack, title: str) -> dict[str, float]:
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_until(condition, timeout, what, interval)
 
 
 def resident_bytes(pid: int) -> int:

@@ -104,8 +104,7 @@ def test_an_expired_sso_session_is_one_line_naming_the_fix(no_credentials, tmp_p
 
 
 def test_an_unreachable_endpoint_is_one_line_naming_the_fix(no_credentials):
-    from conftest import free_port
-
+    from testkit.servers import free_port
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     proc = run_ops("status", env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
                                   "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})

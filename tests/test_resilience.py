@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import REPO, fuzz, listeners, meanwhile, samples, total, worker_pids
+from testkit.probes import fuzz, listeners, meanwhile, samples, total, worker_pids
+from testkit.servers import REPO
 from model_store.dataset import EXAMPLE_RECORD, sample_records
 
 
@@ -158,8 +159,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_fact
 
 
 def serve_until_exit(env: dict[str, str], timeout: float = 120, service: tuple[str, ...] = ("service:XGBoostService",)) -> subprocess.CompletedProcess:
-    from conftest import BENTOML, free_port
-
+    from testkit.servers import BENTOML, free_port
     return subprocess.run(
         [BENTOML, "serve", *service, "--port", str(free_port())],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,

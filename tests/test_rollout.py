@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import samples, total, train_default_model
+from testkit.probes import samples, total, train_default_model
 from model_store import load_bundle
 from model_store.dataset import sample_records
 from monitoring import check_dashboards, dashboards, localstack

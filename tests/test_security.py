@@ -16,8 +16,8 @@ def keyed_server(server_factory):
     return server_factory({"XGB_API_KEY": KEY, "XGB_CORS_ORIGINS": "https://app.example.com"}, workers=1)
 
 
-def test_no_key_is_needed_by_default(live_server):
-    assert requests.post(f"{live_server}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
+def test_no_key_is_needed_by_default(app_client):
+    assert app_client.post(f"/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""}])
@@ -49,9 +49,8 @@ def test_the_right_key_is_accepted_and_probes_stay_open(keyed_server):
         assert requests.get(f"{keyed_server.url}{probe}", timeout=10).status_code == 200
 
 
-def test_cors_is_off_by_default(live_server):
-    response = requests.post(
-        f"{live_server}/predict", json=EXAMPLE_RECORD, headers={"Origin": "https://evil.example.com"}, timeout=10
+def test_cors_is_off_by_default(app_client):
+    response = app_client.post(f"/predict", json=EXAMPLE_RECORD, headers={"Origin": "https://evil.example.com"}, timeout=10
     )
     assert "access-control-allow-origin" not in response.headers
 

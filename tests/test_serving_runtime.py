@@ -14,28 +14,33 @@ import bentoml
 import pytest
 import requests
 
-from conftest import BENTOML, REPO, listeners, worker_pids
+from testkit.probes import listeners, worker_pids
+from testkit.servers import BENTOML, REPO
+from testkit.waiting import NotReady, wait_until
 from model_store import load_bundle
 from model_store.dataset import EXAMPLE_RECORD
 from serving import bentoml_internals, uvicorn_internals
 
 
-def test_every_worker_runs_uvloop_and_httptools(server_factory):
-    server = server_factory(workers=2)
+def test_every_worker_runs_uvloop_and_httptools(live_server_process):
+    server = live_server_process  # 2 workers
     # /readyz answers once one worker is up, and httptools' parser is loaded with the first
     # connection a worker accepts: keep sending work until both workers show both libraries.
-    deadline = time.monotonic() + 90
-    while True:
+    seen: dict = {}
+
+    def both_workers_run_both() -> bool:
         subprocess.run(["hey", "-n", "200", "-c", "16", f"{server.url}/livez"], capture_output=True, timeout=120, check=True)
         pids = worker_pids(server)
-        missing = {
+        seen["missing"] = {
             pid: [lib for lib, pattern in LIBRARIES.items() if not re.search(pattern, Path(f"/proc/{pid}/maps").read_text())]
             for pid in pids
         }
-        if len(pids) == 2 and not any(missing.values()):
-            break
-        assert time.monotonic() < deadline, f"workers {pids} are missing {missing}"
-        time.sleep(0.5)
+        return len(pids) == 2 and not any(seen["missing"].values())
+
+    try:
+        wait_until(both_workers_run_both, 90, "both workers to load uvloop and httptools", 0.5)
+    except NotReady as exc:
+        pytest.fail(f"{exc}: workers are missing {seen.get('missing')}")
 
 
 LIBRARIES = {"uvloop": r"uvloop/loop\.cpython", "httptools": r"httptools/parser/parser\.cpython"}
@@ -236,10 +241,10 @@ def test_each_worker_listens_on_its_own_socket_and_gets_an_even_share_of_connect
     port = int(server.url.rsplit(":", 1)[1])
     workers = set(worker_pids(server))
     # /readyz answers as soon as one worker is up: wait for the other to start listening too.
-    deadline = time.monotonic() + 60
-    while sorted(map(sorted, listeners(port))) != sorted([pid] for pid in workers):
-        assert time.monotonic() < deadline, f"expected one listening socket per worker {workers} and none shared, got {listeners(port)}"
-        time.sleep(0.2)
+    try:
+        wait_until(lambda: sorted(map(sorted, listeners(port))) == sorted([pid] for pid in workers), 60, "a socket per worker", 0.2)
+    except NotReady:
+        pytest.fail(f"expected one listening socket per worker {workers} and none shared, got {listeners(port)}")
     body = tmp_path / "record.json"
     body.write_text(json.dumps(EXAMPLE_RECORD))
     # 50 new keep-alive connections at once (as hey opens them). With the arbiter's shared socket
@@ -267,9 +272,9 @@ def test_the_shared_socket_stays_when_own_sockets_are_turned_off(server_factory)
 
 def test_a_bentoml_whose_internals_moved_is_refused_readiness_naming_the_check(server_factory):
     server = server_factory(workers=1, wait=False, service=("tests.mismatched_bentoml_service:XGBoostService",))
-    ready = server.wait_ready(90, ready=lambda answer: True)  # its first answer, whatever it is
+    status, body = server.wait_ready(90, ready=lambda status: True)  # its first answer, whatever it is
     check = "no BentoML batch dispatcher found for API 'predict_rows'"
-    assert ready.status_code == 503 and check in ready.json()["error"], ready.text
+    assert status == 503 and check in json.loads(body)["error"], body
     predict = requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10)
     assert predict.status_code == 503 and check in predict.json()["error"], "never a 500 per request"
     assert predict.headers["retry-after"] == "1"

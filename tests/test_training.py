@@ -12,8 +12,8 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import train_export
-from byom_datasets import churn_binary, noise_binary, write_csv
-from conftest import REPO
+from testkit.byom_datasets import churn_binary, noise_binary, write_csv
+from testkit.servers import REPO
 from model_store import ModelContractError, load_bundle, stored_model
 from model_store import dataset
 from model_store.bundle import SCALER_FILE

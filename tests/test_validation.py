@@ -6,8 +6,7 @@ import json
 
 import pytest
 import requests
-from conftest import exposed
-
+from testkit.probes import exposed
 from model_store.dataset import EXAMPLE_RECORD
 
 JSON = {"Content-Type": "application/json"}
@@ -46,9 +45,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_single_record_is_refused_with_json(live_server, name):
+def test_bad_single_record_is_refused_with_json(app_client, name):
     body, status, field = CASES[name]
-    response = requests.post(f"{live_server}/predict", data=body, headers=JSON, timeout=10)
+    response = app_client.post(f"/predict", data=body, headers=JSON, timeout=10)
     assert response.status_code == status, response.text
     error = response.json()
     assert error["error"], "the error must say what is wrong"
@@ -58,21 +57,20 @@ def test_bad_single_record_is_refused_with_json(live_server, name):
     assert "Traceback" not in response.text and "/work/" not in response.text and ".py" not in response.text
 
 
-def test_all_problems_are_listed_not_just_the_first(live_server):
+def test_all_problems_are_listed_not_just_the_first(app_client):
     body = json.dumps({**{k: v for k, v in EXAMPLE_RECORD.items() if k != "feat9"}, "feat1": "x", "extra": 1})
-    error = requests.post(f"{live_server}/predict", data=body, headers=JSON, timeout=10).json()
+    error = app_client.post(f"/predict", data=body, headers=JSON, timeout=10).json()
     named = {d["loc"][-1] for d in error["detail"]}
     assert {"feat1", "feat9", "extra"} <= named
 
 
-def test_integers_are_numbers_too(live_server):
+def test_integers_are_numbers_too(app_client):
     body = {k: int(v) for k, v in EXAMPLE_RECORD.items()}
-    assert requests.post(f"{live_server}/predict", json=body, timeout=10).status_code == 200
+    assert app_client.post(f"/predict", json=body, timeout=10).status_code == 200
 
 
-def test_wrong_content_type_is_415(live_server):
-    response = requests.post(
-        f"{live_server}/predict", data=json.dumps(EXAMPLE_RECORD), headers={"Content-Type": "text/plain"}, timeout=10
+def test_wrong_content_type_is_415(app_client):
+    response = app_client.post(f"/predict", data=json.dumps(EXAMPLE_RECORD), headers={"Content-Type": "text/plain"}, timeout=10
     )
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]
@@ -168,8 +166,8 @@ def test_a_client_that_never_ends_its_body_is_cut_off(live_server):
     assert requests.post(f"{live_server}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
 
 
-def test_get_on_predict_is_405(live_server):
-    response = requests.get(f"{live_server}/predict", timeout=10)
+def test_get_on_predict_is_405(app_client):
+    response = app_client.get(f"/predict", timeout=10)
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
 
@@ -185,8 +183,8 @@ def test_get_on_predict_is_405(live_server):
     ],
     ids=["empty", "over the maximum", "wrong key", "bad record names its index", "not a list"],
 )
-def test_bad_batch_is_refused(live_server, body, status, named):
-    response = requests.post(f"{live_server}/predict_batch", json=body, timeout=30)
+def test_bad_batch_is_refused(app_client, body, status, named):
+    response = app_client.post(f"/predict_batch", json=body, timeout=30)
     assert response.status_code == status, response.text[:300]
     assert named in response.json()["error"]
 
