@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import botocore.exceptions
+
 from ops import image
 from ops.context import Context
 from ops.errors import OpsError
+from ops.aws import error_code
 from ops.rollout import (RolloutResult, api_container, describe_service, environment_of, previous_revision,
-                         register_revision, wait_for_rollout)
+                         register_revision, stopped_task_reasons, wait_for_rollout)
 from ops.stack import MODEL_SETTINGS
 
 # What the task environment says about a candidate model: everything MODEL_SETTINGS sets but MODEL_TAG.
@@ -35,6 +38,9 @@ def _report(ctx: Context, result: RolloutResult) -> RolloutResult:
     else:
         ctx.echo(f"==> DEPLOYMENT FAILED: {_name(result.task_definition)} did not become healthy, and the "
                  f"service had no earlier deployment to roll back to{detail}")
+    reasons = stopped_task_reasons(ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service, result.failed)
+    for reason in reasons:
+        ctx.echo(f"    stopped task {reason}")
     ctx.echo("    see why with `python -m ops logs --since 30m` and `python -m ops status`")
     return result
 
@@ -44,6 +50,22 @@ def _wait(ctx: Context, task_definition: str) -> RolloutResult:
     return _report(ctx, wait_for_rollout(
         ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service, task_definition, echo=ctx.echo,
         timeout=ctx.rollout_timeout, poll=ctx.poll_seconds, sleep=ctx.sleep, clock=ctx.clock))
+
+
+ECS_SERVICE = "ecs.amazonaws.com"
+
+
+def ensure_ecs_service_linked_role(ctx: Context) -> None:
+    """Create AWSServiceRoleForECS, which a brand-new account may not have yet: the first
+    CreateService can fail without it (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using-service-linked-roles.html).
+    IAM answers InvalidInput ("has been taken in this account") when it exists already."""
+    iam = ctx.client("iam")
+    try:
+        iam.create_service_linked_role(AWSServiceName=ECS_SERVICE)
+        ctx.echo("==> created the ECS service-linked role (AWSServiceRoleForECS)")
+    except botocore.exceptions.ClientError as err:
+        if error_code(err) not in ("InvalidInput", "EntityAlreadyExists"):
+            raise
 
 
 def _confirm(ctx: Context, prompt: str, expected: tuple[str, ...]) -> bool:
@@ -58,6 +80,7 @@ def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = No
     pinned, and waits for the service to be steady), then report the rollout."""
     account = ctx.aws.check_credentials()
     ctx.echo(f"==> AWS account {account}, region {ctx.stack.region}, stack {ctx.stack.name}")
+    ensure_ecs_service_linked_role(ctx)
     ctx.pulumi.select(create=True)
     if image_tag:
         if not image.image_exists(ctx.aws, ctx.stack, image_tag):
@@ -86,7 +109,12 @@ def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = No
         if up_failure is not None:
             raise up_failure from None
         raise
-    result = _wait(ctx, svc["taskDefinition"])
+    # `up` succeeds on a circuit-breaker rollback too (wait_for_steady_state is satisfied by the
+    # previous revision running again), so compare what this `up` registered with what runs.
+    registered = ctx.pulumi.output("taskDefinitionArn") or svc["taskDefinition"]
+    if registered != svc["taskDefinition"]:
+        ctx.echo(f"==> the stack registered {_name(registered)}, the service runs {_name(svc['taskDefinition'])}")
+    result = _wait(ctx, registered)
     if up_failure is not None and result.outcome == "completed":
         raise up_failure  # the service is fine; something else in the stack failed
     return result
