@@ -20,8 +20,9 @@ from ops.rollout import (RolloutResult, api_container, describe_service, environ
                          register_revision, stopped_task_reasons, wait_for_rollout)
 from ops.stack import MODEL_SETTINGS
 
-# What the task environment says about a candidate model: everything MODEL_SETTINGS sets but MODEL_TAG.
-CANDIDATE_VARIABLES = frozenset(MODEL_SETTINGS.values()) - {MODEL_SETTINGS["modelTag"]}
+# What the task environment says about a candidate model: everything MODEL_SETTINGS sets but the primary's.
+PRIMARY_VARIABLES = frozenset({MODEL_SETTINGS["modelTag"], MODEL_SETTINGS["modelUri"]})
+CANDIDATE_VARIABLES = frozenset(MODEL_SETTINGS.values()) - PRIMARY_VARIABLES
 
 
 def _name(task_definition: str) -> str:
@@ -150,9 +151,13 @@ def _existing_image(ctx: Context, tag: str) -> str:
     return f"{repo_uri}:{tag}"
 
 
-def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
-    """Roll out a new image on the running service: new task definition revision, no `pulumi up`."""
+def update(ctx: Context, image_tag: Optional[str] = None, model_uri: Optional[str] = None,
+           candidate_uri: Optional[str] = None, candidate_mode: Optional[str] = None) -> RolloutResult:
+    """Roll out a new image on the running service: new task definition revision, no `pulumi up`.
+    With a model URI (and no image tag), the running image with another published model instead."""
     ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
+    if (model_uri or candidate_uri or candidate_mode) and image_tag is None:
+        return update_models(ctx, model_uri, candidate_uri, candidate_mode)
     if image_tag is None:
         target = image.push(ctx.aws, ctx.stack, ctx.run, ctx.echo)
         image_tag = target.rsplit(":", 1)[1]
@@ -163,6 +168,22 @@ def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
     new_arn = register_revision(ecs, svc["taskDefinition"], target)
     ctx.echo(f"==> registered {_name(new_arn)} with image tag {image_tag}; rolling out")
     return roll_out(ctx, new_arn, image_tag)
+
+
+def update_models(ctx: Context, model_uri: Optional[str], candidate_uri: Optional[str],
+                  candidate_mode: Optional[str]) -> RolloutResult:
+    """Same image, another published model (model_store/source.py imports it when the tasks start)."""
+    from ops.models import with_model_uris
+
+    ecs = ctx.client("ecs")
+    current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
+    container = api_container(ecs, current)
+    environment = with_model_uris(ctx, environment_of(container), model_uri, candidate_uri, candidate_mode)
+    target = register_revision(ecs, current, container["image"], environment)
+    what = ", ".join(f"{k}={v}" for k, v in (("MODEL_URI", model_uri), ("CANDIDATE_MODEL_URI", candidate_uri),
+                                              ("XGB_CANDIDATE_MODE", candidate_mode)) if v)
+    ctx.echo(f"==> registered {_name(target)} with the same image and {what}; rolling out")
+    return roll_out(ctx, target, container["image"].rsplit(":", 1)[-1], environment)
 
 
 def rollback(ctx: Context, to_tag: Optional[str] = None) -> RolloutResult:
@@ -195,14 +216,18 @@ def promote(ctx: Context) -> RolloutResult:
     current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
     container = api_container(ecs, current)
     environment = environment_of(container)
-    candidate = environment.get("XGB_CANDIDATE_TAG")
+    candidate_uri = environment.get(MODEL_SETTINGS["candidateUri"])
+    candidate = environment.get("XGB_CANDIDATE_TAG") or candidate_uri
     if not candidate:
-        raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG): nothing to promote; "
-                       f"set one with `pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
-    promoted = {k: v for k, v in environment.items() if k not in CANDIDATE_VARIABLES}
-    promoted["MODEL_TAG"] = candidate
+        raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG or CANDIDATE_MODEL_URI): nothing "
+                       f"to promote; set one with `python -m ops update --candidate-uri URI` or "
+                       f"`pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
+    promoted = {k: v for k, v in environment.items() if k not in CANDIDATE_VARIABLES | PRIMARY_VARIABLES}
+    # A published candidate stays one (the task imports it from S3); a packed one is a tag in the image.
+    promoted[MODEL_SETTINGS["modelUri"] if candidate_uri else MODEL_SETTINGS["modelTag"]] = candidate
     target = register_revision(ecs, current, container["image"], promoted)
-    ctx.echo(f"==> promoting {candidate} (primary was {environment.get('MODEL_TAG', 'the image default')}): "
+    primary = environment.get("MODEL_URI") or environment.get("MODEL_TAG", "the image default")
+    ctx.echo(f"==> promoting {candidate} (primary was {primary}): "
              f"{_name(current)} -> {_name(target)}; `python -m ops rollback` goes back")
     return roll_out(ctx, target, container["image"].rsplit(":", 1)[-1], promoted)
 
