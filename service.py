@@ -33,6 +33,7 @@ import orjson
 from starlette.middleware.cors import CORSMiddleware
 
 from model_store import ModelBundle, ModelContractError, drift, load_bundle, stored_model
+from model_store import source as model_source
 from model_store.bundle import encode
 from serving import client_api, metrics, pins, uvicorn_internals
 from serving.contract import Contract, predicted
@@ -53,6 +54,7 @@ GC_THRESHOLDS = (10_000, 20, 20)
 # with one line naming the variable or the tag and the fix, instead of workers failing one by one
 # behind an open port.
 try:
+    model_source.import_configured_models()  # MODEL_URI, CANDIDATE_MODEL_URI: published models into the store
     SETTINGS = load()
     MODEL = stored_model()
     BUNDLE = load_bundle(str(MODEL.tag))

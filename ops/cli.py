@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import botocore.exceptions
 
-from ops import cleanup, deploy, image, logs, scale, status
+from ops import cleanup, deploy, image, logs, models, scale, status
 from ops.aws import Aws, explain
 from ops.context import Context
 from ops.errors import OpsError
@@ -34,7 +34,14 @@ VERBS = {
     "update": ("roll out a new image as a new task definition revision (no pulumi up)",
                "Builds and pushes a new image (or takes --image-tag from ECR), registers the next task "
                "definition revision with it, rolls it out and waits. On success the tag is pinned in the "
-               "stack config (ml-api:imageTag), so the next `pulumi up` keeps it."),
+               "stack config (ml-api:imageTag), so the next `pulumi up` keeps it. With --model-uri / "
+               "--candidate-uri (URIs `publish-model` printed) the revision keeps the running image and "
+               "serves those models, imported from S3 when the tasks start; the stack config follows "
+               "(ml-api:modelUri, ml-api:candidateUri)."),
+    "publish-model": ("upload a model from the local store to the stack's model bucket; print its URI",
+                      "`bentoml models export`s TAG (default xgb_classifier:latest) and uploads it to "
+                      "s3://<modelBucket>/models/xgb_classifier/<version>, the URI `update --model-uri` and "
+                      "`update --candidate-uri` run without a new image. Its last line is the URI."),
     "promote": ("make the candidate model the primary and clear the candidate (same image)",
                 "Registers the next task definition revision with MODEL_TAG set to the running candidate "
                 "(XGB_CANDIDATE_TAG) and the candidate settings removed, rolls it out and waits; on success the "
@@ -88,6 +95,11 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--repository-url", help="push here (default: the stack's ECR repository)")
     up = verb("update")
     up.add_argument("--image-tag", help="an image tag already in ECR (default: build and push one)")
+    up.add_argument("--model-uri", help="keep the image, serve this published model (MODEL_URI)")
+    up.add_argument("--candidate-uri", help="keep the image, this published model as the candidate (CANDIDATE_MODEL_URI)")
+    up.add_argument("--candidate-mode", choices=("shadow", "canary"), help="the candidate's mode (XGB_CANDIDATE_MODE)")
+    pm = verb("publish-model")
+    pm.add_argument("tag", nargs="?", help="model tag in the local store (default xgb_classifier:latest)")
     verb("promote")
     rb = verb("rollback")
     rb.add_argument("--to", metavar="TAG", help="roll back to this image tag from ECR instead of the "
@@ -121,7 +133,9 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
     if verb == "deploy":
         return outcome(deploy.deploy(ctx, args.yes, args.image_tag))
     if verb == "update":
-        return outcome(deploy.update(ctx, args.image_tag))
+        return outcome(deploy.update(ctx, args.image_tag, args.model_uri, args.candidate_uri, args.candidate_mode))
+    if verb == "publish-model":
+        print(models.publish_model(ctx, args.tag), flush=True)
     if verb == "rollback":
         return outcome(deploy.rollback(ctx, args.to))
     if verb == "promote":

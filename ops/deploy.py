@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+import botocore.exceptions
+
 from ops import image
 from ops.context import Context
 from ops.errors import OpsError
+from ops.aws import error_code
 from ops.rollout import (RolloutResult, api_container, describe_service, environment_of, previous_revision,
-                         register_revision, wait_for_rollout)
+                         register_revision, stopped_task_reasons, wait_for_rollout)
 from ops.stack import MODEL_SETTINGS
 
-# What the task environment says about a candidate model: everything MODEL_SETTINGS sets but MODEL_TAG.
-CANDIDATE_VARIABLES = frozenset(MODEL_SETTINGS.values()) - {MODEL_SETTINGS["modelTag"]}
+# What the task environment says about a candidate model: everything MODEL_SETTINGS sets but the primary's.
+PRIMARY_VARIABLES = frozenset({MODEL_SETTINGS["modelTag"], MODEL_SETTINGS["modelUri"]})
+CANDIDATE_VARIABLES = frozenset(MODEL_SETTINGS.values()) - PRIMARY_VARIABLES
 
 
 def _name(task_definition: str) -> str:
@@ -35,6 +39,9 @@ def _report(ctx: Context, result: RolloutResult) -> RolloutResult:
     else:
         ctx.echo(f"==> DEPLOYMENT FAILED: {_name(result.task_definition)} did not become healthy, and the "
                  f"service had no earlier deployment to roll back to{detail}")
+    reasons = stopped_task_reasons(ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service, result.failed)
+    for reason in reasons:
+        ctx.echo(f"    stopped task {reason}")
     ctx.echo("    see why with `python -m ops logs --since 30m` and `python -m ops status`")
     return result
 
@@ -44,6 +51,22 @@ def _wait(ctx: Context, task_definition: str) -> RolloutResult:
     return _report(ctx, wait_for_rollout(
         ctx.client("ecs"), ctx.stack.cluster, ctx.stack.service, task_definition, echo=ctx.echo,
         timeout=ctx.rollout_timeout, poll=ctx.poll_seconds, sleep=ctx.sleep, clock=ctx.clock))
+
+
+ECS_SERVICE = "ecs.amazonaws.com"
+
+
+def ensure_ecs_service_linked_role(ctx: Context) -> None:
+    """Create AWSServiceRoleForECS, which a brand-new account may not have yet: the first
+    CreateService can fail without it (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using-service-linked-roles.html).
+    IAM answers InvalidInput ("has been taken in this account") when it exists already."""
+    iam = ctx.client("iam")
+    try:
+        iam.create_service_linked_role(AWSServiceName=ECS_SERVICE)
+        ctx.echo("==> created the ECS service-linked role (AWSServiceRoleForECS)")
+    except botocore.exceptions.ClientError as err:
+        if error_code(err) not in ("InvalidInput", "EntityAlreadyExists"):
+            raise
 
 
 def _confirm(ctx: Context, prompt: str, expected: tuple[str, ...]) -> bool:
@@ -58,6 +81,7 @@ def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = No
     pinned, and waits for the service to be steady), then report the rollout."""
     account = ctx.aws.check_credentials()
     ctx.echo(f"==> AWS account {account}, region {ctx.stack.region}, stack {ctx.stack.name}")
+    ensure_ecs_service_linked_role(ctx)
     ctx.pulumi.select(create=True)
     if image_tag:
         if not image.image_exists(ctx.aws, ctx.stack, image_tag):
@@ -86,7 +110,12 @@ def deploy(ctx: Context, assume_yes: bool = False, image_tag: Optional[str] = No
         if up_failure is not None:
             raise up_failure from None
         raise
-    result = _wait(ctx, svc["taskDefinition"])
+    # `up` succeeds on a circuit-breaker rollback too (wait_for_steady_state is satisfied by the
+    # previous revision running again), so compare what this `up` registered with what runs.
+    registered = ctx.pulumi.output("taskDefinitionArn") or svc["taskDefinition"]
+    if registered != svc["taskDefinition"]:
+        ctx.echo(f"==> the stack registered {_name(registered)}, the service runs {_name(svc['taskDefinition'])}")
+    result = _wait(ctx, registered)
     if up_failure is not None and result.outcome == "completed":
         raise up_failure  # the service is fine; something else in the stack failed
     return result
@@ -122,9 +151,13 @@ def _existing_image(ctx: Context, tag: str) -> str:
     return f"{repo_uri}:{tag}"
 
 
-def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
-    """Roll out a new image on the running service: new task definition revision, no `pulumi up`."""
+def update(ctx: Context, image_tag: Optional[str] = None, model_uri: Optional[str] = None,
+           candidate_uri: Optional[str] = None, candidate_mode: Optional[str] = None) -> RolloutResult:
+    """Roll out a new image on the running service: new task definition revision, no `pulumi up`.
+    With a model URI (and no image tag), the running image with another published model instead."""
     ctx.echo(f"==> AWS account {ctx.aws.check_credentials()}, region {ctx.stack.region}")
+    if (model_uri or candidate_uri or candidate_mode) and image_tag is None:
+        return update_models(ctx, model_uri, candidate_uri, candidate_mode)
     if image_tag is None:
         target = image.push(ctx.aws, ctx.stack, ctx.run, ctx.echo)
         image_tag = target.rsplit(":", 1)[1]
@@ -135,6 +168,22 @@ def update(ctx: Context, image_tag: Optional[str] = None) -> RolloutResult:
     new_arn = register_revision(ecs, svc["taskDefinition"], target)
     ctx.echo(f"==> registered {_name(new_arn)} with image tag {image_tag}; rolling out")
     return roll_out(ctx, new_arn, image_tag)
+
+
+def update_models(ctx: Context, model_uri: Optional[str], candidate_uri: Optional[str],
+                  candidate_mode: Optional[str]) -> RolloutResult:
+    """Same image, another published model (model_store/source.py imports it when the tasks start)."""
+    from ops.models import with_model_uris
+
+    ecs = ctx.client("ecs")
+    current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
+    container = api_container(ecs, current)
+    environment = with_model_uris(ctx, environment_of(container), model_uri, candidate_uri, candidate_mode)
+    target = register_revision(ecs, current, container["image"], environment)
+    what = ", ".join(f"{k}={v}" for k, v in (("MODEL_URI", model_uri), ("CANDIDATE_MODEL_URI", candidate_uri),
+                                              ("XGB_CANDIDATE_MODE", candidate_mode)) if v)
+    ctx.echo(f"==> registered {_name(target)} with the same image and {what}; rolling out")
+    return roll_out(ctx, target, container["image"].rsplit(":", 1)[-1], environment)
 
 
 def rollback(ctx: Context, to_tag: Optional[str] = None) -> RolloutResult:
@@ -167,14 +216,18 @@ def promote(ctx: Context) -> RolloutResult:
     current = describe_service(ecs, ctx.stack.cluster, ctx.stack.service)["taskDefinition"]
     container = api_container(ecs, current)
     environment = environment_of(container)
-    candidate = environment.get("XGB_CANDIDATE_TAG")
+    candidate_uri = environment.get(MODEL_SETTINGS["candidateUri"])
+    candidate = environment.get("XGB_CANDIDATE_TAG") or candidate_uri
     if not candidate:
-        raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG): nothing to promote; "
-                       f"set one with `pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
-    promoted = {k: v for k, v in environment.items() if k not in CANDIDATE_VARIABLES}
-    promoted["MODEL_TAG"] = candidate
+        raise OpsError(f"{_name(current)} runs no candidate model (XGB_CANDIDATE_TAG or CANDIDATE_MODEL_URI): nothing "
+                       f"to promote; set one with `python -m ops update --candidate-uri URI` or "
+                       f"`pulumi config set ml-api:candidateTag <tag>` and `python -m ops deploy`")
+    promoted = {k: v for k, v in environment.items() if k not in CANDIDATE_VARIABLES | PRIMARY_VARIABLES}
+    # A published candidate stays one (the task imports it from S3); a packed one is a tag in the image.
+    promoted[MODEL_SETTINGS["modelUri"] if candidate_uri else MODEL_SETTINGS["modelTag"]] = candidate
     target = register_revision(ecs, current, container["image"], promoted)
-    ctx.echo(f"==> promoting {candidate} (primary was {environment.get('MODEL_TAG', 'the image default')}): "
+    primary = environment.get("MODEL_URI") or environment.get("MODEL_TAG", "the image default")
+    ctx.echo(f"==> promoting {candidate} (primary was {primary}): "
              f"{_name(current)} -> {_name(target)}; `python -m ops rollback` goes back")
     return roll_out(ctx, target, container["image"].rsplit(":", 1)[-1], promoted)
 

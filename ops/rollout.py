@@ -49,6 +49,7 @@ class RolloutResult:
     outcome: str
     task_definition: str
     detail: str = ""
+    failed: str = ""  # the revision that did not come up (rolled_back, failed)
 
 
 def revision_number(task_definition_arn: str) -> int:
@@ -73,6 +74,28 @@ def api_container(ecs: Any, task_definition_arn: str) -> dict:
 
 def environment_of(container: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("environment", [])}
+
+
+STOPPED_TASKS_SHOWN = 5
+
+
+def stopped_task_reasons(ecs: Any, cluster: str, service: str, task_definition: str) -> list[str]:
+    """Why the service's recently stopped tasks of `task_definition` stopped (ECS keeps stopped
+    tasks about an hour): `<task id>: <stoppedReason> (<container>: <reason or exit code>)`."""
+    arns = ecs.list_tasks(cluster=cluster, serviceName=service, desiredStatus="STOPPED").get("taskArns", [])
+    if not arns:
+        return []
+    tasks = ecs.describe_tasks(cluster=cluster, tasks=arns[:100]).get("tasks", [])
+    reasons = []
+    for task in tasks:
+        if task_definition and task.get("taskDefinitionArn") != task_definition:
+            continue
+        containers = "; ".join(
+            f"{c['name']}: {c.get('reason') or 'exit ' + str(c.get('exitCode'))}"
+            for c in task.get("containers", []) if c.get("reason") or c.get("exitCode") not in (None, 0))
+        line = f"{task['taskArn'].rsplit('/', 1)[-1]}: {task.get('stoppedReason', 'stopped')}"
+        reasons.append(f"{line} ({containers})" if containers else line)
+    return reasons[:STOPPED_TASKS_SHOWN]
 
 
 def describe_service(ecs: Any, cluster: str, service: str) -> dict:
@@ -103,8 +126,8 @@ def wait_for_rollout(ecs: Any, cluster: str, service: str, task_definition: str,
         primary = next((d for d in deployments if d["status"] == "PRIMARY"), None)
         if ours is None and svc["taskDefinition"] != task_definition:
             # The circuit breaker replaced our deployment with one of the previous revision.
-            return RolloutResult("rolled_back", primary["taskDefinition"] if primary else "",
-                                 "the deployment is gone; the previous revision is primary")
+            return RolloutResult("rolled_back", primary["taskDefinition"] if primary else svc["taskDefinition"],
+                                 "the deployment is gone; the previous revision is primary", task_definition)
         if ours is None:  # update_service accepted, the deployment not listed yet
             ours = {"status": "PENDING", "runningCount": 0, "desiredCount": svc["desiredCount"]}
         state = ours.get("rolloutState", "IN_PROGRESS")
@@ -117,8 +140,8 @@ def wait_for_rollout(ecs: Any, cluster: str, service: str, task_definition: str,
         if state == "FAILED" or (ours["status"] == "ACTIVE" and primary is not None):
             back_to = primary["taskDefinition"] if primary else ""
             if back_to in ("", task_definition):  # a first deployment has nothing to go back to
-                return RolloutResult("failed", task_definition, ours.get("rolloutStateReason", ""))
-            return RolloutResult("rolled_back", back_to, ours.get("rolloutStateReason", ""))
+                return RolloutResult("failed", task_definition, ours.get("rolloutStateReason", ""), task_definition)
+            return RolloutResult("rolled_back", back_to, ours.get("rolloutStateReason", ""), task_definition)
         if state == "COMPLETED" and len(deployments) == 1 and ours["runningCount"] == ours["desiredCount"]:
             return RolloutResult("completed", task_definition, ours.get("rolloutStateReason", ""))
         if clock() >= deadline:

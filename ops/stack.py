@@ -27,7 +27,8 @@ DEFAULT_REGION = "us-west-2"
 CONTAINER_NAME = "api"
 # Stack config key -> the task environment variable the program makes of it (ml_api_infra/service.py).
 MODEL_SETTINGS = {"modelTag": "MODEL_TAG", "candidateTag": "XGB_CANDIDATE_TAG", "candidateMode": "XGB_CANDIDATE_MODE",
-                  "candidatePercent": "XGB_CANDIDATE_PERCENT", "shadowMinAgreement": "XGB_SHADOW_MIN_AGREEMENT"}
+                  "candidatePercent": "XGB_CANDIDATE_PERCENT", "shadowMinAgreement": "XGB_SHADOW_MIN_AGREEMENT",
+                  "modelUri": "MODEL_URI", "candidateUri": "CANDIDATE_MODEL_URI"}
 
 
 def default_region() -> str:
@@ -54,6 +55,7 @@ class Stack:
     infra_dir: Path = INFRA_DIR
     domain_name: str = ""
     image_tag: str = ""  # pinned in the stack config; empty: `pulumi up` builds the image
+    model_bucket: str = ""  # ml-api:modelBucket; empty: `<prefix>-models-<account id>`
     # The stack config's model keys (MODEL_SETTINGS) that are set, with their values.
     model_settings: tuple[tuple[str, str], ...] = ()
 
@@ -101,6 +103,7 @@ def load_stack(name: str, infra_dir: Path = INFRA_DIR) -> Stack:
     return Stack(name=name, region=str(config.get("aws:region") or default_region()), prefix=prefix,
                  infra_dir=infra_dir, domain_name=str(config.get(f"{PROJECT}:domainName", "")),
                  image_tag=str(config.get(f"{PROJECT}:imageTag", "")),
+                 model_bucket=str(config.get(f"{PROJECT}:modelBucket", "")),
                  model_settings=tuple((key, str(config[f"{PROJECT}:{key}"])) for key in MODEL_SETTINGS
                                       if f"{PROJECT}:{key}" in config))
 
@@ -129,6 +132,12 @@ class Pulumi:
 
     def up(self) -> None:
         self.run(self._cmd("up", "--yes", "--skip-preview"))
+
+    def output(self, name: str) -> str:
+        """One stack output (`pulumi stack output NAME`), "" when the stack has none by that name."""
+        result = self.run(["pulumi", "stack", "output", name, "--stack", self.stack.name,
+                           "--cwd", str(self.stack.infra_dir), "--non-interactive"], capture=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
 
     def set_image_tag(self, tag: str) -> None:
         self.run(self._cmd("config", "set", f"{PROJECT}:imageTag", tag))

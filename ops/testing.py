@@ -175,6 +175,10 @@ class FakePulumi:
     version: str = BENTO_TAG.split(":")[1]
     image_tag: str = ""
     fail_up_after_create: str = ""  # e.g. a wait_for_steady_state timeout: up exits non-zero
+    # `up` on an existing service registers a new revision whose tasks fail: the circuit breaker
+    # puts the previous one back, and `up` still succeeds (wait_for_steady_state is satisfied).
+    circuit_breaker_rolls_back: bool = False
+    registered: str = ""  # the taskDefinitionArn stack output
     fail_destroy: str = ""
     urns: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)  # what each command did, in order
@@ -184,7 +188,7 @@ class FakePulumi:
         self.image_tag = self.image_tag or self.stack.image_tag
 
     def effects(self) -> dict[str, Callable[[list[str]], Optional[Completed]]]:
-        return {"pulumi up": self.up, "pulumi destroy": self.destroy,
+        return {"pulumi up": self.up, "pulumi destroy": self.destroy, "pulumi stack output": self.output,
                 "pulumi config set": self.config_set, "pulumi config rm": self.config_rm}
 
     @staticmethod
@@ -213,11 +217,28 @@ class FakePulumi:
             else:
                 return Completed(255, "ops push: ECR repository not found")
         if "aws:ecs/service:Service" in types and not self._service_exists():
-            create_stack(self.session, self.stack, tag)
+            created = create_stack(self.session, self.stack, tag)
+            self.registered = created["task_definition"]["taskDefinitionArn"]
             self.history.append(f"created service with {tag}")
+        elif "aws:ecs/service:Service" in types and self.circuit_breaker_rolls_back:
+            from ops.rollout import describe_service, register_revision
+
+            ecs = self.session.client("ecs")
+            current = describe_service(ecs, self.stack.cluster, self.stack.service)["taskDefinition"]
+            self.registered = register_revision(ecs, current, f"{self._repository_uri()}:{tag}")
+            self.history.append(f"registered {self.registered.rsplit('/', 1)[-1]}; circuit breaker rolled back")
         if self.fail_up_after_create:
             return Completed(255, self.fail_up_after_create)
         return None
+
+    def output(self, cmd: list[str]) -> Completed:
+        if cmd[3] == "taskDefinitionArn" and self.registered:
+            return Completed(0, self.registered + "\n")
+        return Completed(255, f"current stack does not have output property '{cmd[3]}'")
+
+    def _repository_uri(self) -> str:
+        ecr = self.session.client("ecr")
+        return ecr.describe_repositories(repositoryNames=[self.stack.repository])["repositories"][0]["repositoryUri"]
 
     def destroy(self, cmd: list[str]) -> Optional[Completed]:
         if self.fail_destroy:

@@ -67,8 +67,12 @@ def test_first_deploy_on_a_fresh_account_previews_then_pulumi_up_builds_and_serv
         ["pulumi", "stack", "select", "prod", "--cwd", infra, "--non-interactive", "--create"],
         ["pulumi", "preview", "--diff", *scope],
         ["pulumi", "up", "--yes", "--skip-preview", *scope],
+        ["pulumi", "stack", "output", "taskDefinitionArn", *scope],
     ]
     assert pulumi.history == ["created repository", f"pushed {VERSION}", f"created service with {VERSION}"]
+    # A brand-new account gets the ECS service-linked role before the first service.
+    assert "==> created the ECS service-linked role (AWSServiceRoleForECS)" in printed
+    assert session.client("iam").list_roles(PathPrefix="/aws-service-role/ecs.amazonaws.com/")["Roles"]
     assert prompts == ["Apply these changes to stack 'prod' (ml-api-prod, us-west-2)? [y/N] "]
     service = session.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     image = session.client("ecs").describe_task_definition(
@@ -182,14 +186,50 @@ def test_failed_first_deploy_says_failed_never_rolled_back_to_revision_1(session
                          {"cluster": CLUSTER, "services": [SERVICE]})
     stubber.add_response("describe_services", service_response(
         TD1, deployment(TD1, "PRIMARY", "FAILED", 0, failed=6, reason=reason)), {"cluster": CLUSTER, "services": [SERVICE]})
-    stubber.add_response("describe_services", service_response(
-        TD1, deployment(TD1, "PRIMARY", "FAILED", 0, failed=6, reason=reason)), {"cluster": CLUSTER, "services": [SERVICE]})
+    stub_stopped_tasks(stubber, TD1)
     ctx.aws._clients["ecs"] = ecs
     with stubber:
         assert main(["deploy", "--yes"], context=ctx) == 1
+        stubber.assert_no_pending_responses()
+    assert any(line.startswith(f"    stopped task 0a1b2c: {STOPPED_REASON}") for line in printed), printed
     assert not any("ROLLED BACK" in line for line in printed), printed
     assert (f"==> DEPLOYMENT FAILED: ml-api-prod:1 did not become healthy, and the service had no "
             f"earlier deployment to roll back to: {reason}") in printed
+
+
+def test_deploy_reports_a_rollback_that_pulumi_up_called_success(session, capsys):
+    """terraform-provider-aws #20858: wait_for_steady_state is satisfied by the circuit breaker's
+    rollback, so `pulumi up` exits 0. ops compares the stack's taskDefinitionArn output with the
+    service's and says ROLLED BACK, exit 1."""
+    runner, pulumi = pulumi_world(session)
+    ctx, printed = make_context(session, runner)
+    assert deploy.deploy(ctx, assume_yes=True).outcome == "completed"
+    pulumi.circuit_breaker_rolls_back = True
+    pulumi.version = "v2newimage"
+    printed.clear()
+    assert main(["deploy", "--yes"], context=ctx) == 1
+    assert "==> the stack registered ml-api-prod:2, the service runs ml-api-prod:1" in printed, printed
+    assert any(line.startswith("==> ROLLED BACK by the deployment circuit breaker to ml-api-prod:1") for line in printed), printed
+    assert not any(line.startswith("==> rollout complete") for line in printed), printed
+
+
+def test_the_service_linked_role_that_exists_already_is_not_an_error(session):
+    """IAM says InvalidInput ("has been taken in this account") for an existing role (moto says EntityAlreadyExists)."""
+    runner, _pulumi = pulumi_world(session)
+    ctx, printed = make_context(session, runner)
+    iam = session.client("iam")
+    stubber = Stubber(iam)
+    stubber.add_client_error("create_service_linked_role", "InvalidInput",
+                             "Service role name AWSServiceRoleForECS has been taken in this account, please try a different suffix.",
+                             expected_params={"AWSServiceName": "ecs.amazonaws.com"})
+    stubber.add_client_error("create_service_linked_role", "AccessDenied", "not allowed",
+                             expected_params={"AWSServiceName": "ecs.amazonaws.com"})
+    ctx.aws._clients["iam"] = iam
+    with stubber:
+        deploy.ensure_ecs_service_linked_role(ctx)
+        with pytest.raises(Exception, match="AccessDenied"):
+            deploy.ensure_ecs_service_linked_role(ctx)
+    assert printed == []
 
 
 def test_register_revision_changes_only_the_image(session):
@@ -256,6 +296,23 @@ def stub_update_calls(stubber: Stubber, rollout: list[dict]) -> None:
         stubber.add_response("describe_services", response, {"cluster": CLUSTER, "services": [SERVICE]})
 
 
+STOPPED_REASON = "Task failed ELB health checks in (target-group arn:aws:elasticloadbalancing:us-west-2:123456789012:targetgroup/ml-api-prod/73e2d6bc24d8a067)"
+
+
+def stub_stopped_tasks(stubber: Stubber, task_definition: str = "", reason: str = STOPPED_REASON) -> None:
+    """ECS's stopped tasks of the service: one of `task_definition` (none without it) and one older."""
+    arns = [f"arn:aws:ecs:us-west-2:123456789012:task/ml-api-prod/{n}" for n in ("0a1b2c", "9f8e7d")]
+    stubber.add_response("list_tasks", {"taskArns": arns if task_definition else []},
+                         {"cluster": CLUSTER, "serviceName": SERVICE, "desiredStatus": "STOPPED"})
+    if task_definition:
+        stubber.add_response("describe_tasks", {"tasks": [
+            {"taskArn": arns[0], "taskDefinitionArn": task_definition, "stoppedReason": reason,
+             "containers": [{"name": "api", "exitCode": 137, "reason": "OutOfMemoryError: Container killed due to memory usage"}]},
+            {"taskArn": arns[1], "taskDefinitionArn": "arn:aws:ecs:us-west-2:123456789012:task-definition/ml-api-prod:0",
+             "stoppedReason": "Scaling activity initiated by deployment"}]},
+            {"cluster": CLUSTER, "tasks": arns})
+
+
 def stubbed_ecs_context(session, pushed_tag, stub):
     """A context on moto whose ECS client answers through a Stubber that `stub` fills in."""
     stack = load_stack("prod")
@@ -297,10 +354,14 @@ def test_update_reports_a_circuit_breaker_rollback(session):
         service_response(TD1, deployment(TD1, "PRIMARY", "IN_PROGRESS", 5),
                          deployment(TD2, "ACTIVE", "FAILED", 0, failed=6, reason=reason)),
     ])
+    stub_stopped_tasks(stubber, TD2)
     with stubber:
         assert main(["update", "--image-tag", "v2"], context=ctx) == 1
         stubber.assert_no_pending_responses()
     assert f"==> ROLLED BACK by the deployment circuit breaker to ml-api-prod:1: {reason}" in printed
+    # Why the new revision's tasks stopped, and only theirs (not the older revision's scale-in).
+    assert [line for line in printed if line.startswith("    stopped task")] == [
+        f"    stopped task 0a1b2c: {STOPPED_REASON} (api: OutOfMemoryError: Container killed due to memory usage)"]
     assert runner.commands == [], "a rolled-back tag must not be recorded in the stack config"
 
 
@@ -413,6 +474,7 @@ def test_a_rollback_that_fails_is_reported_and_not_pinned(session):
         service_response(TD2, deployment(TD2, "PRIMARY", "IN_PROGRESS", 5),
                          deployment(TD1, "ACTIVE", "FAILED", 0, failed=4, reason="tasks failed to start")),
     ])
+    stub_stopped_tasks(stubber)
     with stubber:
         assert main(["rollback"], context=ctx) == 1
     assert "==> ROLLED BACK by the deployment circuit breaker to ml-api-prod:2: tasks failed to start" in printed

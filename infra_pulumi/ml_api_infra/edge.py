@@ -16,9 +16,21 @@ import pulumi_aws as aws
 from .settings import CONTAINER_PORT, StackSettings
 
 READINESS_PATH = "/readyz"
-# Shorter than the container's stopTimeout (service.STOP_TIMEOUT_SECONDS): the ALB stops routing
-# to a draining task before ECS sends SIGKILL, so in-flight requests finish.
-DEREGISTRATION_DELAY_SECONDS = 20
+API_KEY_HEADER = "x-api-key"  # WAF matches header names in lower case
+# Regions opened before August 2022 deliver ALB access logs from their Elastic Load Balancing
+# account (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/enable-access-logging.html);
+# every other region from the log-delivery service principal below.
+ELB_ACCOUNT_BY_REGION = {
+    "us-east-1": "127311923021", "us-east-2": "033677994240", "us-west-1": "027434742980",
+    "us-west-2": "797873946194", "af-south-1": "098369216593", "ap-east-1": "754344448648",
+    "ap-southeast-3": "589379963580", "ap-south-1": "718504428378", "ap-northeast-3": "383597477331",
+    "ap-northeast-2": "600734575887", "ap-southeast-1": "114774131450", "ap-southeast-2": "783225319266",
+    "ap-northeast-1": "582318560864", "ca-central-1": "985666609251", "eu-central-1": "054676820928",
+    "eu-west-1": "156460612806", "eu-west-2": "652711504416", "eu-south-1": "635631232127",
+    "eu-west-3": "009996457667", "eu-north-1": "897822967062", "me-south-1": "076674570225",
+    "sa-east-1": "507241528517", "us-gov-west-1": "048591011584", "us-gov-east-1": "190560391635",
+}
+LOG_DELIVERY_PRINCIPAL = "logdelivery.elasticloadbalancing.amazonaws.com"
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # AWS managed rule groups, in evaluation order after the rate limit.
 MANAGED_RULE_GROUPS = (
@@ -35,19 +47,42 @@ def _visibility(metric_name: str) -> dict:
     return {"cloudwatch_metrics_enabled": True, "metric_name": metric_name, "sampled_requests_enabled": True}
 
 
-def waf_rules(prefix: str, rate_limit: int, allow_list_arn: pulumi.Input[str] | None = None) -> list[dict]:
-    rate = {"limit": rate_limit, "aggregate_key_type": "IP", "evaluation_window_sec": 300}
+def _valid_key(api_key: pulumi.Input[str]) -> dict:
+    return {"byte_match_statement": {
+        "field_to_match": {"single_header": {"name": API_KEY_HEADER}}, "positional_constraint": "EXACTLY",
+        "search_string": api_key, "text_transformations": [{"priority": 0, "type": "NONE"}]}}
+
+
+def waf_rules(prefix: str, rate_limit: int, allow_list_arn: pulumi.Input[str] | None = None,
+              api_key: pulumi.Input[str] | None = None, key_rate_limit: int = 0) -> list[dict]:
+    """The per-IP rate rule counts only requests that are neither from the load-test allow-list nor
+    carry the stack's valid X-API-Key (a fleet behind one NAT IP is not one abuser); requests with
+    a key are limited per key value instead (CUSTOM_KEYS on the header). The managed rules still
+    inspect every request."""
+    exempt = []
     if allow_list_arn is not None:
-        # The rate rule counts only requests NOT from the load-test allow-list; the managed rules
-        # still inspect every request.
-        rate["scope_down_statement"] = {"not_statement": {"statement": {
-            "ip_set_reference_statement": {"arn": allow_list_arn}}}}
+        exempt.append({"ip_set_reference_statement": {"arn": allow_list_arn}})
+    if api_key is not None:
+        exempt.append(_valid_key(api_key))
+    rate = {"limit": rate_limit, "aggregate_key_type": "IP", "evaluation_window_sec": 300}
+    if exempt:
+        either = exempt[0] if len(exempt) == 1 else {"or_statement": {"statements": exempt}}
+        rate["scope_down_statement"] = {"not_statement": {"statement": either}}
     rules = [{
         "name": "rate-limit-per-ip", "priority": 0, "action": {"block": {}},
         "statement": {"rate_based_statement": rate},
         "visibility_config": _visibility(f"{prefix}-rate-limit"),
     }]
-    for priority, group in enumerate(MANAGED_RULE_GROUPS, start=1):
+    if api_key is not None and key_rate_limit:
+        rules.append({
+            "name": "rate-limit-per-api-key", "priority": 1, "action": {"block": {}},
+            "statement": {"rate_based_statement": {
+                "limit": key_rate_limit, "aggregate_key_type": "CUSTOM_KEYS", "evaluation_window_sec": 300,
+                "custom_keys": [{"header": {"name": API_KEY_HEADER,
+                                            "text_transformations": [{"priority": 0, "type": "NONE"}]}}]}},
+            "visibility_config": _visibility(f"{prefix}-rate-limit-per-key"),
+        })
+    for priority, group in enumerate(MANAGED_RULE_GROUPS, start=len(rules)):
         statement = {"name": group, "vendor_name": "AWS"}
         if group in COUNT_ONLY_RULES:
             statement["rule_action_overrides"] = [
@@ -60,12 +95,38 @@ def waf_rules(prefix: str, rate_limit: int, allow_list_arn: pulumi.Input[str] | 
     return rules
 
 
-def access_log_policy(bucket_arn: str, account_id: str, elb_account_arn: str) -> str:
-    """Let the region's Elastic Load Balancing account write this account's ALB logs (regions
-    opened before August 2022 deliver from such an account; see `aws.elb.get_service_account`)."""
+def log_delivery_principal(region: str) -> dict:
+    """Who writes ALB access logs in `region`: its ELB account (older regions), else the service principal."""
+    if region in ELB_ACCOUNT_BY_REGION:
+        partition = "aws-us-gov" if region.startswith("us-gov-") else "aws"
+        return {"AWS": f"arn:{partition}:iam::{ELB_ACCOUNT_BY_REGION[region]}:root"}
+    return {"Service": LOG_DELIVERY_PRINCIPAL}
+
+
+def access_log_policy(bucket_arn: str, account_id: str, region: str) -> str:
+    """Let the region's log delivery write this account's ALB logs under alb/AWSLogs/<account>/."""
     return json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Sid": "AlbAccessLogs", "Effect": "Allow", "Principal": {"AWS": elb_account_arn},
+        "Sid": "AlbAccessLogs", "Effect": "Allow", "Principal": log_delivery_principal(region),
         "Action": "s3:PutObject", "Resource": f"{bucket_arn}/alb/AWSLogs/{account_id}/*"}]})
+
+
+# WAF logs only what it blocked or counted (a log line per allowed request costs more than the
+# requests themselves at the seed's load): https://docs.aws.amazon.com/waf/latest/developerguide/logging-management.html
+WAF_LOGGING_FILTER = {"default_behavior": "DROP", "filters": [{
+    "behavior": "KEEP", "requirement": "MEETS_ANY",
+    "conditions": [{"action_condition": {"action": "BLOCK"}}, {"action_condition": {"action": "COUNT"}}]}]}
+
+
+def waf_log_resource_policy(account_id: str, region: str) -> str:
+    """CloudWatch Logs resource policy for WAF's log delivery, written explicitly: otherwise WAF adds
+    one per Web ACL to the account's (10 policies, 5,120 characters) and fails once that is full
+    (https://docs.aws.amazon.com/waf/latest/developerguide/logging-cw-logs.html)."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "AwsWafLogsDelivery", "Effect": "Allow", "Principal": {"Service": "delivery.logs.amazonaws.com"},
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": f"arn:aws:logs:{region}:{account_id}:log-group:aws-waf-logs-*:log-stream:*",
+        "Condition": {"StringEquals": {"aws:SourceAccount": account_id},
+                      "ArnLike": {"aws:SourceArn": f"arn:aws:logs:{region}:{account_id}:*"}}}]})
 
 
 class AccessLogs(pulumi.ComponentResource):
@@ -92,11 +153,10 @@ class AccessLogs(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 1}}],
             opts=child)
         account_id = aws.get_caller_identity_output().account_id
-        elb_account = aws.elb.get_service_account_output()
         self.policy = aws.s3.BucketPolicy(
             f"{name}-alb-logs", bucket=self.bucket.id,
-            policy=pulumi.Output.all(self.bucket.arn, account_id, elb_account.arn).apply(
-                lambda a: access_log_policy(*a)),
+            policy=pulumi.Output.all(self.bucket.arn, account_id).apply(
+                lambda a: access_log_policy(*a, settings.region)),
             opts=child)
         self.register_outputs({"bucket": self.bucket.bucket})
 
@@ -129,7 +189,7 @@ class Edge(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:edge:Edge", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        access_logs = AccessLogs(name, settings, opts=child)
+        access_logs = AccessLogs(name, settings, opts=child) if settings.alb_access_logs else None
         https = settings.https
         ingress_ports = [80, 443] if https else [80]
 
@@ -144,15 +204,16 @@ class Edge(pulumi.ComponentResource):
         self.load_balancer = aws.lb.LoadBalancer(
             f"{name}-alb", name=settings.prefix[:32], load_balancer_type="application",
             internal=False, subnets=public_subnet_ids, security_groups=[self.security_group.id],
-            drop_invalid_header_fields=True, idle_timeout=60,
+            drop_invalid_header_fields=True, idle_timeout=settings.alb_idle_timeout,
             enable_deletion_protection=settings.alb_deletion_protection,
-            access_logs={"bucket": access_logs.bucket.bucket, "prefix": "alb", "enabled": True},
+            access_logs=({"bucket": access_logs.bucket.bucket, "prefix": "alb", "enabled": True}
+                         if access_logs else None),
             tags=settings.tags,
             # ELB checks that it can write to the bucket when access logging is switched on.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[access_logs.policy]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[access_logs.policy] if access_logs else []))
         self.target_group = aws.lb.TargetGroup(
             f"{name}-tg", name=settings.prefix[:32], port=CONTAINER_PORT, protocol="HTTP",
-            target_type="ip", vpc_id=vpc_id, deregistration_delay=DEREGISTRATION_DELAY_SECONDS,
+            target_type="ip", vpc_id=vpc_id, deregistration_delay=settings.deregistration_delay_seconds,
             health_check={"enabled": True, "path": READINESS_PATH, "matcher": "200",
                           "interval": 15, "timeout": 5, "healthy_threshold": 2,
                           "unhealthy_threshold": 3},
@@ -195,14 +256,22 @@ class Edge(pulumi.ComponentResource):
                 tags=settings.tags, opts=child).arn
         self.web_acl = aws.wafv2.WebAcl(
             f"{name}-waf", name=settings.prefix, scope="REGIONAL", default_action={"allow": {}},
-            description="Per-IP rate limit and AWS managed rules in front of the ALB",
-            rules=waf_rules(settings.prefix, settings.waf_rate_limit, allow_list_arn),
+            description="Rate limits (per IP without a valid key, per key) and AWS managed rules in front of the ALB",
+            rules=waf_rules(settings.prefix, settings.waf_rate_limit, allow_list_arn, settings.api_key,
+                            settings.waf_key_rate_limit),
             visibility_config=_visibility(settings.prefix), tags=settings.tags, opts=child)
         aws.wafv2.WebAclAssociation(f"{name}-waf-alb", resource_arn=self.load_balancer.arn,
                                     web_acl_arn=self.web_acl.arn, opts=child)
+        log_policy = aws.cloudwatch.LogResourcePolicy(
+            f"{name}-waf-logs", policy_name=f"{settings.prefix}-waf-logs",
+            policy_document=aws.get_caller_identity_output().account_id.apply(
+                lambda account: waf_log_resource_policy(account, settings.region)),
+            opts=child)
         aws.wafv2.WebAclLoggingConfiguration(
             f"{name}-waf-logs", resource_arn=self.web_acl.arn,
-            log_destination_configs=[waf_log_group_arn], opts=child)
+            log_destination_configs=[waf_log_group_arn],
+            logging_filter=WAF_LOGGING_FILTER if settings.waf_log == "blocked" else None,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_policy]))
 
         self.register_outputs({"url": self.url, "albArn": self.load_balancer.arn,
                                "targetGroupArn": self.target_group.arn})

@@ -42,7 +42,7 @@ def execution_policy(repository_arn: str, log_group_arn: str, secret_arn: Option
 class TaskRoles(pulumi.ComponentResource):
     def __init__(self, name: str, settings: StackSettings, *, repository_arn: pulumi.Input[str],
                  log_group_arn: pulumi.Input[str], secret_arn: Optional[pulumi.Input[str]] = None,
-                 opts: pulumi.ResourceOptions | None = None):
+                 model_bucket: Optional[pulumi.Input[str]] = None, opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:iam:TaskRoles", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         account_id = aws.get_caller_identity_output().account_id
@@ -57,10 +57,15 @@ class TaskRoles(pulumi.ComponentResource):
             policy=pulumi.Output.all(repository_arn, log_group_arn, secret_arn).apply(
                 lambda arns: execution_policy(*arns)),
             opts=child)
-        # The service calls no AWS API, so its task role has no policy at all.
+        # The service's only AWS call: reading a published model (MODEL_URI) at start.
         self.task_role = aws.iam.Role(
             f"{name}-task", name=f"{settings.prefix}-task",
-            description="The prediction service itself: no AWS permissions",
+            description="The prediction service itself: reads published models only",
             assume_role_policy=trust, tags=settings.tags, opts=child)
+        if model_bucket is not None:
+            from .models import model_read_policy
+
+            aws.iam.RolePolicy(f"{name}-task-models", role=self.task_role.id,
+                               policy=pulumi.Output.from_input(model_bucket).apply(model_read_policy), opts=child)
         self.register_outputs({"executionRoleArn": self.execution_role.arn,
                                "taskRoleArn": self.task_role.arn})

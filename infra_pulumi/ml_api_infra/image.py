@@ -63,6 +63,12 @@ def push_command(settings: StackSettings, stack: str, repository_url: str) -> st
                        "push", "--repository-url", repository_url])
 
 
+def push_environment() -> dict[str, str]:
+    """AWS_PROFILE for `ops push`: the stack's `aws:profile` (what the AWS provider deploys with)."""
+    profile = pulumi.Config("aws").get("profile")
+    return {"AWS_PROFILE": profile} if profile else {}
+
+
 class ServiceImage(pulumi.ComponentResource):
     def __init__(self, name: str, settings: StackSettings, *, repository_url: pulumi.Output[str],
                  repository: pulumi.Resource, opts: pulumi.ResourceOptions | None = None):
@@ -75,6 +81,8 @@ class ServiceImage(pulumi.ComponentResource):
             self.build = command.local.Command(
                 f"{name}-build-push",
                 create=repository_url.apply(lambda url: push_command(settings, stack, url)),
+                # The push uses the same credentials as the provider that deploys the stack.
+                environment=push_environment(),
                 # Relative to infra_pulumi/, where Pulumi runs the program and its providers.
                 dir="..",
                 triggers=[build_fingerprint()],

@@ -101,6 +101,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             # The build's version is new whenever the triggers (the build's fingerprint) change.
             state["stdout"] = pushed_stdout(state["create"], str(state["triggers"][0])[:16])
             state["stderr"] = ""
+        if args.typ == "aws:ecs/taskDefinition:TaskDefinition":
+            state["arn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task-definition/{state['family']}:1"
         if args.typ == "aws:lb/targetGroup:TargetGroup":
             state["arnSuffix"] = f"targetgroup/{physical}/73e2d6bc24d8a067"
         if args.typ == "aws:cloudwatch/logGroup:LogGroup":

@@ -49,7 +49,10 @@ def alarm_specs(settings: StackSettings) -> list[dict]:
          "description": "average CPU above 85% for 5 minutes: scaling is at its maximum or too slow"},
         {"key": "running-below-min", "namespace": "ECS/ContainerInsights", "metric": "RunningTaskCount",
          "dims": "service", "statistic": "Minimum", "comparison": "LessThanThreshold",
-         "threshold": settings.min_capacity, "periods": 3, "missing": "breaching",
+         "threshold": settings.min_capacity, "periods": 3,
+         # notBreaching: Container Insights has no data for a service that is still coming up, and
+         # the first bring-up must not page; a service that stopped reporting still trips elb-5xx.
+         "missing": "notBreaching",
          "description": f"fewer than {settings.min_capacity} running tasks for 3 minutes"},
     ]
 

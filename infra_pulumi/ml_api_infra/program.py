@@ -7,6 +7,7 @@ import pulumi
 from .edge import Edge
 from .iam import TaskRoles
 from .image import ServiceImage
+from .models import ModelBucket
 from .network import Network
 from .observability import LogGroups, Monitoring
 from .registry import Registry
@@ -24,8 +25,9 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
                          repository=registry.repository)
     logs = LogGroups(name, settings)
     secret_arn = ApiKeySecret(name, settings).secret.arn if settings.api_key is not None else None
+    models = ModelBucket(name, settings)
     roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
-                      log_group_arn=logs.app.arn, secret_arn=secret_arn)
+                      log_group_arn=logs.app.arn, secret_arn=secret_arn, model_bucket=models.bucket.bucket)
     edge = Edge(name, settings, vpc_id=network.vpc.id,
                 public_subnet_ids=[s.id for s in network.public_subnets],
                 waf_log_group_arn=logs.waf.arn)
@@ -57,6 +59,10 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         "ecrRepositoryName": registry.repository.name,
         "logGroupName": logs.app.name,
         "taskFamily": service.task_definition.family,
+        # What this `up` registered: `ops deploy` compares it with the service's after `up` (a
+        # circuit-breaker rollback satisfies wait_for_steady_state too).
+        "taskDefinitionArn": service.task_definition.arn,
+        "modelBucket": models.bucket.bucket,
         "albArnSuffix": edge.load_balancer.arn_suffix,
         "targetGroupArn": edge.target_group.arn,
         "targetGroupArnSuffix": edge.target_group.arn_suffix,

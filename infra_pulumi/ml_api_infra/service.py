@@ -28,6 +28,25 @@ def liveness_command(port: int = CONTAINER_PORT) -> list[str]:
     return ["CMD-SHELL", f'python3 -c "{probe}" || exit 1']
 
 
+def serve_command(settings: StackSettings) -> list[str]:
+    return ["serve", "--timeout-keep-alive", str(settings.keep_alive_seconds)]
+
+
+def model_source_environment(settings: StackSettings) -> dict[str, str]:
+    """MODEL_URI / CANDIDATE_MODEL_URI (model_store/source.py imports them at start) from the stack config."""
+    environment = {}
+    if settings.model_uri:
+        environment["MODEL_URI"] = settings.model_uri
+    if settings.candidate_uri:
+        environment["CANDIDATE_MODEL_URI"] = settings.candidate_uri
+        if settings.candidate_mode:
+            environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
+        environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
+        if settings.shadow_min_agreement is not None:
+            environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
+    return environment
+
+
 def container_definitions(settings: StackSettings, image: str, log_group: str,
                           secret_arn: Optional[str]) -> list[dict]:
     environment = {
@@ -43,6 +62,7 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         environment["XGB_CORS_ORIGINS"] = settings.cors_origins
     if settings.model_tag:
         environment["MODEL_TAG"] = settings.model_tag
+    environment.update(model_source_environment(settings))
     if settings.candidate_tag:
         environment["XGB_CANDIDATE_TAG"] = settings.candidate_tag
         if settings.candidate_mode:
@@ -53,6 +73,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     container = {
         "name": CONTAINER_NAME,
         "image": image,
+        # The image's entrypoint runs `bentoml serve <args> $BENTO_PATH`; the keep-alive outlasts the ALB's idle timeout.
+        "command": serve_command(settings),
         "essential": True,
         "user": CONTAINER_USER,
         "readonlyRootFilesystem": True,
@@ -106,6 +128,8 @@ class Service(pulumi.ComponentResource):
             execution_role_arn=execution_role_arn, task_role_arn=task_role_arn,
             volumes=[{"name": TMP_VOLUME}],
             container_definitions=pulumi.Output.json_dumps(definitions),
+            # Keep replaced revisions ACTIVE: `ops rollback` can only go back to an ACTIVE one.
+            skip_destroy=True,
             tags=settings.tags, opts=child)
 
         self.service = aws.ecs.Service(

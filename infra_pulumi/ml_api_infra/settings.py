@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pulumi
 
-# Fargate accepts only these memory sizes (MiB) for each CPU size (units of 1/1024 vCPU).
+GIB = 1024
+# Fargate's task sizes: memory (MiB) allowed for each CPU size (units of 1/1024 vCPU), AWS's table
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/fargate-tasks-services.html#fargate-tasks-size
 FARGATE_MEMORY_BY_CPU = {
-    256: range(512, 2049, 512),
-    512: range(1024, 4097, 1024),
-    1024: range(2048, 8193, 1024),
-    2048: range(4096, 16385, 1024),
-    4096: range(8192, 30721, 1024),
+    256: (512, 1 * GIB, 2 * GIB),
+    512: tuple(range(1 * GIB, 4 * GIB + 1, GIB)),
+    1024: tuple(range(2 * GIB, 8 * GIB + 1, GIB)),
+    2048: tuple(range(4 * GIB, 16 * GIB + 1, GIB)),
+    4096: tuple(range(8 * GIB, 30 * GIB + 1, GIB)),
+    8192: tuple(range(16 * GIB, 60 * GIB + 1, 4 * GIB)),
+    16384: tuple(range(32 * GIB, 120 * GIB + 1, 8 * GIB)),
 }
+# The target's keep-alive must outlast the ALB's idle timeout, or the task closes a connection the
+# ALB is about to reuse and the client gets a 502 (AWS: "Connection idle timeout").
+KEEP_ALIVE_MARGIN_SECONDS = 15
+# The ALB waits this much beyond the request timeout before it drops a draining target, so a
+# request that started just before deregistration still finishes.
+DEREGISTRATION_MARGIN_SECONDS = 10
+# The service's request timeout (serving/settings.py request_timeout_s, XGB_REQUEST_TIMEOUT_S).
+SERVICE_REQUEST_TIMEOUT_SECONDS = 30
+MODEL_PREFIX = "models"  # objects under s3://<modelBucket>/models/xgb_classifier/<version>
 CONTAINER_PORT = 3000
 DEFAULT_REGION = "us-west-2"
 # AWS WAF's bounds for a rate-based rule's limit (requests per evaluation window per key).
@@ -78,9 +92,14 @@ class StackSettings:
     domain_name: str = ""
     hosted_zone_id: str = ""
     certificate_arn: str = ""
-    # Requests per 5 minutes per client IP (~6.7 req/s): well above one person or service using the
-    # API, low enough to stop a single abusive host. Load tests come from load_test_cidrs.
-    waf_rate_limit: int = 2000
+    # Requests per 5 minutes per client IP from clients WITHOUT a valid X-API-Key (anonymous abuse);
+    # requests carrying the stack's key are not counted by it (they are limited per key by
+    # waf_key_rate_limit). 100,000 / 5 min per IP ≈ 333 req/s: one NAT of a client fleet fits.
+    waf_rate_limit: int = 100_000
+    # Requests per 5 minutes per X-API-Key value (aggregated on the header); 0 turns it off.
+    waf_key_rate_limit: int = 2_000_000
+    # WAF logs to CloudWatch Logs only requests it BLOCKed or COUNTed; "all" logs every request.
+    waf_log: str = "blocked"
     load_test_cidrs: tuple[str, ...] = ()
     # ALB deletion protection; None means "on for the prod environment".
     deletion_protection: Optional[bool] = None
@@ -91,6 +110,14 @@ class StackSettings:
     # Registry and observability
     images_to_keep: int = 30
     log_retention_days: int = 30
+    # ALB: idle timeout (the task's keep-alive is derived from it) and access logs to S3.
+    alb_idle_timeout: int = 60
+    alb_access_logs: bool = True
+    # Models served from S3 without a new image: the bucket (default <prefix>-models-<account>)
+    # and the URIs `python -m ops publish-model` prints.
+    model_bucket: str = ""
+    model_uri: str = ""
+    candidate_uri: str = ""
     alarm_email: str = ""
     p99_latency_threshold_seconds: float = 1.0
     force_delete_images: bool = False
@@ -105,6 +132,15 @@ class StackSettings:
         if self.deletion_protection is None:
             return self.environment == "prod"
         return self.deletion_protection
+
+    @property
+    def keep_alive_seconds(self) -> int:
+        """The service's keep-alive (`bentoml serve --timeout-keep-alive`), derived from the ALB's."""
+        return self.alb_idle_timeout + KEEP_ALIVE_MARGIN_SECONDS
+
+    @property
+    def deregistration_delay_seconds(self) -> int:
+        return SERVICE_REQUEST_TIMEOUT_SECONDS + DEREGISTRATION_MARGIN_SECONDS
 
     @property
     def https(self) -> bool:
@@ -128,9 +164,8 @@ class StackSettings:
         if self.task_cpu not in FARGATE_MEMORY_BY_CPU:
             fail("taskCpu", f"Fargate CPU sizes are {sorted(FARGATE_MEMORY_BY_CPU)}, got {self.task_cpu}")
         if self.task_memory not in FARGATE_MEMORY_BY_CPU[self.task_cpu]:
-            allowed = FARGATE_MEMORY_BY_CPU[self.task_cpu]
-            fail("taskMemory", f"with taskCpu {self.task_cpu} Fargate allows "
-                               f"{allowed.start}..{allowed.stop - 1} MiB in steps of {allowed.step}, "
+            allowed = ", ".join(str(m) for m in FARGATE_MEMORY_BY_CPU[self.task_cpu])
+            fail("taskMemory", f"with taskCpu {self.task_cpu} Fargate allows {allowed} MiB, "
                                f"got {self.task_memory}")
         if self.xgb_workers < 1:
             fail("xgbWorkers", f"must be at least 1, got {self.xgb_workers}")
@@ -149,6 +184,18 @@ class StackSettings:
         low, high = WAF_RATE_LIMIT_RANGE
         if not low <= self.waf_rate_limit <= high:
             fail("wafRateLimit", f"AWS WAF accepts {low}..{high} requests per 5 minutes, got {self.waf_rate_limit}")
+        if self.waf_key_rate_limit and not low <= self.waf_key_rate_limit <= high:
+            fail("wafKeyRateLimit", f"0 (off) or {low}..{high} requests per 5 minutes, got {self.waf_key_rate_limit}")
+        if self.waf_log not in ("blocked", "all"):
+            fail("wafLog", f"one of blocked|all, got {self.waf_log!r}")
+        if not 1 <= self.alb_idle_timeout <= 4000:
+            fail("albIdleTimeout", f"the ALB accepts 1..4000 seconds, got {self.alb_idle_timeout}")
+        for key, uri in (("modelUri", self.model_uri), ("candidateUri", self.candidate_uri)):
+            if uri and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}/\S+/xgb_classifier/[A-Za-z0-9_.\-]+", uri):
+                fail(key, f"an s3://bucket/prefix/xgb_classifier/<version> URI (`python -m ops publish-model` "
+                          f"prints one), got {uri!r}")
+        if self.candidate_uri and self.candidate_tag:
+            fail("candidateUri", "set candidateUri or candidateTag, not both")
         for cidr in self.load_test_cidrs:
             try:
                 network = ipaddress.ip_network(cidr)
@@ -193,6 +240,8 @@ CONFIG_KEYS = {
     "hostedZoneId": ("hosted_zone_id", "get"),
     "certificateArn": ("certificate_arn", "get"),
     "wafRateLimit": ("waf_rate_limit", "get_int"),
+    "wafKeyRateLimit": ("waf_key_rate_limit", "get_int"),
+    "wafLog": ("waf_log", "get"),
     "loadTestCidrs": ("load_test_cidrs", "get_object"),
     "deletionProtection": ("deletion_protection", "get_bool"),
     "vpcCidr": ("vpc_cidr", "get"),
@@ -200,6 +249,11 @@ CONFIG_KEYS = {
     "natPerAz": ("nat_per_az", "get_bool"),
     "imagesToKeep": ("images_to_keep", "get_int"),
     "logRetentionDays": ("log_retention_days", "get_int"),
+    "albIdleTimeout": ("alb_idle_timeout", "get_int"),
+    "albAccessLogs": ("alb_access_logs", "get_bool"),
+    "modelBucket": ("model_bucket", "get"),
+    "modelUri": ("model_uri", "get"),
+    "candidateUri": ("candidate_uri", "get"),
     "alarmEmail": ("alarm_email", "get"),
     "p99LatencyThreshold": ("p99_latency_threshold_seconds", "get_float"),
     "forceDeleteImages": ("force_delete_images", "get_bool"),

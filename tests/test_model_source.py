@@ -1,0 +1,135 @@
+"""Models published to S3 and imported at start (model_store/source.py), against moto's server mode
+(a real HTTP S3 endpoint on 127.0.0.1) and real `bentoml serve` processes: the published model is
+served; a missing or corrupt object stops the server with one line and a non-zero exit, and leaves
+nothing in the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+from conftest import BENTOML, REPO, ServerProcess, environment, free_port
+from model_store.source import ModelUri, import_configured_models, publish
+
+BUCKET = "ml-api-prod-models-123456789012"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-west-2"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-west-2",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    yield endpoint, s3
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def published(bentoml_home, s3_endpoint):
+    import bentoml
+
+    _endpoint, s3 = s3_endpoint
+    uri = publish("xgb_classifier:latest", BUCKET, "models", s3=s3)
+    assert uri.version == bentoml.models.get("xgb_classifier:latest").tag.version
+    assert s3.head_object(Bucket=BUCKET, Key=f"models/xgb_classifier/{uri.version}")["ContentLength"] > 1000
+    return uri
+
+
+def empty_home() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="xgb-s3-home-"))
+    (home / "models").mkdir()
+    return home
+
+
+def s3_env(endpoint: str, home: Path, **variables: str) -> dict[str, str]:
+    # boto3 reads AWS_ENDPOINT_URL_S3 itself: the service has no endpoint setting of its own.
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": endpoint, "BENTOML_HOME": str(home), "MODEL_TAG": None, **variables}
+
+
+def failed_start(env: dict) -> subprocess.CompletedProcess:
+    """`bentoml serve` that must stop before it serves: its exit and output."""
+    return subprocess.run([BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", str(free_port())],
+                          cwd=REPO, env=environment(env), capture_output=True, text=True, timeout=120)
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip() and "Warning" not in line and "warn(" not in line]
+
+
+def test_a_real_server_serves_the_model_published_to_s3(published, s3_endpoint):
+    endpoint, _s3 = s3_endpoint
+    home = empty_home()
+    server = ServerProcess(s3_env(endpoint, home, MODEL_URI=str(published)), workers=2).start(timeout=120)
+    try:
+        metadata = requests.get(f"{server.url}/metadata", timeout=5).json()
+        assert published.version in str(metadata), metadata
+        example = requests.get(f"{server.url}/schema.json", timeout=5)
+        assert example.status_code == 200
+        # The model is in this server's own store now, imported once, not per worker.
+        assert (home / "models" / "xgb_classifier" / published.version).is_dir()
+        assert server.log().count("Error") == 0, server.log()[-2000:]
+    finally:
+        server.stop()
+
+
+def test_a_missing_model_object_stops_the_server_with_one_line(published, s3_endpoint):
+    endpoint, _s3 = s3_endpoint
+    home = empty_home()
+    missing = f"s3://{BUCKET}/models/xgb_classifier/doesnotexist0001"
+    done = failed_start(s3_env(endpoint, home, MODEL_URI=missing))
+    assert done.returncode != 0
+    lines = error_lines(done.stdout + done.stderr)
+    assert len(lines) == 1 and f"model {missing} does not exist in S3" in lines[0], lines
+    assert not (home / "models" / "xgb_classifier").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_model_object_stops_the_server_and_leaves_no_half_model(published, s3_endpoint, damage):
+    endpoint, s3 = s3_endpoint
+    whole = s3.get_object(Bucket=BUCKET, Key=published.key)["Body"].read()
+    body = os.urandom(4096) if damage == "garbage" else whole[: len(whole) // 2]
+    version = f"corrupt{damage}01"
+    s3.put_object(Bucket=BUCKET, Key=f"models/xgb_classifier/{version}", Body=body)
+    uri = f"s3://{BUCKET}/models/xgb_classifier/{version}"
+    home = empty_home()
+    done = failed_start(s3_env(endpoint, home, MODEL_URI=uri))
+    assert done.returncode != 0
+    lines = error_lines(done.stdout + done.stderr)
+    assert len(lines) == 1 and f"model {uri} is corrupt" in lines[0], lines
+    assert not list((home / "models").glob("xgb_classifier/*/model.yaml")), "a half-imported model was left in the store"
+
+
+def test_an_object_holding_another_version_is_refused(published, s3_endpoint):
+    """The URI's version is the tag the service will serve: an object copied under another name is refused
+    (in a fresh store, by the hook itself) and the model it held is not left in the store."""
+    endpoint, s3 = s3_endpoint
+    s3.copy_object(Bucket=BUCKET, Key="models/xgb_classifier/renamed0001",
+                   CopySource={"Bucket": BUCKET, "Key": published.key})
+    home = empty_home()
+    env = s3_env(endpoint, home, MODEL_URI=f"s3://{BUCKET}/models/xgb_classifier/renamed0001")
+    done = subprocess.run([sys.executable, "-c", "from model_store.source import import_configured_models; "
+                           "import_configured_models()"], cwd=REPO, env=environment(env), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"holds {published.tag}, not xgb_classifier:renamed0001" in done.stderr, done.stderr[-2000:]
+    assert not list((home / "models").glob("xgb_classifier/*/model.yaml"))
+
+
+def test_model_uris_that_are_not_a_published_models_are_refused():
+    from model_store import ModelContractError
+
+    for bad in ("s3://bucket/models/other_model/v1", "https://bucket/models/xgb_classifier/v1", "s3://b/xgb_classifier/"):
+        with pytest.raises(ModelContractError, match="MODEL_URI=.*is not s3://"):
+            ModelUri.parse(bad)
+    assert ModelUri.parse("s3://my-bucket/models/xgb_classifier/abc123").tag == "xgb_classifier:abc123"
