@@ -322,3 +322,47 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     created = model.info.creation_time.isoformat(timespec="seconds")
     predictor = checked_predictor(booster, probe_rows(schema, mean, scale))
     return ModelBundle(full_tag, booster, mean, scale, schema, metadata, predictor, created)
+
+
+# An exported bundle: one zip file with the store entry's parts, for where the store is not (Spark
+# executors, EMR Serverless, batch-scoring worker processes that should not import BentoML).
+EXPORT_MANIFEST = "bundle.json"
+
+
+def export_bundle(bundle: ModelBundle) -> bytes:
+    """The bundle as bytes (a zip: booster.ubj, scaler.json, bundle.json with tag, created, schema, metadata)."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    manifest = {"tag": bundle.tag, "created": bundle.created, "schema": bundle.schema.to_dict(), "metadata": bundle.metadata}
+    scaler = {"feature_names": list(bundle.schema.feature_names), "mean": bundle.mean.tolist(), "scale": bundle.scale.tolist()}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(BOOSTER_FILE, bytes(bundle.booster.save_raw("ubj")))
+        z.writestr(SCALER_FILE, json.dumps(scaler))
+        z.writestr(EXPORT_MANIFEST, json.dumps(manifest, default=str))
+    return out.getvalue()
+
+
+def bundle_from_bytes(data: bytes, *, nthread: int = 1) -> ModelBundle:
+    """An exported bundle (export_bundle) loaded and checked, without the BentoML store."""
+    import io
+    import zipfile
+
+    xgb = import_xgboost()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            manifest = json.loads(z.read(EXPORT_MANIFEST))
+            scaler = json.loads(z.read(SCALER_FILE))
+            booster = xgb.Booster(model_file=bytearray(z.read(BOOSTER_FILE)))
+        tag = str(manifest["tag"])
+        schema = ModelSchema.from_dict(manifest["schema"])
+        mean = np.asarray(scaler["mean"], dtype=np.float64)
+        scale = np.asarray(scaler["scale"], dtype=np.float64)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, xgb.core.XGBoostError) as exc:
+        raise ModelContractError(f"not an exported model bundle ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if mean.shape != (schema.n_features,) or scale.shape != (schema.n_features,):
+        raise ModelContractError(f"exported model {tag!r}: its scaler does not take the schema's {schema.n_features} features")
+    check_booster(booster, schema, tag)
+    booster.set_param({"nthread": nthread})
+    return ModelBundle(tag, booster, mean, scale, schema, dict(manifest.get("metadata", {})), checked_predictor(booster, probe_rows(schema, mean, scale)), str(manifest.get("created", "")))

@@ -18,6 +18,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import Annotated, TypedDict
 
+from model_store.answers import RangeCheck, allowed, class_columns, predicted, value_column
 from model_store.bundle import encode
 from model_store.schema import Feature, ModelSchema
 
@@ -63,12 +64,6 @@ def _raise_for(exc: ValidationError) -> None:
     raise InputError(422, f"invalid input: {len(errors)} problem(s) at {fields}{more}", details) from None
 
 
-def predicted(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The predicted class of each row and its probability (the seed's `confidence`)."""
-    classes = proba.argmax(axis=1)
-    return classes, proba[np.arange(len(proba)), classes]
-
-
 class Contract:
     """One model's request types, parsers, range check and answer bodies."""
 
@@ -86,9 +81,7 @@ class Contract:
         self.batch_response_type = _typed_dict("BatchResponse", {"predictions": list[self.prediction_type]})
         self._values = _values_getter(names)
         self._keys = frozenset(names)
-        self._minimum = np.array([-np.inf if f.minimum is None or f.kind == "categorical" else f.minimum for f in schema.features])
-        self._maximum = np.array([np.inf if f.maximum is None or f.kind == "categorical" else f.maximum for f in schema.features])
-        self._binary = np.array([f.kind == "binary" for f in schema.features])
+        self._range = RangeCheck(schema)
         self._labels = None if schema.has_default_class_names else list(schema.class_names)
         self._float_rows = schema.records_are_float_rows  # the fast parser applies
 
@@ -138,9 +131,7 @@ class Contract:
 
     def out_of_range(self, rows: np.ndarray) -> np.ndarray:
         """Boolean mask, same shape as rows: values outside the schema's allowed range (missing ones are not)."""
-        outside = (rows < self._minimum) | (rows > self._maximum)
-        outside |= self._binary & (rows != 0.0) & (rows != 1.0) & (rows == rows)
-        return outside
+        return self._range.out_of_range(rows)
 
     def range_error(self, rows: np.ndarray, mask: np.ndarray, batch: bool) -> InputError:
         details = []
@@ -159,9 +150,10 @@ class Contract:
         """The seed's answer for each row plus the per-class probabilities (and the class's name
         when the names are not just "0".."k-1")."""
         n_features = self.schema.n_features
+        confidence, proba = class_columns(proba, confidence)
         bodies = [
             {"predicted_class": c, "confidence": conf, "model_version": model_version, "features_used": n_features, "probabilities": p}
-            for c, conf, p in zip(classes.tolist(), np.round(confidence.astype(np.float64), 6).tolist(), np.round(proba.astype(np.float64), 6).tolist())
+            for c, conf, p in zip(classes.tolist(), confidence.tolist(), proba.tolist())
         ]
         if self._labels is not None:
             for body in bodies:
@@ -169,9 +161,8 @@ class Contract:
         return bodies
 
     def value_bodies(self, values: np.ndarray, model_version: str) -> list[dict[str, Any]]:
-        """Regression answers. XGBoost computes in float32: the value is sent as float32's shortest
-        decimal (12.3, not 12.300000190734863), exactly the same number."""
-        shortest = values.astype(np.float32).astype(str).astype(np.float64).tolist()
+        """Regression answers, each value float32's shortest decimal (model_store.answers.value_column)."""
+        shortest = value_column(values).tolist()
         n_features = self.schema.n_features
         return [{"prediction": v, "model_version": model_version, "features_used": n_features} for v in shortest]
 
@@ -184,17 +175,3 @@ class Contract:
         fields.update(confidence=float, model_version=str, features_used=int, probabilities=list[float])
         return _typed_dict("Prediction", fields)
 
-
-def allowed(f: Feature) -> str:
-    """What a feature accepts, in words (range errors, docs)."""
-    if f.kind == "categorical":
-        return "one of " + ", ".join(map(repr, f.categories))
-    if f.kind == "binary":
-        return "0 or 1"
-    if f.minimum is not None and f.maximum is not None:
-        return f"between {f.minimum:g} and {f.maximum:g}"
-    if f.minimum is not None:
-        return f"at least {f.minimum:g}"
-    if f.maximum is not None:
-        return f"at most {f.maximum:g}"
-    return "any number"

@@ -1,0 +1,61 @@
+"""Batch scoring on Spark (model_store/score_spark.py), in local mode with a real pyspark on Debian's JDK.
+
+One SparkSession (local[2]) for the module. The answers must be byte for byte those of the local
+run (model_store/score.py) and of a real `bentoml serve`'s /predict_batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from model_store.bundle import bundle_from_bytes
+from model_store.scoring import answer_fields
+from test_score import answers, bad_csv, default_bundle, feature_files, output, score_cli, served_answers  # noqa: F401  (fixtures)
+
+pyspark = pytest.importorskip("pyspark")  # pinned in requirements.lock: present wherever `make test` runs
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (SparkSession.builder.master("local[2]").appName("test_score_spark").config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "2").getOrCreate())  # fmt: skip
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_answers_exactly_as_the_local_run_and_predict_batch(spark, live_server, default_bundle, feature_files, tmp_path):
+    from model_store.score_spark import score_dataframe
+
+    batch, csv_path, parquet_path = feature_files
+    bundle_bytes = default_bundle.read_bytes()
+    fields = [f.name for f in answer_fields(bundle_from_bytes(bundle_bytes))]
+    local = score_cli("--input", str(parquet_path), "--output", str(tmp_path / "local"), "--model", str(default_bundle), "--id-column", "customer_id")
+    assert local.returncode == 0, local.stderr
+    expected = served_answers(live_server, batch)
+    assert answers(output(tmp_path / "local"), fields) == expected
+    for df in (spark.read.parquet(str(parquet_path)), spark.read.option("header", True).csv(str(csv_path))):
+        scored = score_dataframe(df.repartition(3), bundle_bytes, id_column="customer_id").orderBy("customer_id").toArrow()
+        assert scored.column("reject").null_count == scored.num_rows
+        assert scored.column("customer_id").to_pylist() == [f"c{i:04d}" for i in range(len(batch))]
+        assert answers(scored, fields) == expected, "Spark's answers differ from /predict_batch's"
+
+
+def test_the_cli_on_spark_writes_the_scored_rows_and_the_rejects(spark, default_bundle, tmp_path, capsys):
+    from model_store.score import main
+
+    out = tmp_path / "out"
+    code = main(["--input", str(bad_csv(tmp_path)), "--output", str(out), "--model", str(default_bundle), "--spark", "--range-check", "reject"])
+    assert code == 1, "5 of 50 rows rejected is above the default --max-reject-rate 0"
+    assert "scored 45 of 50 rows on Spark" in capsys.readouterr().out
+    assert pq.read_table(out, ignore_prefixes=["_", "."]).num_rows == 45
+    rejects = pq.read_table(out / "_rejects", ignore_prefixes=["_", "."]).column("reject").to_pylist()
+    assert sorted(r.split(":")[0] for r in rejects) == ["feat1", "feat1", "feat3", "feat5", "feat6"]
+    assert "feat1: value -7 is out of range: must be between 0 and 120" in rejects
