@@ -25,7 +25,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, docs_page, metrics, openapi
+from . import bentoml_internals, docs_page, metrics, openapi, request_ids
 from .bentoml_internals import ASGIApp
 from .batch_pool import BatchPool
 from .body import BodyTooLarge, read_body
@@ -73,6 +73,7 @@ class PredictionRoutes:
         self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
+        self.capture: Any = None  # the service's serving.capture.Capture when XGB_CAPTURE is on
         # One per loaded model, keyed by version (they share the pool); need the service's explainers: made in start().
         self.explanations: dict[str, ExplainBatcher] | None = None
 
@@ -119,6 +120,7 @@ class PredictionRoutes:
         self.inflight += counted
         task = asyncio.current_task()
         cohort = self.deadlines.start(task)
+        request_ids.assign(scope)
         try:
             pinned = self.check_request(scope)
             body = await read_body(receive, max_bytes, scope)
@@ -150,7 +152,7 @@ class PredictionRoutes:
         finally:
             self.inflight -= counted
             cohort.discard(task)
-        await respond(send, status, payload, headers)
+        await respond(send, status, payload, request_ids.with_header(scope, headers))
         return status
 
     def timeout_answer(self, reading_body: bool) -> tuple[int, bytes]:
@@ -181,6 +183,7 @@ class PredictionRoutes:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
+            self.capture = self._service.capture
             bentoml_internals.bind_api_once(self._service, BATCHED_API)
             bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
@@ -211,9 +214,12 @@ class PredictionRoutes:
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
-            return orjson.dumps(self._service.answers(rows, pinned)[0])
-        assert self._batched is not None
-        (answer,) = await self._batched(rows)
+            answer = orjson.dumps(self._service.answers(rows, pinned)[0])
+        else:
+            assert self._batched is not None
+            (answer,) = await self._batched(rows)
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, answer, batch=False)
         return answer
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
@@ -222,7 +228,10 @@ class PredictionRoutes:
         self.check_ranges(rows, batch=True)
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows, model)})
+        answers = request_ids.label_records(request_ids.of(scope), await self.batch_pool.run(self._service.answers, rows, model))
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, answers, batch=True)
+        return orjson.dumps({"predictions": answers})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
         """The loaded model's explanations that answer this request: pinned, or the canary's draw."""
@@ -234,8 +243,10 @@ class PredictionRoutes:
         explained_class, top = explanations.explainer.options(scope["query_string"])
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
-        (answer,) = await explanations.explain(rows, explained_class, top)
-        return orjson.dumps(answer)
+        answers = await explanations.explain(rows, explained_class, top)
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, answers, batch=False)
+        return orjson.dumps(answers[0])
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
@@ -245,7 +256,9 @@ class PredictionRoutes:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        answers = await explanations.explain(rows, explained_class, top)
+        answers = request_ids.label_records(request_ids.of(scope), await explanations.explain(rows, explained_class, top))
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, answers, batch=True)
         return orjson.dumps({"explanations": answers})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
@@ -264,7 +277,8 @@ def _reason(status: int) -> str:
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:
-    return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "X-API-Key"]}
+    return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Content-Type", "X-API-Key", request_ids.HEADER], "expose_headers": [request_ids.HEADER]}
 
 
 def not_found(scope: dict[str, Any]) -> InputError:

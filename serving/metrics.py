@@ -285,3 +285,12 @@ def forget_dead_workers() -> None:
                 prometheus_client.multiprocess.mark_process_dead(pid, directory)
             except FileNotFoundError:  # another worker got there first
                 pass
+
+# Capture of answered records (serving/capture.py). Only touched when XGB_CAPTURE is on.
+capture_records = prom.Counter(name="xgb_capture_records_total", documentation="Captured records written to the capture sink")
+capture_bytes = prom.Counter(name="xgb_capture_bytes_total", documentation="Bytes of Parquet written to the capture sink")
+capture_dropped = prom.Counter(
+    name="xgb_capture_dropped_total",
+    documentation="Records not captured: queue_full (the worker's capture queue was full), sink_error (writing failed)",
+    labelnames=["reason"],
+)
