@@ -133,3 +133,33 @@ def feature_cells(table) -> dict[str, list[str]]:
         else:
             cells[name] = ["" if v is None else str(v) for v in values]
     return cells
+
+
+def training_table(uri: str, labels_path: str, task: str = "auto"):
+    """Captured records joined with their labels, typed and checked exactly as a CSV of the same
+    columns would be (model_store/tabular.py); the shadow's rows (the same records again) are left out."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    from . import quality, tabular
+
+    table = read(uri)
+    labels = quality.read_labels(labels_path)
+    table = table.filter(pc.not_equal(table.column("role").cast("string"), "shadow"))
+    ids = table.column("request_id").to_pylist()
+    keep = [i for i, rid in enumerate(ids) if rid in labels]
+    if not keep:
+        raise tabular.DataError(f"no label in {labels_path} matches a captured request_id under {uri}")
+    table = table.take(keep)
+    cells = feature_cells(table)
+    names = list(cells)
+    cells["label"] = [labels[ids[i]] for i in keep]
+    header = [*names, "label"]
+    if "label" in names:
+        raise tabular.DataError(f"{uri}: a captured feature is named 'label', the labels' column")
+    rows = [list(row) for row in zip(*(cells[h] for h in header))]
+    if len(rows) < tabular.MIN_ROWS:
+        raise tabular.DataError(f"{uri}: {len(rows)} captured records have a label; at least {tabular.MIN_ROWS} are needed")
+    digest = hashlib.sha256("\n".join(",".join(row) for row in [header, *rows]).encode()).hexdigest()
+    return tabular._typed_table(f"{uri} + {labels_path}", header, rows, digest, names, "label", task)
