@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from . import bench_capture
 from .bench_servers import REPO
 
 # Issue 3's goals.
@@ -136,6 +137,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
          "met": max(starts) <= MAX_WARM_START_S},
         *explain_goals(results["explain"]),
         *rollout_goals(results["rollout"]),
+        *(bench_capture.goals(results["capture"]) if "capture" in results else []),
     ]  # fmt: skip
 
 
@@ -203,6 +205,8 @@ def table(results: dict[str, Any]) -> str:
     for (mode, label), r in zip(ROLLOUT_MODES, rollout_summary(ro).values()):
         lines.append(f"  {label:<14}{r['rps']:>8.0f} req/s ({r['relative']:.0%})  p50 {r['p50']:6.1f}  p99 {r['p99']:6.1f} ms  errors {r['errors']}")
     lines.append(f"  shadow: {ro['shadow_records']:.0f} records compared for {ro['shadow_requests']} requests, {ro['shadow_skipped']:.0f} skipped")
+    if "capture" in results:
+        lines += ["", bench_capture.table(results["capture"])]
     cap = results["capacity"]
     lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
               f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
