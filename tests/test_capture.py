@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_a_valid_client_request_id_is_kept_and_an_invalid_one_replaced():
     assert request_ids.with_header(kept, None) == [(b"x-request-id", b"order-42:retry.1_a")]
     for bad in (b"", b"has space", b"x" * 129, "é".encode(), b"a/b"):
         new = request_ids.assign(scope((b"x-request-id", bad)))
-        assert len(new) == 32 and new != bad.decode("latin-1"), bad
+        assert len(new) >= 24 and re.fullmatch("[0-9a-f]+", new) and new != bad.decode("latin-1"), bad
     first, second = request_ids.assign(scope()), request_ids.assign(scope())
     assert first != second, "a new id per request"
     answers = request_ids.label_records("r1", [{"a": 1}, {"a": 2}])
