@@ -161,3 +161,20 @@ def test_the_cors_options_expose_the_request_id():
 
     options = cors_options(Settings(cors_origins=("https://a.example",)))
     assert options["expose_headers"] == ["X-Request-ID"] and "X-Request-ID" in options["allow_headers"], json.dumps(options)
+
+
+def test_the_openapi_document_declares_the_request_id_header():
+    from model_store import dataset
+    from serving.contract import Contract
+    from serving.openapi import build
+
+    doc = build(Contract(dataset.SCHEMA, Settings()), Settings(), ["v1"])
+    for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):
+        operation = doc["paths"][path]["post"]
+        assert any(p["name"] == "X-Request-ID" and p["in"] == "header" for p in operation["parameters"]), path
+        assert operation["responses"]["200"]["headers"]["X-Request-ID"]["required"] is True, path
+    schemas = doc["components"]["schemas"]
+    assert schemas["BatchResponse"]["properties"]["predictions"]["items"]["$ref"].endswith("/BatchPrediction")
+    assert "request_id" in schemas["BatchPrediction"]["required"], "a batch answer's records carry request_id"
+    assert "request_id" not in schemas["Prediction"]["properties"], "/predict's answer is unchanged (the id is the header)"
+    assert "request_id" in schemas["BatchExplanation"]["required"]
