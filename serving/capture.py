@@ -113,6 +113,17 @@ class Capture:
         self._failing_since: float | None = None
         for reason in ("queue_full", "sink_error"):
             metrics.capture_dropped.labels(reason=reason).inc(0)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Build and encode one record now: pyarrow imports pandas (seconds) the first time it converts
+        a Python list, which in the writer thread would hold the GIL, and the event loop, that long."""
+        import pyarrow.parquet as pq
+
+        answer = {"model_version": self.primary.version, "predicted_class": 0, "confidence": 1.0,
+                  "probabilities": [1.0] + [0.0] * max(self.schema.n_classes - 1, 0), "prediction": 0.0}  # fmt: skip
+        table = self.table([("warm-up", time.time(), np.zeros((1, self.schema.n_features)), [answer], False)])
+        pq.write_table(table, io.BytesIO(), compression="zstd")
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -177,8 +188,11 @@ class Capture:
         times: list[float] = []
         rows_parts: list[np.ndarray] = []
         answers: list[dict[str, Any]] = []
+        # /predict's answers are JSON bytes: decoded in one call, as one array of them
+        encoded = [item[3] for item in items if isinstance(item[3], bytes)]
+        decoded = iter(orjson.loads(b"[" + b",".join(encoded) + b"]")) if encoded else iter(())
         for request_id, stamp, rows, answer, batch in items:
-            bodies = [orjson.loads(answer)] if isinstance(answer, bytes) else answer
+            bodies = [next(decoded)] if isinstance(answer, bytes) else answer
             if batch:
                 keep = range(len(rows)) if self.share >= 1.0 else np.flatnonzero(np.random.random(len(rows)) < self.share).tolist()
                 if len(keep) < len(rows):
