@@ -99,6 +99,15 @@ def goals(capture: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def markdown_row(capture: dict[str, Any]) -> str:
+    """The README's (docs/performance.md's) row for this goal."""
+    s = summary(capture)
+    return (f"| 7. capture at 100 % vs off (median of {len(capture['on']['predict'])}): `/predict` at {capture['predict_connections']} connections "
+            f"req/s, `/predict_batch` ×{capture['batch_records']} rows/s; bytes per captured record | {s['on']['rps']:,.0f} vs {s['off']['rps']:,.0f} "
+            f"(**{s['predict_share']:.0%}**), {s['on']['rows_per_s']:,.0f} vs {s['off']['rows_per_s']:,.0f} (**{s['batch_share']:.0%}**); "
+            f"{capture['bytes_per_record']} B | | ≥ {MIN_PREDICT_SHARE:.0%}, ≥ {MIN_BATCH_SHARE:.0%} |")  # fmt: skip
+
+
 def table(capture: dict[str, Any]) -> str:
     s = summary(capture)
     return "\n".join([

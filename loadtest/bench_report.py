@@ -287,6 +287,7 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
         *_explain_rows(results.get("explain")),
         *_rollout_rows(results.get("rollout")),
+        *([bench_capture.markdown_row(results["capture"])] if "capture" in results else []),  # (a bench.json from before issue 22 has none)
         f"| memory after load, whole process tree: PSS (RSS sum), MiB | {m['ours']['pss_mib']:.0f} ({m['ours']['rss_mib']:.0f}), "
         f"{m['ours']['processes']} processes | {m['baseline']['pss_mib']:.0f} ({m['baseline']['rss_mib']:.0f}), {m['baseline']['processes']} processes | reported |",
         "",

@@ -248,3 +248,42 @@ def test_a_failing_bucket_drops_and_counts_records_and_requests_still_succeed(se
     assert exposed(server.url, series) == len(sent), server.log()[-2000:]
     assert exposed(server.url, "xgb_capture_records_total") == 0
     assert "capture: writing" in server.log() and "NoSuchBucket" in server.log()
+
+
+# --- a candidate next to the primary ---------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["shadow", "canary"])
+def test_a_candidates_records_are_captured_with_their_role(server_factory, bentoml_home, tmp_path, mode):
+    import bentoml
+
+    from loadtest.bench_rollout import candidate_store
+
+    primary = str(bentoml.models.get("xgb_classifier:latest").tag)
+    home, candidate = candidate_store(tmp_path, primary)  # a copy of the primary under another version, in a store of its own
+    directory = tmp_path / "records"
+    server = server_factory({"BENTOML_HOME": str(home), "MODEL_TAG": primary, "XGB_CANDIDATE_TAG": candidate, "XGB_CANDIDATE_MODE": mode,
+                             "XGB_CANDIDATE_PERCENT": "50", "XGB_CAPTURE": "100", "XGB_CAPTURE_URI": str(directory)})  # fmt: skip
+    x, _ = dataset.generate(200, seed=3)
+    answered: dict[str, str] = {}
+    with requests.Session() as session:
+        for row in x:
+            answer = session.post(f"{server.url}/predict", json=dict(zip(dataset.FEATURE_NAMES, map(float, row))), timeout=30)
+            assert answer.status_code == 200, answer.text
+            answered[answer.headers["X-Request-ID"]] = answer.json()["model_version"]
+    assert server.stop() == 0
+    frame = pd.read_parquet(directory)
+    by_role = {role: part for role, part in frame.groupby("role", observed=True)}
+    primary_version, candidate_version = primary.split(":")[1], candidate.split(":")[1]
+    if mode == "shadow":
+        assert set(by_role) == {"primary", "shadow"}, set(by_role)
+        for role, version in (("primary", primary_version), ("shadow", candidate_version)):
+            part = by_role[role]
+            assert sorted(part["request_id"]) == sorted(answered) and set(part["model_version"]) == {version}, role
+        both = by_role["primary"].merge(by_role["shadow"], on="request_id")
+        assert (both["predicted_class_x"] == both["predicted_class_y"]).all(), "the copy answers as the primary does"
+    else:
+        assert set(by_role) == {"primary", "canary"}, set(by_role)
+        assert sorted(frame["request_id"]) == sorted(answered), "each answer once"
+        captured_version = dict(zip(frame["request_id"], frame["model_version"]))
+        assert captured_version == answered, "each record under the version that answered it"
+        assert set(by_role["canary"]["model_version"]) == {candidate_version} and 40 <= len(by_role["canary"]) <= 160
