@@ -40,8 +40,8 @@ sysdeps:  ## install the Debian packages the tests use (only the missing ones)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-train: install  ## train the default model (or DATA=file.csv LABEL=column [TASK=auto]; more options in TRAIN_ARGS) and register it
-	$(PY) train_export.py $(if $(DATA),--data '$(DATA)' --label '$(LABEL)' --task $(or $(TASK),auto)) $(TRAIN_ARGS)
+train: install  ## train the default model (or DATA=file.csv LABEL=column [TASK=auto]; DATA=<capture URI> LABELS=labels.csv; more in TRAIN_ARGS) and register it
+	$(PY) train_export.py $(if $(DATA),--data '$(DATA)' $(if $(LABELS),--labels '$(LABELS)',--label '$(LABEL)') --task $(or $(TASK),auto)) $(TRAIN_ARGS)
 
 model: install  ## train the default model only if the store has none
 	@$(BENTOML) models get xgb_classifier:latest >/dev/null 2>&1 || $(PY) train_export.py

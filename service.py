@@ -35,7 +35,7 @@ from starlette.middleware.cors import CORSMiddleware
 from model_store import ModelBundle, ModelContractError, drift, load_bundle, stored_model
 from model_store import source as model_source
 from model_store.bundle import encode
-from serving import client_api, metrics, pins, uvicorn_internals
+from serving import capture, client_api, metrics, pins, uvicorn_internals
 from serving.contract import Contract, predicted
 from serving.explain import MAX_EXPLAIN_RECORDS, Explainer, batch_explanations_type, explanation_type
 from serving.fastpath import PredictionRoutes, cors_options
@@ -59,7 +59,8 @@ try:
     MODEL = stored_model()
     BUNDLE = load_bundle(str(MODEL.tag))
     CANDIDATE = load_candidate(BUNDLE, SETTINGS.candidate_tag)
-except (SettingsError, ModelContractError) as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
+    CAPTURE = capture.start(SETTINGS, BUNDLE, CANDIDATE, SETTINGS.candidate_mode)  # None when XGB_CAPTURE is off
+except (SettingsError, ModelContractError, capture.CaptureError) as exc:  # BentoML's CLI prints its own errors as one line, not a traceback
     raise bentoml.exceptions.BentoMLException(str(exc)) from None
 CONTRACT = Contract(BUNDLE.schema, SETTINGS)
 RECORD = client_api.record_spec(CONTRACT)
@@ -85,6 +86,7 @@ class XGBoostService:
         self.bundle = BUNDLE
         self.contract = CONTRACT
         self.rollout = Rollout(BUNDLE, CANDIDATE, SETTINGS.candidate_mode, SETTINGS.candidate_percent, self.score)
+        self.capture = CAPTURE  # this worker's (each worker imports this module); None when off
         if self.rollout.shadow is not None:
             metrics.shadow_min_agreement.set(SETTINGS.shadow_min_agreement)
         prior = self.bundle.metadata.get("class_prior")
@@ -153,6 +155,16 @@ class XGBoostService:
     def flush_last_drift_counts(self) -> None:
         if self.drift is not None:
             self.drift.flush()
+
+    @bentoml.on_startup
+    def start_capture(self) -> None:
+        if self.capture is not None:
+            self.capture.start()
+
+    @bentoml.on_shutdown
+    def write_last_captured_records(self) -> None:
+        if self.capture is not None:  # after the last request was answered: nothing answered is lost
+            self.capture.close()
 
     @bentoml.on_startup
     def start_shadow_scoring(self) -> None:

@@ -2,6 +2,7 @@
 
     python train_export.py                                        # the embedded synthetic dataset
     python train_export.py --data my.csv --label target [--task auto|binary|multiclass|regression]
+    python train_export.py --data <capture URI> --labels labels.csv  # captured traffic + its true labels
     python train_export.py import --model booster.json [--sample my.csv --label target] [--force]
 
 Any CSV with a header row: its columns become the API's fields, verbatim; the typing rules are in
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store import Feature, ModelSchema, dataset, drift, save_bundle
+from model_store import Feature, ModelSchema, captured, dataset, drift, save_bundle
 from model_store.bundle import CLASSIFICATION_OBJECTIVES, REGRESSION_PREFIXES, booster_objective
 from model_store.tabular import TASK_CHOICES, DataError, read_sample, read_table
 
@@ -237,13 +238,17 @@ def describe(metrics: dict[str, Any]) -> str:
 def train_main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.data:
-        log(f"reading {args.data} (label column {args.label!r}, task {args.task})")
         try:
-            table = read_table(args.data, args.label, args.task)
-        except (DataError, OSError, UnicodeDecodeError) as exc:
+            if args.labels:  # captured records (serving/capture.py) joined with request_id,label
+                log(f"reading the records captured under {args.data}, joined with the labels in {args.labels} (task {args.task})")
+                table = captured.training_table(args.data, args.labels, args.task)
+            else:
+                log(f"reading {args.data} (label column {args.label!r}, task {args.task})")
+                table = read_table(args.data, args.label, args.task)
+        except (DataError, captured.CaptureError, OSError, UnicodeDecodeError) as exc:
             print(f"[train] error: {exc}; nothing was registered", file=sys.stderr)
             return EXIT_DATA_ERROR
-        x, y, schema, digest, source = table.x, table.y, table.schema, table.sha256, args.data
+        x, y, schema, digest, source = table.x, table.y, table.schema, table.sha256, f"{args.data} + {args.labels}" if args.labels else args.data
     else:
         log(f"generating the embedded synthetic dataset: {args.rows} rows, seed {args.seed}")
         x, y = dataset.generate(args.rows, args.seed)
@@ -274,7 +279,7 @@ def train_main(args: argparse.Namespace) -> int:
     if schema.is_classification:
         # The training label distribution: monitoring compares the served class mix with it.
         metadata["class_prior"] = class_prior(y, schema.n_classes).round(4).tolist()
-    register(booster, scaler, schema, dataset_label="csv" if args.data else "synthetic", metadata=metadata)
+    register(booster, scaler, schema, dataset_label=("capture" if args.labels else "csv") if args.data else "synthetic", metadata=metadata)
     validation = f" / {metrics['validation_rows']} validation" if "validation_rows" in metrics else ""
     log(f"  data        {metrics['train_rows']} train{validation} / {metrics['test_rows']} held-out rows")
     log(f"  time        {time.perf_counter() - started:.1f} s")
@@ -379,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="CSV with a header row: the features and the label column (default: embedded synthetic data)")
     parser.add_argument("--label", default="label", help="label column of --data (default: %(default)s)")
+    parser.add_argument("--labels", help="with --data <capture URI> (XGB_CAPTURE_URI): CSV or Parquet of request_id,label to train on the captured records")
     parser.add_argument("--task", choices=TASK_CHOICES, default="auto",
                         help="auto: classification for text labels or integers with at most 20 values, else regression (default)")  # fmt: skip
     parser.add_argument("--rows", type=int, default=dataset.DEFAULT_ROWS, help="rows of synthetic data (default: %(default)s)")
@@ -389,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the best round (recommended for small datasets, which overfit; default: off)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="register a model even when it is no better than the class prior")
     args = parser.parse_args(argv)
+    if args.labels and not args.data:
+        parser.error("--labels needs --data <capture URI>: the captured records the labels belong to")
     if args.rounds < 1 or args.early_stopping < 0:
         parser.error(f"--rounds must be at least 1 and --early-stopping at least 0 (off), not {args.rounds} and {args.early_stopping}")
     return train_main(args)

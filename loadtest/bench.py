@@ -12,6 +12,8 @@
    /explain at 32 connections, then /predict at 32 connections while /explain is saturated at 32.
 8. A candidate model (issue 17): /predict at 32 connections without one, in shadow mode and in canary
    mode (loadtest/bench_rollout.py).
+8b. Capture (issue 22): capture off vs 100 %, /predict at 64 and /predict_batch x1000 (loadtest/bench_capture.py;
+   alone: `make bench-capture`).
 9. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
 """
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import bench_load, bench_report, bench_rollout
+from . import bench_capture, bench_load, bench_report, bench_rollout
 from .bench_servers import REPO, Server, ServerError, baseline, interleaved, our_service
 from .traffic import ServedModel
 
@@ -232,6 +234,8 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         results["rollout"] = bench_rollout.measure(workdir, model.card["tag"], bodies["single"], args.rounds, args.goal_seconds, closed_loop, log)
 
+        results["capture"] = bench_capture.measure(workdir, bodies, args.rounds, args.goal_seconds, closed_loop, log)
+
         results["memory"] = {name: s.memory() for name, s in servers.items()}
     finally:
         for server in servers.values():
@@ -241,6 +245,7 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     runs = [r for group in (*closed.values(), *sweep.values(), *open_loop.values()) for r in group] + batch_rounds
     runs += [explain["explain_alone"], explain["predict_under_explain"], explain["explain_beside_predict"]]
     runs += [r for mode, _ in bench_report.ROLLOUT_MODES for r in results["rollout"][mode]]
+    runs += [r for mode in ("off", "on") for route in ("predict", "batch") for r in results["capture"][mode][route]]
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}

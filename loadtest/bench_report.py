@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from . import bench_capture
 from .bench_servers import REPO
 
 # Issue 3's goals.
@@ -136,6 +137,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
          "met": max(starts) <= MAX_WARM_START_S},
         *explain_goals(results["explain"]),
         *rollout_goals(results["rollout"]),
+        *(bench_capture.goals(results["capture"]) if "capture" in results else []),
     ]  # fmt: skip
 
 
@@ -203,6 +205,8 @@ def table(results: dict[str, Any]) -> str:
     for (mode, label), r in zip(ROLLOUT_MODES, rollout_summary(ro).values()):
         lines.append(f"  {label:<14}{r['rps']:>8.0f} req/s ({r['relative']:.0%})  p50 {r['p50']:6.1f}  p99 {r['p99']:6.1f} ms  errors {r['errors']}")
     lines.append(f"  shadow: {ro['shadow_records']:.0f} records compared for {ro['shadow_requests']} requests, {ro['shadow_skipped']:.0f} skipped")
+    if "capture" in results:
+        lines += ["", bench_capture.table(results["capture"])]
     cap = results["capacity"]
     lines += ["", f"capacity, 1-vCPU Fargate task at {cap['assumptions']['target_cpu_utilisation']:.0%} CPU "
               f"(${cap['assumptions']['task_usd_per_hour']}/h):"]  # fmt: skip
@@ -283,6 +287,7 @@ def markdown(results: dict[str, Any]) -> dict[str, str]:
         f"{', '.join(f'{s:.2f}' for s in results['warm_start']['ours_seconds'])} | | ≤ 5 |",
         *_explain_rows(results.get("explain")),
         *_rollout_rows(results.get("rollout")),
+        *([bench_capture.markdown_row(results["capture"])] if "capture" in results else []),  # (a bench.json from before issue 22 has none)
         f"| memory after load, whole process tree: PSS (RSS sum), MiB | {m['ours']['pss_mib']:.0f} ({m['ours']['rss_mib']:.0f}), "
         f"{m['ours']['processes']} processes | {m['baseline']['pss_mib']:.0f} ({m['baseline']['rss_mib']:.0f}), {m['baseline']['processes']} processes | reported |",
         "",

@@ -10,3 +10,7 @@ bench: model sysdeps  ## benchmark /predict, /predict_batch, warm start: ours vs
 
 bench-alternatives: model sysdeps  ## measure the API service + bentoml.depends model service design (optional)
 	$(PY) -m loadtest.alternatives.bench_depends $(BENCH_ARGS)
+
+.PHONY: bench-capture
+bench-capture: model sysdeps  ## goal 7 alone: what capture at 100 % costs /predict and /predict_batch (run on a quiet box)
+	$(PY) -m loadtest.bench_capture $(BENCH_ARGS)

@@ -78,7 +78,9 @@ class Contract:
         self.record_adapter = TypeAdapter(self.record_type)
         self.batch_adapter = TypeAdapter(self.batch_type)
         self.prediction_type = self._prediction_type()
-        self.batch_response_type = _typed_dict("BatchResponse", {"predictions": list[self.prediction_type]})
+        # A batch's records carry their own request_id (serving/request_ids.py), so each is addressable.
+        self.batch_prediction_type = _typed_dict("BatchPrediction", {**self.prediction_type.__annotations__, "request_id": str})
+        self.batch_response_type = _typed_dict("BatchResponse", {"predictions": list[self.batch_prediction_type]})
         self._values = _values_getter(names)
         self._keys = frozenset(names)
         self._range = RangeCheck(schema)

@@ -45,7 +45,8 @@ class TopContribution(TypedDict):
 
 def batch_explanations_type(contract: Contract) -> Any:
     """/explain_batch's answer type (OpenAPI, BentoML's clients)."""
-    return TypedDict("BatchExplanations", {"explanations": list[explanation_type(contract)]})  # type: ignore[misc]
+    record = TypedDict("BatchExplanation", {**explanation_type(contract).__annotations__, "request_id": str})  # type: ignore[misc]
+    return TypedDict("BatchExplanations", {"explanations": list[record]})  # type: ignore[misc]
 
 
 def explanation_type(contract: Contract) -> Any:

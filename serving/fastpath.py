@@ -26,7 +26,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, errors, metrics
+from . import bentoml_internals, errors, metrics, request_ids
 from .batch_pool import BatchPool
 from .bentoml_internals import ASGIApp
 from .body import read_body
@@ -67,6 +67,7 @@ class PredictionRoutes:
         self.batch_pool = BatchPool(settings.batch_threads, settings.batch_queue)
         self._batched: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
         self._service: Any = None
+        self.capture: Any = None  # the service's serving.capture.Capture when XGB_CAPTURE is on
         # One per loaded model, keyed by version (they share the pool); need the service's explainers: made in start().
         self.explanations: dict[str, ExplainBatcher] | None = None
 
@@ -106,6 +107,7 @@ class PredictionRoutes:
         self.inflight += counted
         task = asyncio.current_task()
         cohort = self.deadlines.start(task)
+        request_ids.assign(scope)
         try:
             pinned = self.check_request(scope)
             body = await read_body(receive, max_bytes, scope)
@@ -132,7 +134,7 @@ class PredictionRoutes:
         finally:
             self.inflight -= counted
             cohort.discard(task)
-        await respond(send, status, payload, headers)
+        await respond(send, status, payload, request_ids.with_header(scope, headers))
         return status
 
     def on_startup_complete(self, app: Any, send: Callable) -> Callable:
@@ -156,6 +158,7 @@ class PredictionRoutes:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
+            self.capture = self._service.capture
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
             error = f"not ready: BentoML internals changed ({exc}); update serving/bentoml_internals.py"
@@ -197,9 +200,12 @@ class PredictionRoutes:
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
-            return orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
-        assert self._batched is not None
-        (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
+            body = orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
+        else:
+            assert self._batched is not None
+            (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, body, batch=False)
         return body
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
@@ -208,7 +214,10 @@ class PredictionRoutes:
         self.check_ranges(rows, batch=True)
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.prediction_bodies, rows, model)})
+        bodies = request_ids.label_records(request_ids.of(scope), await self.batch_pool.run(self._service.prediction_bodies, rows, model))
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, bodies, batch=True)
+        return orjson.dumps({"predictions": bodies})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
         """The batcher of the explainer answering this request (XGBoostService.explainer_for: pinned, or the rollout's draw)."""
@@ -220,8 +229,10 @@ class PredictionRoutes:
         explained_class, top = explanations.explainer.options(scope["query_string"])
         rows = self.contract.parse_record(body)
         self.check_ranges(rows, batch=False)
-        (explanation,) = await explanations.explain(rows, explained_class, top)
-        return orjson.dumps(explanation)
+        explanations_found = await explanations.explain(rows, explained_class, top)
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, explanations_found, batch=False)
+        return orjson.dumps(explanations_found[0])
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
@@ -231,7 +242,10 @@ class PredictionRoutes:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        return orjson.dumps({"explanations": await explanations.explain(rows, explained_class, top)})
+        explanations_found = request_ids.label_records(request_ids.of(scope), await explanations.explain(rows, explained_class, top))
+        if self.capture is not None:
+            self.capture.record(request_ids.of(scope), rows, explanations_found, batch=True)
+        return orjson.dumps({"explanations": explanations_found})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
@@ -245,4 +259,5 @@ class PredictionRoutes:
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:
-    return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "X-API-Key"]}
+    return {"allow_origins": list(settings.cors_origins), "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Content-Type", "X-API-Key", request_ids.HEADER], "expose_headers": [request_ids.HEADER]}

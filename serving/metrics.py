@@ -333,3 +333,11 @@ def _fast_observe_usable() -> bool:
 
 # Checked once, when the service imports this module (each worker, at start).
 FAST_OBSERVE = _fast_observe_usable()
+# Capture of answered records (serving/capture.py). Only touched when XGB_CAPTURE is on.
+capture_records = prom.Counter(name="xgb_capture_records_total", documentation="Captured records written to the capture sink")
+capture_bytes = prom.Counter(name="xgb_capture_bytes_total", documentation="Bytes of Parquet written to the capture sink")
+capture_dropped = prom.Counter(
+    name="xgb_capture_dropped_total",
+    documentation="Records not captured: queue_full (the worker's capture queue was full), sink_error (writing failed)",
+    labelnames=["reason"],
+)

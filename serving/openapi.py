@@ -56,7 +56,8 @@ def _schemas(contract: Contract) -> dict[str, Any]:
         prop["description"] = f"{feature.description}; {expected}" if feature.description else expected
     if contract.schema.is_classification:
         n_classes = contract.schema.n_classes
-        schemas["Prediction"]["properties"]["probabilities"].update(minItems=n_classes, maxItems=n_classes)
+        for name in ("Prediction", "BatchPrediction"):  # (a batch's records: a Prediction and its request_id)
+            schemas[name]["properties"]["probabilities"].update(minItems=n_classes, maxItems=n_classes)
     # /explain_batch takes the same records, fewer of them (its answers cost ~3 ms a record).
     explain_batch = copy.deepcopy(schemas["BatchRequest"])
     explain_batch["properties"]["instances"]["maxItems"] = min(MAX_EXPLAIN_RECORDS, contract.max_records)
@@ -129,6 +130,15 @@ def _version_header(versions: Sequence[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# serving/request_ids.py
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID", "in": "header", "required": False,
+    "description": "your id for this request (1-128 of A-Z a-z 0-9 . _ : -), echoed in the answer and stored with captured "
+                   "records; a batch's records are <id>-<index>. Absent or invalid: the service makes one.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}  # fmt: skip
+REQUEST_ID_ANSWERED = {"description": "the request's id: the one sent, if valid, else a new one", "required": True, "schema": {"type": "string"}}
+
 API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The value of XGB_API_KEY"}
 
 
@@ -200,7 +210,8 @@ def build(contract: Contract, settings: Settings, versions: Sequence[str]) -> di
     }
     for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):
         operation = doc["paths"][path]["post"]
-        operation["parameters"] = [*operation.get("parameters", []), _version_header(versions)]
+        operation["parameters"] = [*operation.get("parameters", []), _version_header(versions), REQUEST_ID_PARAMETER]
+        operation["responses"]["200"]["headers"] = {"X-Request-ID": REQUEST_ID_ANSWERED}
     if settings.api_key:  # the docs page then shows "Authorize", and "Try it out" sends the key
         doc["components"]["securitySchemes"] = {"ApiKey": API_KEY_SCHEME}
         for path in ("/predict", "/predict_batch", "/explain", "/explain_batch"):

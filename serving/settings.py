@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
@@ -86,6 +86,31 @@ class Settings(BaseSettings):
     candidate_percent: float = Field(10.0, ge=0, le=100)
     shadow_min_agreement: float = Field(0.6, ge=0, le=1)
 
+    # Capture of the answered records, with their answers, to Parquet (serving/capture.py): off or the
+    # percent of records captured; where (a local directory or s3://bucket/prefix); how often a worker
+    # writes (seconds, or records pending); how many records a worker may hold before dropping new ones.
+    capture: float = Field(0.0, ge=0, le=100, description="off, or a percent from 0 to 100")
+    capture_uri: str = Field("", validate_default=True)
+    capture_flush_seconds: float = Field(10.0, gt=0)
+    capture_flush_rows: int = Field(50_000, ge=1)
+    capture_queue_records: int = Field(200_000, ge=1)
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return 0.0 if isinstance(value, str) and value.strip().lower() == "off" else value
+
+    @field_validator("capture_uri")
+    @classmethod
+    def _capture_destination(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("capture") and not value:
+            raise ValueError("XGB_CAPTURE is on: set XGB_CAPTURE_URI to a local directory or s3://bucket/prefix")
+        if value.startswith("s3://") and not value.removeprefix("s3://").split("/", 1)[0]:
+            raise ValueError("an S3 URI names its bucket: s3://bucket/prefix")
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError("a local directory or s3://bucket/prefix")
+        return value
+
     @classmethod
     def variables(cls) -> dict[str, str]:
         """Environment variable -> the field it sets."""
@@ -98,6 +123,8 @@ def variable(name: str, field: FieldInfo) -> str:
 
 def allowed(field: FieldInfo) -> str:
     """What a field accepts, in words."""
+    if field.description:
+        return field.description
     if field.annotation is bool:
         return "1 or 0 (or true/false)"
     choices = getattr(field.annotation, "__args__", ())

@@ -124,8 +124,13 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     # give or take the requests in flight when wrk stopped.
     assert abs(rollout["shadow_records"] + rollout["shadow_skipped"] - rollout["shadow_requests"]) <= 32, rollout
 
+    capture = results["capture"]
+    for mode in ("off", "on"):
+        assert capture[mode]["predict"][0]["ok"] > 0 and capture[mode]["batch"][0]["rows_per_s"] > 0
+    assert capture["captured_records"] > 0 and capture["bytes_per_record"] > 0 and "bytes per record" in run.stdout
+
     goals = {g["goal"]: g for g in results["goals"]}
-    assert len(goals) == 12
+    assert len(goals) == 14
     ratio = goals["1. /predict @64 conns: req/s ratio vs baseline"]["value"]
     assert math.isclose(ratio, ours[0]["rps"] / base[0]["rps"], abs_tol=0.01)
     assert results["all_goals_met"] == all(g["met"] for g in goals.values())

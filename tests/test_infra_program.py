@@ -546,3 +546,43 @@ def test_every_taggable_resource_is_tagged(prod):
                   "aws:ecr/repository:Repository", "aws:wafv2/webAcl:WebAcl"):
         for r in prod.of_type(type_):
             assert r.inputs.get("tags", {}).get("Environment") == "prod", f"{r.name} is untagged"
+
+
+# --- capture (serving/capture.py) ----------------------------------------------------------------
+
+def test_capture_is_off_by_default_with_no_bucket_and_no_task_permission(prod):
+    assert not [r for r in prod.of_type("aws:s3/bucket:Bucket") if r.name.endswith("-capture")], "no capture bucket"
+    names = {e["name"] for e in container(prod)["environment"]}
+    assert not names & {"XGB_CAPTURE", "XGB_CAPTURE_URI"}, names
+
+
+def test_capture_gets_a_private_encrypted_expiring_bucket_and_put_only_on_its_prefix():
+    program = run_program({**stack_config(), "ml-api:capturePercent": "5", "ml-api:captureRetentionDays": "45"})
+    bucket = program.one("aws:s3/bucket:Bucket", "-capture")
+    assert bucket.inputs["bucketPrefix"].startswith("ml-api-prod-capture-"), bucket.inputs
+    block = program.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "-capture")
+    assert all(block.inputs[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")), block.name
+    sse = program.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", "-capture")
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256", sse.name
+    [rule] = program.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "-capture").inputs["rules"]
+    assert rule["status"] == "Enabled" and rule["expiration"]["days"] == 45 and rule["filter"]["prefix"] == "capture/", rule
+    assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 1, rule
+    task_role = program.one("aws:iam/role:Role", "-task")
+    [policy] = [p for p in program.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == f"{task_role.name}-id"]
+    [statement] = json.loads(policy.inputs["policy"])["Statement"]
+    uri = program.outputs["captureUri"]
+    bucket_arn = f"arn:aws:s3:::{uri.removeprefix('s3://').split('/')[0]}"
+    assert statement["Action"] == ["s3:PutObject"] and statement["Resource"] == f"{bucket_arn}/capture/*", \
+        f"{policy.name}: the task role may only put objects under the capture prefix: {statement}"
+    environment = {e["name"]: e["value"] for e in container(program)["environment"]}
+    assert uri.startswith("s3://ml-api-prod-capture-") and uri.endswith("/capture"), uri
+    assert (environment["XGB_CAPTURE"], environment["XGB_CAPTURE_URI"]) == ("5", uri), environment
+
+
+def test_capture_config_is_checked():
+    from ml_api_infra.settings import SettingsError, StackSettings
+
+    with pytest.raises(SettingsError, match="ml-api:capturePercent"):
+        StackSettings(capture_percent=101).validate()
+    with pytest.raises(SettingsError, match="ml-api:captureRetentionDays"):
+        StackSettings(capture_retention_days=0).validate()

@@ -28,6 +28,8 @@ def test_every_variable_sets_its_field(env):
         "XGB_API_KEY": ("s3cret", "s3cret"), "XGB_CORS_ORIGINS": (" https://a.example , https://b.example,", ("https://a.example", "https://b.example")),
         "XGB_CANDIDATE_TAG": ("xgb_classifier:abc", "xgb_classifier:abc"), "XGB_CANDIDATE_MODE": ("canary", "canary"),
         "XGB_CANDIDATE_PERCENT": ("2.5", 2.5), "XGB_SHADOW_MIN_AGREEMENT": ("0.75", 0.75),
+        "XGB_CAPTURE": ("5", 5.0), "XGB_CAPTURE_URI": ("s3://bucket/prefix", "s3://bucket/prefix"), "XGB_CAPTURE_FLUSH_SECONDS": ("2", 2.0),
+        "XGB_CAPTURE_FLUSH_ROWS": ("100", 100), "XGB_CAPTURE_QUEUE_RECORDS": ("1000", 1000),
     }  # fmt: skip
     assert set(values) == set(Settings.variables()), "every variable is tested"
     for name, (raw, _) in values.items():

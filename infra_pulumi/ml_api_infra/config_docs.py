@@ -65,6 +65,8 @@ DESCRIPTIONS = {
     "alarmEmail": "subscribe this address to the alarm topic",
     "p99LatencyThreshold": "seconds of p99 latency that raise the alarm",
     "forceDeleteImages": "`pulumi destroy` drops a non-empty repository (`ops destroy` empties it anyway)",
+    "capturePercent": "`XGB_CAPTURE`: percent of answered records captured to the stack's capture bucket (0: off, no bucket; docs/capture.md)",
+    "captureRetentionDays": "the capture bucket expires captured records after this many days",
     "apiKey": "secret (`pulumi config set --secret apiKey ...`): `/predict*` need `X-API-Key`",
 }
 

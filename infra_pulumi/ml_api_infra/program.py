@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from .edge import Edge
+from .capture import CaptureBucket
 from .iam import TaskRoles
 from .image import ServiceImage
 from .models import ModelBucket
@@ -28,6 +29,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
     models = ModelBucket(name, settings)
     roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
                       log_group_arn=logs.app.arn, secret_arn=secret_arn, model_bucket=models.bucket.bucket)
+    capture = CaptureBucket(name, settings, task_role=roles.task_role) if settings.capture_percent else None
     edge = Edge(name, settings, vpc_id=network.vpc.id,
                 public_subnet_ids=[s.id for s in network.public_subnets],
                 waf_log_group_arn=logs.waf.arn)
@@ -37,7 +39,8 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         image_url=image.image_url,
         log_group_name=logs.app.name, execution_role_arn=roles.execution_role.arn,
         task_role_arn=roles.task_role.arn, target_group_arn=edge.target_group.arn,
-        alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn)
+        alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn,
+        capture_uri=capture.uri if capture else None)
     scaling = Scaling(name, settings, cluster_name=service.cluster.name,
                       service_name=service.service.name,
                       alb_arn_suffix=edge.load_balancer.arn_suffix,
@@ -69,4 +72,5 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         "scalingResourceId": scaling.target.resource_id,
         "minCapacity": settings.min_capacity,
         "maxCapacity": settings.max_capacity,
+        **({"captureUri": capture.uri} if capture else {}),
     }

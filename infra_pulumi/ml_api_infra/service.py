@@ -48,7 +48,7 @@ def model_source_environment(settings: StackSettings) -> dict[str, str]:
 
 
 def container_definitions(settings: StackSettings, image: str, log_group: str,
-                          secret_arn: Optional[str]) -> list[dict]:
+                          secret_arn: Optional[str], capture_uri: Optional[str] = None) -> list[dict]:
     environment = {
         "XGB_WORKERS": str(settings.xgb_workers),
         "XGB_RANGE_CHECK": settings.range_check,
@@ -70,6 +70,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
         if settings.shadow_min_agreement is not None:
             environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
+    if capture_uri:  # the capture bucket (capture.py); the task role may put objects there only
+        environment.update(XGB_CAPTURE=f"{settings.capture_percent:g}", XGB_CAPTURE_URI=capture_uri)
     container = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -101,6 +103,7 @@ class Service(pulumi.ComponentResource):
                  task_role_arn: pulumi.Input[str], target_group_arn: pulumi.Input[str],
                  alb_security_group_id: pulumi.Input[str], listener: pulumi.Resource,
                  secret_arn: Optional[pulumi.Input[str]] = None,
+                 capture_uri: Optional[pulumi.Input[str]] = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:service:Service", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -118,7 +121,7 @@ class Service(pulumi.ComponentResource):
                      "description": "ECR, CloudWatch Logs, Secrets Manager"}],
             tags=settings.tags, opts=child)
 
-        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn).apply(
+        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn, capture_uri).apply(
             lambda args: container_definitions(settings, *args))
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task", family=settings.prefix,

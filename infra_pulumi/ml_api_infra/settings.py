@@ -85,6 +85,10 @@ class StackSettings:
     candidate_mode: str = ""
     candidate_percent: float = 10.0  # the service's default (XGB_CANDIDATE_PERCENT)
     shadow_min_agreement: Optional[float] = None  # XGB_SHADOW_MIN_AGREEMENT; None: the service's default
+    # Capture of the answered records (serving/capture.py): the percent captured (0: off, no bucket)
+    # and how long the capture bucket keeps them.
+    capture_percent: float = 0.0
+    capture_retention_days: int = 90
     api_key: Optional[pulumi.Output] = field(default=None, compare=False)
     # Edge. With domain_name + hosted_zone_id the program issues an ACM certificate validated in
     # that Route 53 zone and points the name at the ALB; certificate_arn uses an existing certificate
@@ -209,6 +213,10 @@ class StackSettings:
             fail("candidateMode", f"one of shadow|canary, got {self.candidate_mode!r}")
         if self.shadow_min_agreement is not None and not 0 <= self.shadow_min_agreement <= 1:
             fail("shadowMinAgreement", f"a share in [0, 1], got {self.shadow_min_agreement}")
+        if not 0 <= self.capture_percent <= 100:
+            fail("capturePercent", f"a percentage in [0, 100] (0: off), got {self.capture_percent}")
+        if self.capture_retention_days < 1:
+            fail("captureRetentionDays", f"must be at least 1, got {self.capture_retention_days}")
         return self
 
 
@@ -257,6 +265,8 @@ CONFIG_KEYS = {
     "alarmEmail": ("alarm_email", "get"),
     "p99LatencyThreshold": ("p99_latency_threshold_seconds", "get_float"),
     "forceDeleteImages": ("force_delete_images", "get_bool"),
+    "capturePercent": ("capture_percent", "get_float"),
+    "captureRetentionDays": ("capture_retention_days", "get_int"),
 }
 SECRET_KEYS = ("apiKey",)
 
