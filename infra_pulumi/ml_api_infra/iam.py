@@ -57,10 +57,10 @@ class TaskRoles(pulumi.ComponentResource):
             policy=pulumi.Output.all(repository_arn, log_group_arn, secret_arn).apply(
                 lambda arns: execution_policy(*arns)),
             opts=child)
-        # The service calls no AWS API, so its task role has no policy at all.
+        # The service calls no AWS API; its ADOT sidecar writes metrics and traces (managed_prometheus.py).
         self.task_role = aws.iam.Role(
             f"{name}-task", name=f"{settings.prefix}-task",
-            description="The prediction service itself: no AWS permissions",
+            description="The task: its ADOT sidecar writes to AMP and X-Ray",
             assume_role_policy=trust, tags=settings.tags, opts=child)
         self.register_outputs({"executionRoleArn": self.execution_role.arn,
                                "taskRoleArn": self.task_role.arn})

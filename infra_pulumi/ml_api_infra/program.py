@@ -7,6 +7,7 @@ import pulumi
 from .edge import Edge
 from .iam import TaskRoles
 from .image import ServiceImage
+from .managed_prometheus import ManagedPrometheus
 from .network import Network
 from .observability import LogGroups, Monitoring
 from .registry import Registry
@@ -26,6 +27,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
     secret_arn = ApiKeySecret(name, settings).secret.arn if settings.api_key is not None else None
     roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
                       log_group_arn=logs.app.arn, secret_arn=secret_arn)
+    prometheus = ManagedPrometheus(name, settings, task_role_name=roles.task_role.name)
     edge = Edge(name, settings, vpc_id=network.vpc.id,
                 public_subnet_ids=[s.id for s in network.public_subnets],
                 waf_log_group_arn=logs.waf.arn)
@@ -35,7 +37,8 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         image_url=image.image_url,
         log_group_name=logs.app.name, execution_role_arn=roles.execution_role.arn,
         task_role_arn=roles.task_role.arn, target_group_arn=edge.target_group.arn,
-        alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn)
+        alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn,
+        remote_write_url=prometheus.remote_write_url)
     scaling = Scaling(name, settings, cluster_name=service.cluster.name,
                       service_name=service.service.name,
                       alb_arn_suffix=edge.load_balancer.arn_suffix,
@@ -63,4 +66,6 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         "scalingResourceId": scaling.target.resource_id,
         "minCapacity": settings.min_capacity,
         "maxCapacity": settings.max_capacity,
+        "prometheusWorkspaceId": prometheus.workspace.id,
+        "prometheusEndpoint": prometheus.workspace.prometheus_endpoint,
     }

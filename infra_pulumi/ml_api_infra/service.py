@@ -7,6 +7,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
+from .collector import with_collector
 from .settings import CONTAINER_PORT, StackSettings
 
 CONTAINER_NAME = "api"
@@ -29,7 +30,7 @@ def liveness_command(port: int = CONTAINER_PORT) -> list[str]:
 
 
 def container_definitions(settings: StackSettings, image: str, log_group: str,
-                          secret_arn: Optional[str]) -> list[dict]:
+                          secret_arn: Optional[str], remote_write_url: Optional[str] = None) -> list[dict]:
     environment = {
         "XGB_WORKERS": str(settings.xgb_workers),
         "XGB_RANGE_CHECK": settings.range_check,
@@ -69,6 +70,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     }
     if secret_arn:
         container["secrets"] = [{"name": "XGB_API_KEY", "valueFrom": secret_arn}]
+    if remote_write_url:  # the ADOT sidecar: metrics to AMP, traces to X-Ray (collector.py)
+        return with_collector(container, settings.region, remote_write_url, log_group)
     return [container]
 
 
@@ -79,6 +82,7 @@ class Service(pulumi.ComponentResource):
                  task_role_arn: pulumi.Input[str], target_group_arn: pulumi.Input[str],
                  alb_security_group_id: pulumi.Input[str], listener: pulumi.Resource,
                  secret_arn: Optional[pulumi.Input[str]] = None,
+                 remote_write_url: Optional[pulumi.Input[str]] = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:service:Service", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -96,7 +100,7 @@ class Service(pulumi.ComponentResource):
                      "description": "ECR, CloudWatch Logs, Secrets Manager"}],
             tags=settings.tags, opts=child)
 
-        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn).apply(
+        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn, remote_write_url).apply(
             lambda args: container_definitions(settings, *args))
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task", family=settings.prefix,
