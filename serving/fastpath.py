@@ -25,7 +25,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, docs_page, metrics, openapi
+from . import bentoml_internals, docs_page, metrics, openapi, tracing
 from .bentoml_internals import ASGIApp
 from .batch_pool import BatchPool
 from .body import BodyTooLarge, read_body
@@ -75,6 +75,7 @@ class PredictionRoutes:
         self._service: Any = None
         # One per loaded model, keyed by version (they share the pool); need the service's explainers: made in start().
         self.explanations: dict[str, ExplainBatcher] | None = None
+        self.tracing: tracing.Tracing | None = None  # made in start(), in the worker (its export thread)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -106,11 +107,14 @@ class PredictionRoutes:
         """One /predict or /predict_batch request, counted in BentoML's request metrics."""
         endpoint = scope["path"]
         started = self.traffic.started(endpoint)
+        traced = self.tracing.start(scope) if self.tracing is not None else None
         status = 500
         try:
             status = await self.answer_request(scope, receive, send)
         finally:
             self.traffic.finished(endpoint, status, started)
+            if traced is not None:
+                traced.finish(status)
 
     async def answer_request(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
         handler, max_bytes = self.routes[scope["path"]]
@@ -186,6 +190,7 @@ class PredictionRoutes:
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
             self.traffic = bentoml_internals.TrafficMetrics(bentoml_internals.traffic_metrics_middleware(app))
             bentoml_internals.serve_in_front(app, frozenset(self.routes), self.front)
+            self.tracing = tracing.from_rate(self.settings.trace_sample)
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
             error = f"not ready: BentoML internals changed ({exc}); update serving/bentoml_internals.py"
             logger.error("%s", error, exc_info=not isinstance(exc, bentoml_internals.BentoMLInternalsChanged))
@@ -208,21 +213,28 @@ class PredictionRoutes:
             raise InputError(401, "missing or wrong API key: send it in the X-API-Key header")
 
     async def predict(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
-        rows = self.contract.parse_record(body)
-        self.check_ranges(rows, batch=False)
+        with tracing.step("validate"):
+            rows = self.contract.parse_record(body)
+            self.check_ranges(rows, batch=False)
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
-            return orjson.dumps(self._service.answers(rows, pinned)[0])
+            with tracing.step("model call"):
+                return orjson.dumps(self._service.answers(rows, pinned)[0])
         assert self._batched is not None
-        (answer,) = await self._batched(rows)
+        with tracing.step("batch wait"):  # BentoML's adaptive batch: the wait for it and its model call
+            (answer,) = await self._batched(rows)
         return answer
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         self.batch_pool.admit()
-        rows = self.contract.parse_batch(body)
-        self.check_ranges(rows, batch=True)
+        with tracing.step("validate"):
+            rows = self.contract.parse_batch(body)
+            self.check_ranges(rows, batch=True)
+        tracing.record(records=len(rows))
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        return orjson.dumps({"predictions": await self.batch_pool.run(self._service.answers, rows, model)})
+        with tracing.step("batch wait"):  # the pool's queue, then its thread's model call
+            answers = await self.batch_pool.run(tracing.in_thread("model call", self._service.answers), rows, model)
+        return orjson.dumps({"predictions": answers})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
         """The loaded model's explanations that answer this request: pinned, or the canary's draw."""
@@ -232,20 +244,25 @@ class PredictionRoutes:
     async def explain(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
         explained_class, top = explanations.explainer.options(scope["query_string"])
-        rows = self.contract.parse_record(body)
-        self.check_ranges(rows, batch=False)
-        (answer,) = await explanations.explain(rows, explained_class, top)
+        with tracing.step("validate"):
+            rows = self.contract.parse_record(body)
+            self.check_ranges(rows, batch=False)
+        with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
+            (answer,) = await explanations.explain(rows, explained_class, top)
         return orjson.dumps(answer)
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
         explained_class, top = explanations.explainer.options(scope["query_string"])
-        rows = self.contract.parse_batch(body)
+        with tracing.step("validate"):
+            rows = self.contract.parse_batch(body)
         if len(rows) > MAX_EXPLAIN_RECORDS:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        answers = await explanations.explain(rows, explained_class, top)
+        tracing.record(records=len(rows))
+        with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
+            answers = await explanations.explain(rows, explained_class, top)
         return orjson.dumps({"explanations": answers})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
