@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from . import bench_tracing
 from .bench_servers import REPO
 
 # Issue 3's goals.
@@ -136,6 +137,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
          "met": max(starts) <= MAX_WARM_START_S},
         *explain_goals(results["explain"]),
         *rollout_goals(results["rollout"]),
+        *(bench_tracing.goals(results["tracing"]) if "tracing" in results else []),  # bench.json before goal 7 has none
     ]  # fmt: skip
 
 

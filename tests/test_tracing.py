@@ -5,68 +5,24 @@ attributes, W3C traceparent's trace id kept, the sample rate honoured."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from concurrent import futures
 
-import grpc
 import numpy as np
 import pytest
 import requests
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from loadtest.bench_servers import free_port
+from loadtest.otlp_receiver import Receiver
 from model_store.dataset import sample_records as dataset_records
 
 TRACE_ID = "5f3c2a1b" + "9e8d7c6b5a493827" + "16050403"
 PARENT_SPAN = "a1b2c3d4e5f60718"
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """Collects every exported span: (trace id hex, span id hex, parent id hex, name, attributes)."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict] = []
-        self.lock = threading.Lock()
-
-    def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        attributes = {}
-                        for a in span.attributes:
-                            value = a.value
-                            attributes[a.key] = getattr(value, value.WhichOneof("value"))
-                        self.spans.append({"trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                                           "parent": span.parent_span_id.hex(), "name": span.name,
-                                           "attributes": attributes, "resource": resource,
-                                           "duration": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9})
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def wait(self, condition, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if condition(self.spans):
-                    return list(self.spans)
-            time.sleep(0.2)
-        with self.lock:
-            raise AssertionError(f"spans never matched; got {[(s['name'], s['trace_id']) for s in self.spans]}")
-
-
 @pytest.fixture(scope="module")
 def receiver():
-    port = free_port()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    collected = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collected, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    collected.endpoint = f"http://127.0.0.1:{port}"
+    collected = Receiver().start()
     yield collected
-    server.stop(0)
+    collected.stop()
 
 
 def sample_records(n: int) -> list[dict]:
