@@ -226,3 +226,16 @@ def test_the_service_starts_only_once_the_collector_is_healthy(prod):
 def test_stack_outputs_name_the_workspace(prod):
     assert prod.outputs["prometheusWorkspaceId"] == "ws-0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
     assert prod.outputs["prometheusEndpoint"].startswith("https://aps-workspaces.us-west-2.amazonaws.com/")
+
+
+def test_the_dashboards_run_against_the_amp_datasource_unchanged():
+    grafana = REPO / "monitoring" / "grafana"
+    [local] = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    [amp] = yaml.safe_load((grafana / "amp" / "datasource.yml").read_text())["datasources"]
+    assert (amp["uid"], amp["type"]) == (local["uid"], local["type"]), "the dashboards name the datasource by uid"
+    assert amp["jsonData"]["sigV4Auth"] is True and amp["url"] == "${AMP_QUERY_URL}"
+    [scrape] = yaml.safe_load(collector.committed_config())["receivers"]["prometheus"]["config"]["scrape_configs"]
+    assert amp["jsonData"]["timeInterval"] == scrape["scrape_interval"], "sizes $__rate_interval"
+    for path in sorted((grafana / "dashboards").glob("*.json")):
+        uids = set(re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"]+)"', path.read_text()))
+        assert uids <= {local["uid"], "${datasource}", "-- Grafana --", "grafana"}, f"{path.name}: {uids}"
