@@ -239,3 +239,13 @@ def test_the_dashboards_run_against_the_amp_datasource_unchanged():
     for path in sorted((grafana / "dashboards").glob("*.json")):
         uids = set(re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"]+)"', path.read_text()))
         assert uids <= {local["uid"], "${datasource}", "-- Grafana --", "grafana"}, f"{path.name}: {uids}"
+
+
+def test_trace_sample_reaches_the_service_and_is_checked():
+    assert "XGB_TRACE_SAMPLE" not in env(containers(run_program(stack_config()))["api"]), "unset: the service's default"
+    program = run_program({**stack_config(), "ml-api:traceSample": "0.05"})
+    assert env(containers(program)["api"])["XGB_TRACE_SAMPLE"] == "0.05"
+    from ml_api_infra.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"ml-api:traceSample: a share of requests in \[0, 1\], got 5"):
+        run_program({**stack_config(), "ml-api:traceSample": "5"})

@@ -44,6 +44,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         environment["XGB_CORS_ORIGINS"] = settings.cors_origins
     if settings.model_tag:
         environment["MODEL_TAG"] = settings.model_tag
+    if settings.trace_sample is not None:
+        environment["XGB_TRACE_SAMPLE"] = f"{settings.trace_sample:g}"
     if settings.candidate_tag:
         environment["XGB_CANDIDATE_TAG"] = settings.candidate_tag
         if settings.candidate_mode:

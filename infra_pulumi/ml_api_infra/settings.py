@@ -71,6 +71,7 @@ class StackSettings:
     candidate_mode: str = ""
     candidate_percent: float = 10.0  # the service's default (XGB_CANDIDATE_PERCENT)
     shadow_min_agreement: Optional[float] = None  # XGB_SHADOW_MIN_AGREEMENT; None: the service's default
+    trace_sample: Optional[float] = None  # XGB_TRACE_SAMPLE; None: the service's default (1 %)
     api_key: Optional[pulumi.Output] = field(default=None, compare=False)
     # Edge. With domain_name + hosted_zone_id the program issues an ACM certificate validated in
     # that Route 53 zone and points the name at the ALB; certificate_arn uses an existing certificate
@@ -162,6 +163,8 @@ class StackSettings:
             fail("candidateMode", f"one of shadow|canary, got {self.candidate_mode!r}")
         if self.shadow_min_agreement is not None and not 0 <= self.shadow_min_agreement <= 1:
             fail("shadowMinAgreement", f"a share in [0, 1], got {self.shadow_min_agreement}")
+        if self.trace_sample is not None and not 0 <= self.trace_sample <= 1:
+            fail("traceSample", f"a share of requests in [0, 1], got {self.trace_sample}")
         return self
 
 
@@ -185,6 +188,7 @@ CONFIG_KEYS = {
     "candidateMode": ("candidate_mode", "get"),
     "candidatePercent": ("candidate_percent", "get_float"),
     "shadowMinAgreement": ("shadow_min_agreement", "get_float"),
+    "traceSample": ("trace_sample", "get_float"),
     "xgbWorkers": ("xgb_workers", "get_int"),
     "rangeCheck": ("range_check", "get"),
     "corsOrigins": ("cors_origins", "get"),
