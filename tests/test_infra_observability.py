@@ -93,6 +93,8 @@ def test_every_component_a_pipeline_uses_is_defined_and_shipped_by_adot():
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["awsxray"]
     assert config["exporters"]["prometheusremotewrite"]["auth"] == {"authenticator": "sigv4auth"}
     assert config["extensions"]["sigv4auth"]["service"] == "aps"
+    limiter = config["processors"]["memory_limiter"]
+    assert limiter["limit_mib"] < collector.COLLECTOR_MEMORY_MIB, "the collector drops data before it outgrows its reservation"
 
 
 def test_the_collector_scrapes_the_service_job_of_prometheus_yml_on_localhost():

@@ -64,7 +64,8 @@ def generated_config(port: int = CONTAINER_PORT) -> dict[str, Any]:
             "otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{OTLP_GRPC_PORT}"}}},
         },
         "processors": {
-            "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 20},
+            # In MiB, not a share: the only memory limit the sidecar sees is the whole task's.
+            "memory_limiter": {"check_interval": "1s", "limit_mib": COLLECTOR_MEMORY_MIB - 56, "spike_limit_mib": 50},
             # The task's id, AZ, cluster... from the ECS task metadata endpoint.
             "resourcedetection/ecs": {"detectors": ["env", "ecs"], "timeout": "5s", "override": False},
             # `instance` is the target's service.instance.id: the task, not localhost:PORT.
