@@ -12,9 +12,11 @@
    /explain at 32 connections, then /predict at 32 connections while /explain is saturated at 32.
 8. A candidate model (issue 17): /predict at 32 connections without one, in shadow mode and in canary
    mode (loadtest/bench_rollout.py).
-8b. Capture (issue 22): capture off vs 100 %, /predict at 64 and /predict_batch x1000 (loadtest/bench_capture.py;
+9. Capture (issue 22): capture off vs 100 %, /predict at 64 and /predict_batch x1000 (loadtest/bench_capture.py;
    alone: `make bench-capture`).
-9. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
+10. Tracing (issue 21): /predict at 64 connections with tracing at the default rate and off
+   (loadtest/bench_tracing.py); alone: `python -m loadtest.bench --only tracing`.
+11. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
 """
 
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import bench_capture, bench_load, bench_report, bench_rollout
+from . import bench_capture, bench_load, bench_report, bench_rollout, bench_tracing
 from .bench_servers import REPO, Server, ServerError, baseline, interleaved, our_service
 from .traffic import ServedModel
 
@@ -235,6 +237,7 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         results["rollout"] = bench_rollout.measure(workdir, model.card["tag"], bodies["single"], args.rounds, args.goal_seconds, closed_loop, log)
 
         results["capture"] = bench_capture.measure(workdir, bodies, args.rounds, args.goal_seconds, closed_loop, log)
+        results["tracing"] = bench_tracing.measure(bodies["single"], args.rounds, args.goal_seconds, closed_loop, log)
 
         results["memory"] = {name: s.memory() for name, s in servers.items()}
     finally:
@@ -266,11 +269,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--open-rate", type=float, default=1000, help="offered req/s of the open-loop run")
     p.add_argument("--quiet-wait", type=float, default=120, help="max seconds to wait for other jobs to leave the box idle")
     p.add_argument("--warm-starts", type=int, default=2, help="extra measured starts before the main one")
+    p.add_argument("--only", choices=["tracing"], help="run only this goal (writes bench_<goal>.json)")
     return p.parse_args(argv)
+
+
+def run_tracing_only(args: argparse.Namespace) -> int:
+    """Goal 7 alone, for a quiet box: its two servers, the same rounds and seconds as the full run."""
+    wait_for_quiet_box(args.quiet_wait)
+    with tempfile.TemporaryDirectory(prefix="xgb-bench-") as workdir:
+        probe = our_service()
+        try:
+            probe.start()
+            bodies = write_bodies(Path(workdir), ServedModel.fetch(probe.url))
+        finally:
+            probe.stop()
+        result = bench_tracing.measure(bodies["single"], args.rounds, args.goal_seconds, closed_loop, log)
+    result["goals"] = bench_tracing.goals(result)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench_tracing.json").write_text(json.dumps(result, indent=2) + "\n")
+    for goal in result["goals"]:
+        log(f"{goal['goal']}: {goal['value']} (target {goal['target']}) {'met' if goal['met'] else 'MISSED'}")
+    return 0 if all(g["met"] for g in result["goals"]) else EXIT_GOAL_MISSED
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only == "tracing":
+        try:
+            return run_tracing_only(args)
+        except (ServerError, bench_load.GeneratorError) as exc:
+            print(f"bench: harness error: {exc}", file=sys.stderr)
+            return EXIT_HARNESS_ERROR
     started = time.monotonic()
     try:
         results = run(args)

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from . import bench_capture
+from . import bench_tracing
 from .bench_servers import REPO
 
 # Issue 3's goals.
@@ -138,6 +139,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         *explain_goals(results["explain"]),
         *rollout_goals(results["rollout"]),
         *(bench_capture.goals(results["capture"]) if "capture" in results else []),
+        *(bench_tracing.goals(results["tracing"]) if "tracing" in results else []),  # bench.json before goal 8 has none
     ]  # fmt: skip
 
 

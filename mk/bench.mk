@@ -4,9 +4,12 @@
 APT_PACKAGES += wrk hey
 BENCH_ARGS ?=
 
-.PHONY: bench bench-alternatives
+.PHONY: bench bench-tracing bench-alternatives
 bench: model sysdeps  ## benchmark /predict, /predict_batch, warm start: ours vs the seed-style baseline
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+bench-tracing: model sysdeps  ## goal 8 alone: /predict with tracing at the default 1 % vs off (bench_tracing.json)
+	$(PY) -m loadtest.bench --only tracing $(BENCH_ARGS)
 
 bench-alternatives: model sysdeps  ## measure the API service + bentoml.depends model service design (optional)
 	$(PY) -m loadtest.alternatives.bench_depends $(BENCH_ARGS)

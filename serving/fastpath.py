@@ -26,7 +26,7 @@ import orjson
 from bentoml.exceptions import ServiceUnavailable
 from starlette.middleware.cors import CORSMiddleware
 
-from . import bentoml_internals, errors, metrics, request_ids
+from . import bentoml_internals, errors, metrics, request_ids, tracing
 from .batch_pool import BatchPool
 from .bentoml_internals import ASGIApp
 from .body import read_body
@@ -70,6 +70,7 @@ class PredictionRoutes:
         self.capture: Any = None  # the service's serving.capture.Capture when XGB_CAPTURE is on
         # One per loaded model, keyed by version (they share the pool); need the service's explainers: made in start().
         self.explanations: dict[str, ExplainBatcher] | None = None
+        self.tracing: tracing.Tracing | None = None  # made in start(), in the worker (its export thread)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -91,12 +92,15 @@ class PredictionRoutes:
         """One /predict* or /explain* request, counted in BentoML's request metrics."""
         endpoint = scope["path"]
         status, started = 500, None
+        traced = self.tracing.start(scope) if self.tracing is not None else None
         try:
             started = self.traffic.started(endpoint)
             status = await self.serve_prediction(scope, receive, send)
         finally:
             if started is not None:
                 self.traffic.finished(endpoint, status, started)
+            if traced is not None:
+                traced.finish(status)
 
     async def serve_prediction(self, scope: dict[str, Any], receive: Callable, send: Callable) -> int:
         """Answer one /predict* or /explain* request; returns the status sent.
@@ -154,6 +158,7 @@ class PredictionRoutes:
         dispatcher or the service instance the worker stays up but not ready: /readyz and the
         prediction routes answer 503 naming the failed check, so a deployment never takes traffic it
         would answer with 500s. The other reaches fall back to BentoML's public behaviour, logged."""
+        self.tracing = tracing.from_rate(self.settings.trace_sample)
         try:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
@@ -197,24 +202,31 @@ class PredictionRoutes:
             raise InputError(401, "missing or wrong API key: send it in the X-API-Key header")
 
     async def predict(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
-        rows = self.contract.parse_record(body)
-        self.check_ranges(rows, batch=False)
+        with tracing.step("validate"):
+            rows = self.contract.parse_record(body)
+            self.check_ranges(rows, batch=False)
         if pinned is not None:  # debugging traffic: straight to the pinned model, not batched with the rest
-            body = orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
+            with tracing.step("model call"):
+                body = orjson.dumps(self._service.prediction_bodies(rows, pinned)[0])
         else:
             assert self._batched is not None
-            (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
+            with tracing.step("batch wait"):  # BentoML's adaptive batch: the wait for it and its model call
+                (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
         if self.capture is not None:
             self.capture.record(request_ids.of(scope), rows, body, batch=False)
         return body
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         self.batch_pool.admit()
-        rows = self.contract.parse_batch(body)
-        self.check_ranges(rows, batch=True)
+        with tracing.step("validate"):
+            rows = self.contract.parse_batch(body)
+            self.check_ranges(rows, batch=True)
+        tracing.record(records=len(rows))
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
-        bodies = request_ids.label_records(request_ids.of(scope), await self.batch_pool.run(self._service.prediction_bodies, rows, model))
+        with tracing.step("batch wait"):  # the pool's queue, then its thread's model call
+            bodies = await self.batch_pool.run(tracing.in_thread("model call", self._service.prediction_bodies), rows, model)
+        bodies = request_ids.label_records(request_ids.of(scope), bodies)
         if self.capture is not None:
             self.capture.record(request_ids.of(scope), rows, bodies, batch=True)
         return orjson.dumps({"predictions": bodies})
@@ -227,9 +239,11 @@ class PredictionRoutes:
     async def explain(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
         explained_class, top = explanations.explainer.options(scope["query_string"])
-        rows = self.contract.parse_record(body)
-        self.check_ranges(rows, batch=False)
-        explanations_found = await explanations.explain(rows, explained_class, top)
+        with tracing.step("validate"):
+            rows = self.contract.parse_record(body)
+            self.check_ranges(rows, batch=False)
+        with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
+            explanations_found = await explanations.explain(rows, explained_class, top)
         if self.capture is not None:
             self.capture.record(request_ids.of(scope), rows, explanations_found, batch=False)
         return orjson.dumps(explanations_found[0])
@@ -237,12 +251,15 @@ class PredictionRoutes:
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
         explanations = self.explanations_for(pinned)
         explained_class, top = explanations.explainer.options(scope["query_string"])
-        rows = self.contract.parse_batch(body)
+        with tracing.step("validate"):
+            rows = self.contract.parse_batch(body)
         if len(rows) > MAX_EXPLAIN_RECORDS:
             raise InputError(422, f"too many instances: {len(rows)} records in one /explain_batch, at most {MAX_EXPLAIN_RECORDS}",
                              [{"loc": ["instances"], "msg": f"at most {MAX_EXPLAIN_RECORDS} records", "type": "too_long"}])  # fmt: skip
         self.check_ranges(rows, batch=True)
-        explanations_found = request_ids.label_records(request_ids.of(scope), await explanations.explain(rows, explained_class, top))
+        tracing.record(records=len(rows))
+        with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
+            explanations_found = request_ids.label_records(request_ids.of(scope), await explanations.explain(rows, explained_class, top))
         if self.capture is not None:
             self.capture.record(request_ids.of(scope), rows, explanations_found, batch=True)
         return orjson.dumps({"explanations": explanations_found})

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Count every predicted record into the model's drift bins (xgb_feature_bin_total), off the
     # request path; off saves that CPU, which only a saturated /predict_batch notices (docs/monitoring.md).
     drift: bool = True
+    # Share of /predict* and /explain* requests traced to the collector (serving/tracing.py), for
+    # requests without a `traceparent`; a sampled `traceparent` is always traced. 0 turns tracing off.
+    trace_sample: float = Field(0.01, ge=0, le=1)
     # Optional API key for /predict*; empty means no authentication.
     api_key: str = ""
     # Comma-separated CORS origins; empty means CORS is off.

@@ -79,7 +79,7 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     out = tmp_path / "results"
     args = ["--rounds", "1", "--goal-seconds", "2", "--sweep", "1,4", "--sweep-seconds", "1", "--warmup-seconds", "1",
             "--warm-starts", "0", "--open-rate", "100", "--quiet-wait", "0", "--out", str(out)]  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=420)
     assert run.returncode in (0, EXIT_GOAL_MISSED), run.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,8 +129,14 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
         assert capture[mode]["predict"][0]["ok"] > 0 and capture[mode]["batch"][0]["rows_per_s"] > 0
     assert capture["captured_records"] > 0 and capture["bytes_per_record"] > 0 and "bytes per record" in run.stdout
 
+    tracing = results["tracing"]
+    assert len(tracing["off"]) == len(tracing["default"]) == 1 and tracing["off"][0]["connections"] == 64
+    assert tracing["off"][0]["ok"] > 0 and tracing["default"][0]["ok"] > 0
+
     goals = {g["goal"]: g for g in results["goals"]}
-    assert len(goals) == 14
+    assert len(goals) == 16
+    relative = goals["8. /predict @64 conns, tracing 1 % / off: req/s"]["value"]
+    assert math.isclose(relative, tracing["default"][0]["rps"] / tracing["off"][0]["rps"], abs_tol=0.001)
     ratio = goals["1. /predict @64 conns: req/s ratio vs baseline"]["value"]
     assert math.isclose(ratio, ours[0]["rps"] / base[0]["rps"], abs_tol=0.01)
     assert results["all_goals_met"] == all(g["met"] for g in goals.values())

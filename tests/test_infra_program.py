@@ -30,9 +30,10 @@ def prod() -> Program:
 
 
 def container(program: Program) -> dict:
+    """The service's container (the first: ops and the ALB name it; the ADOT sidecar follows)."""
     task = program.one(TASK_DEF)
     definitions = json.loads(task.inputs["containerDefinitions"])
-    assert len(definitions) == 1, f"{task.name}: expected one container, got {len(definitions)}"
+    assert [d["name"] for d in definitions] == ["api", "adot-collector"], f"{task.name}: {definitions}"
     return definitions[0]
 
 
@@ -50,7 +51,7 @@ def test_every_concern_is_a_component(prod):
         "ml-api:network:Network", "ml-api:registry:Registry", "ml-api:image:ServiceImage",
         "ml-api:iam:TaskRoles", "ml-api:service:Service", "ml-api:edge:Edge", "ml-api:edge:AccessLogs",
         "ml-api:scaling:Scaling", "ml-api:observability:LogGroups", "ml-api:observability:Monitoring",
-        "ml-api:models:ModelBucket"}
+        "ml-api:models:ModelBucket", "ml-api:observability:ManagedPrometheus"}
 
 
 # --- image: `pulumi up` on a fresh stack builds and pushes it -----------------------------------
@@ -450,7 +451,7 @@ def test_alarms_cover_errors_latency_health_cpu_and_task_count(prod):
     assert running.inputs["comparisonOperator"] == "LessThanThreshold" and running.inputs["threshold"] == 5
     assert running.inputs["treatMissingData"] == "notBreaching", \
         f"{running.name}: no data during the first bring-up must not page"
-    topic = prod.one("aws:sns/topic:Topic")
+    topic = prod.one("aws:sns/topic:Topic", "-alarms")
     for a in alarms.values():
         assert a.inputs["alarmActions"] == [f"arn:aws:sns:us-west-2:123456789012:topic/{topic.inputs['name']}"], \
             f"{a.name} notifies nobody"
@@ -463,11 +464,11 @@ def test_ecs_deployment_failures_notify_the_alarm_topic(prod):
     assert pattern == {"source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change"],
                        "resources": ["arn:aws:ecs:us-west-2:123456789012:service/ml-api-prod/ml-api-prod"],
                        "detail": {"eventName": ["SERVICE_DEPLOYMENT_FAILED"]}}, rule.name
-    topic = prod.one("aws:sns/topic:Topic")
+    topic = prod.one("aws:sns/topic:Topic", "-alarms")
     topic_arn = f"arn:aws:sns:us-west-2:123456789012:topic/{topic.inputs['name']}"
     target = prod.one("aws:cloudwatch/eventTarget:EventTarget")
     assert (target.inputs["rule"], target.inputs["arn"]) == (rule.inputs["name"], topic_arn)
-    statements = json.loads(prod.one("aws:sns/topicPolicy:TopicPolicy").inputs["policy"])["Statement"]
+    statements = json.loads(prod.one("aws:sns/topicPolicy:TopicPolicy", "-alarms").inputs["policy"])["Statement"]
     events = [s for s in statements if s["Principal"] == {"Service": "events.amazonaws.com"}]
     assert events and events[0]["Action"] == "sns:Publish" and events[0]["Resource"] == topic_arn
     assert events[0]["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f"/{rule.inputs['name']}")
@@ -496,13 +497,17 @@ def test_iam_is_least_privilege(prod):
         for st in json.loads(policy.inputs["policy"])["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             assert not any("*" in a for a in actions), f"{policy.name}: wildcard action in {st}"
-            if st["Resource"] == "*":
-                assert actions == ["ecr:GetAuthorizationToken"], f"{policy.name}: {actions} on *"
+            if st["Resource"] == "*":  # the two APIs AWS grants on "*" only
+                assert actions in (["ecr:GetAuthorizationToken"], ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]), \
+                    f"{policy.name}: {actions} on *"
     assert prod.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == [], \
         "managed policies (AmazonECSTaskExecutionRolePolicy) grant more than needed"
+    # The task role's only policy is the sidecar's (tests/test_infra_observability.py checks its scope).
     task_role = prod.one("aws:iam/role:Role", "-task")
-    task_policies = [p for p in prod.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == f"{task_role.name}-id"]
-    statements = [st for p in task_policies for st in json.loads(p.inputs["policy"])["Statement"]]
+    task_policies = {p.name: p for p in prod.of_type("aws:iam/rolePolicy:RolePolicy")
+                     if p.inputs["role"] in (f"{task_role.name}-id", task_role.inputs["name"])}
+    assert sorted(task_policies) == ["ml-api-prod-task-models", "ml-api-prod-task-telemetry"], task_role.name
+    statements = json.loads(task_policies["ml-api-prod-task-models"].inputs["policy"])["Statement"]
     assert [(st["Action"], st["Resource"]) for st in statements] == [
         (["s3:GetObject"], "arn:aws:s3:::ml-api-prod-models-123456789012/models/xgb_classifier/*")], \
         f"{task_role.name} reads published models only: {statements}"

@@ -25,6 +25,7 @@ def test_every_variable_sets_its_field(env):
         "XGB_BATCH_MAX_SIZE": ("16", 16), "XGB_BATCH_MAX_LATENCY_MS": ("50", 50), "XGB_BATCH_THREADS": ("2", 2),
         "XGB_BATCH_QUEUE": ("0", 0), "XGB_EXPLAIN_THREADS": ("3", 3), "XGB_EXPLAIN_QUEUE": ("10", 10), "XGB_REQUEST_TIMEOUT_S": ("2.5", 2.5),
         "XGB_HEADER_TIMEOUT_S": ("1.5", 1.5), "XGB_IDLE_TIMEOUT_S": ("4", 4.0), "XGB_REUSEPORT": ("0", False), "XGB_DRIFT": ("0", False),
+        "XGB_TRACE_SAMPLE": ("0.25", 0.25),
         "XGB_API_KEY": ("s3cret", "s3cret"), "XGB_CORS_ORIGINS": (" https://a.example , https://b.example,", ("https://a.example", "https://b.example")),
         "XGB_CANDIDATE_TAG": ("xgb_classifier:abc", "xgb_classifier:abc"), "XGB_CANDIDATE_MODE": ("canary", "canary"),
         "XGB_CANDIDATE_PERCENT": ("2.5", 2.5), "XGB_SHADOW_MIN_AGREEMENT": ("0.75", 0.75),
@@ -60,6 +61,7 @@ def test_an_empty_variable_means_the_default(env):
         ("XGB_CANDIDATE_MODE", "blue-green", "allowed: one of shadow, canary"),
         ("XGB_CANDIDATE_PERCENT", "150", "allowed: a number >= 0 and <= 100"),
         ("XGB_SHADOW_MIN_AGREEMENT", "90", "allowed: a number >= 0 and <= 1"),
+        ("XGB_TRACE_SAMPLE", "5", "allowed: a number >= 0 and <= 1"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_variable_value_and_allowed_range(env, name, raw, allowed):

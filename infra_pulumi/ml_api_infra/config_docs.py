@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "candidateMode": "`XGB_CANDIDATE_MODE` (with `candidateTag`)",
     "candidatePercent": "`XGB_CANDIDATE_PERCENT` (with `candidateTag`), 0-100",
     "shadowMinAgreement": "`XGB_SHADOW_MIN_AGREEMENT` (with `candidateTag`): the shadow agreement alert's level, 0-1",
+    "traceSample": "`XGB_TRACE_SAMPLE`: share of requests traced to X-Ray (through the ADOT sidecar), 0-1; 0 turns tracing off",
     "xgbWorkers": "worker processes per task (one per vCPU)",
     "rangeCheck": "`XGB_RANGE_CHECK`: warn, reject or off",
     "corsOrigins": "`XGB_CORS_ORIGINS`",

@@ -57,10 +57,11 @@ class TaskRoles(pulumi.ComponentResource):
             policy=pulumi.Output.all(repository_arn, log_group_arn, secret_arn).apply(
                 lambda arns: execution_policy(*arns)),
             opts=child)
-        # The service's only AWS call: reading a published model (MODEL_URI) at start.
+        # The service reads published models (MODEL_URI) at start and writes captured records
+        # (capture.py); its ADOT sidecar writes metrics and traces (managed_prometheus.py).
         self.task_role = aws.iam.Role(
             f"{name}-task", name=f"{settings.prefix}-task",
-            description="The prediction service itself: reads published models only",
+            description="The task: reads published models, writes captured records; its ADOT sidecar writes to AMP and X-Ray",
             assume_role_policy=trust, tags=settings.tags, opts=child)
         if model_bucket is not None:
             from .models import model_read_policy

@@ -105,6 +105,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task-definition/{state['family']}:1"
         if args.typ == "aws:lb/targetGroup:TargetGroup":
             state["arnSuffix"] = f"targetgroup/{physical}/73e2d6bc24d8a067"
+        if args.typ == "aws:amp/workspace:Workspace":
+            workspace_id = "ws-0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+            state["arn"] = f"arn:aws:aps:{REGION}:{ACCOUNT_ID}:workspace/{workspace_id}"
+            state["prometheusEndpoint"] = f"https://aps-workspaces.{REGION}.amazonaws.com/workspaces/{workspace_id}/"
+            return workspace_id, state
         if args.typ == "aws:cloudwatch/logGroup:LogGroup":
             state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{physical}"
         return f"{args.name}-id", state
@@ -164,6 +169,8 @@ def task_container(stack: str = "prod") -> dict:
     """The service's container definition, as the program declares it for the committed stack."""
     import json
 
+    from .service import CONTAINER_NAME
+
     task = run_program(stack_config(stack)).one("aws:ecs/taskDefinition:TaskDefinition")
-    [definition] = json.loads(task.inputs["containerDefinitions"])
+    [definition] = [c for c in json.loads(task.inputs["containerDefinitions"]) if c["name"] == CONTAINER_NAME]
     return definition

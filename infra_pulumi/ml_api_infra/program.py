@@ -9,6 +9,7 @@ from .capture import CaptureBucket
 from .iam import TaskRoles
 from .image import ServiceImage
 from .models import ModelBucket
+from .managed_prometheus import ManagedPrometheus
 from .network import Network
 from .observability import LogGroups, Monitoring
 from .registry import Registry
@@ -30,6 +31,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
     roles = TaskRoles(name, settings, repository_arn=registry.repository.arn,
                       log_group_arn=logs.app.arn, secret_arn=secret_arn, model_bucket=models.bucket.bucket)
     capture = CaptureBucket(name, settings, task_role=roles.task_role) if settings.capture_percent else None
+    prometheus = ManagedPrometheus(name, settings, task_role_name=roles.task_role.name)
     edge = Edge(name, settings, vpc_id=network.vpc.id,
                 public_subnet_ids=[s.id for s in network.public_subnets],
                 waf_log_group_arn=logs.waf.arn)
@@ -40,7 +42,7 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         log_group_name=logs.app.name, execution_role_arn=roles.execution_role.arn,
         task_role_arn=roles.task_role.arn, target_group_arn=edge.target_group.arn,
         alb_security_group_id=edge.security_group.id, listener=edge.listener, secret_arn=secret_arn,
-        capture_uri=capture.uri if capture else None)
+        capture_uri=capture.uri if capture else None, remote_write_url=prometheus.remote_write_url)
     scaling = Scaling(name, settings, cluster_name=service.cluster.name,
                       service_name=service.service.name,
                       alb_arn_suffix=edge.load_balancer.arn_suffix,
@@ -73,4 +75,6 @@ def build(settings: StackSettings) -> dict[str, pulumi.Input]:
         "minCapacity": settings.min_capacity,
         "maxCapacity": settings.max_capacity,
         **({"captureUri": capture.uri} if capture else {}),
+        "prometheusWorkspaceId": prometheus.workspace.id,
+        "prometheusEndpoint": prometheus.workspace.prometheus_endpoint,
     }

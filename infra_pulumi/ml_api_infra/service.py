@@ -7,6 +7,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
+from .collector import with_collector
 from .settings import CONTAINER_PORT, StackSettings
 
 CONTAINER_NAME = "api"
@@ -48,7 +49,8 @@ def model_source_environment(settings: StackSettings) -> dict[str, str]:
 
 
 def container_definitions(settings: StackSettings, image: str, log_group: str,
-                          secret_arn: Optional[str], capture_uri: Optional[str] = None) -> list[dict]:
+                          secret_arn: Optional[str], capture_uri: Optional[str] = None,
+                          remote_write_url: Optional[str] = None) -> list[dict]:
     environment = {
         "XGB_WORKERS": str(settings.xgb_workers),
         "XGB_RANGE_CHECK": settings.range_check,
@@ -63,6 +65,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     if settings.model_tag:
         environment["MODEL_TAG"] = settings.model_tag
     environment.update(model_source_environment(settings))
+    if settings.trace_sample is not None:
+        environment["XGB_TRACE_SAMPLE"] = f"{settings.trace_sample:g}"
     if settings.candidate_tag:
         environment["XGB_CANDIDATE_TAG"] = settings.candidate_tag
         if settings.candidate_mode:
@@ -93,6 +97,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     }
     if secret_arn:
         container["secrets"] = [{"name": "XGB_API_KEY", "valueFrom": secret_arn}]
+    if remote_write_url:  # the ADOT sidecar: metrics to AMP, traces to X-Ray (collector.py)
+        return with_collector(container, settings.region, remote_write_url, log_group)
     return [container]
 
 
@@ -104,6 +110,7 @@ class Service(pulumi.ComponentResource):
                  alb_security_group_id: pulumi.Input[str], listener: pulumi.Resource,
                  secret_arn: Optional[pulumi.Input[str]] = None,
                  capture_uri: Optional[pulumi.Input[str]] = None,
+                 remote_write_url: Optional[pulumi.Input[str]] = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("ml-api:service:Service", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -121,7 +128,7 @@ class Service(pulumi.ComponentResource):
                      "description": "ECR, CloudWatch Logs, Secrets Manager"}],
             tags=settings.tags, opts=child)
 
-        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn, capture_uri).apply(
+        definitions = pulumi.Output.all(image_url, log_group_name, secret_arn, capture_uri, remote_write_url).apply(
             lambda args: container_definitions(settings, *args))
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task", family=settings.prefix,

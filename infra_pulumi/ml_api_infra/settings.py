@@ -89,6 +89,7 @@ class StackSettings:
     # and how long the capture bucket keeps them.
     capture_percent: float = 0.0
     capture_retention_days: int = 90
+    trace_sample: Optional[float] = None  # XGB_TRACE_SAMPLE; None: the service's default (1 %)
     api_key: Optional[pulumi.Output] = field(default=None, compare=False)
     # Edge. With domain_name + hosted_zone_id the program issues an ACM certificate validated in
     # that Route 53 zone and points the name at the ALB; certificate_arn uses an existing certificate
@@ -217,6 +218,8 @@ class StackSettings:
             fail("capturePercent", f"a percentage in [0, 100] (0: off), got {self.capture_percent}")
         if self.capture_retention_days < 1:
             fail("captureRetentionDays", f"must be at least 1, got {self.capture_retention_days}")
+        if self.trace_sample is not None and not 0 <= self.trace_sample <= 1:
+            fail("traceSample", f"a share of requests in [0, 1], got {self.trace_sample}")
         return self
 
 
@@ -240,6 +243,7 @@ CONFIG_KEYS = {
     "candidateMode": ("candidate_mode", "get"),
     "candidatePercent": ("candidate_percent", "get_float"),
     "shadowMinAgreement": ("shadow_min_agreement", "get_float"),
+    "traceSample": ("trace_sample", "get_float"),
     "xgbWorkers": ("xgb_workers", "get_int"),
     "rangeCheck": ("range_check", "get"),
     "corsOrigins": ("cors_origins", "get"),
