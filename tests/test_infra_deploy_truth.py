@@ -27,8 +27,10 @@ def prod() -> Program:
 
 
 def container(program: Program) -> dict:
-    [definition] = json.loads(program.one(TASK).inputs["containerDefinitions"])
-    return definition
+    """The service's container (the first; the ADOT collector sidecar follows)."""
+    definitions = json.loads(program.one(TASK).inputs["containerDefinitions"])
+    assert definitions[0]["name"] == "api", [d["name"] for d in definitions]
+    return definitions[0]
 
 
 # 1. the stack says which revision it registered

@@ -573,7 +573,8 @@ def test_capture_gets_a_private_encrypted_expiring_bucket_and_put_only_on_its_pr
     assert rule["status"] == "Enabled" and rule["expiration"]["days"] == 45 and rule["filter"]["prefix"] == "capture/", rule
     assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 1, rule
     task_role = program.one("aws:iam/role:Role", "-task")
-    [policy] = [p for p in program.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == f"{task_role.name}-id"]
+    policy = program.one("aws:iam/rolePolicy:RolePolicy", "-task-capture")
+    assert policy.inputs["role"] == f"{task_role.name}-id", policy.name
     [statement] = json.loads(policy.inputs["policy"])["Statement"]
     uri = program.outputs["captureUri"]
     bucket_arn = f"arn:aws:s3:::{uri.removeprefix('s3://').split('/')[0]}"
