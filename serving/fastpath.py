@@ -183,7 +183,7 @@ class PredictionRoutes:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
-            self.capture = self._service.capture
+            self.capture = getattr(self._service, "capture", None)
             bentoml_internals.bind_api_once(self._service, BATCHED_API)
             bentoml_internals.dispatch_without_holding(factory, BATCHED_API)
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
