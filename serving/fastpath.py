@@ -163,7 +163,7 @@ class PredictionRoutes:
             factory = bentoml_internals.find_app_factory(app, BATCHED_API)
             self._batched = bentoml_internals.batch_caller(factory, BATCHED_API)
             self._service = bentoml_internals.service_instance(factory)
-            self.capture = self._service.capture
+            self.capture = getattr(self._service, "capture", None)
             self.explanations = {version: ExplainBatcher(e, self.explain_pool) for version, e in self._service.explainers.items()}
         except Exception as exc:  # BentoMLInternalsChanged names the check; anything else is a change too
             error = f"not ready: BentoML internals changed ({exc}); update serving/bentoml_internals.py"
