@@ -79,7 +79,7 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     out = tmp_path / "results"
     args = ["--rounds", "1", "--goal-seconds", "2", "--sweep", "1,4", "--sweep-seconds", "1", "--warmup-seconds", "1",
             "--warm-starts", "0", "--open-rate", "100", "--quiet-wait", "0", "--out", str(out)]  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=420)
+    run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode in (0, EXIT_GOAL_MISSED), run.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
