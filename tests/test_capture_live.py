@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import REPO, exposed
-from loadtest.bench_servers import free_port
+from testkit.probes import exposed
+from testkit.servers import REPO, free_port
 from model_store import captured, dataset
 
 REQUESTS = 10_000

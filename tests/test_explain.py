@@ -34,7 +34,10 @@ def explain_batch(client, records: list[dict], query: str = "") -> list[dict]:
     """POST /explain_batch through `client` (app_client or live_client); the explanations."""
     response = client.post(f"/explain_batch{query}", json={"instances": records}, timeout=120)
     assert response.status_code == 200, response.text[:500]
-    return response.json()["explanations"]
+    explanations = response.json()["explanations"]
+    for i, explanation in enumerate(explanations):  # each record's own id: <the request's X-Request-ID>-<index>
+        assert explanation.pop("request_id") == f"{response.headers['x-request-id']}-{i}", explanation
+    return explanations
 
 
 def in_process(bundle, records: list[dict], **kwargs) -> np.ndarray:
@@ -53,6 +56,8 @@ def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(app_cl
     predictions = app_client.post(f"/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
     for i, (record, answer, prediction) in enumerate(zip(records, answers, predictions)):
         cls = answer["explained_class"]
+        # Batch records carry their own request id (<the request's>-<index>); the embedded prediction does not.
+        assert prediction.pop("request_id").endswith(f"-{i}")
         assert answer["prediction"] == prediction and cls == prediction["predicted_class"]  # the predicted class by default
         assert answer["model_version"] == bundle.version
         contributions = answer["contributions"]
