@@ -6,7 +6,7 @@ APT_PACKAGES += util-linux  # unshare, for that mount namespace
 OPS_STACK ?= prod
 OPS := $(PY) -m ops --stack $(OPS_STACK)
 
-.PHONY: test-deploy infra-preview aws-deploy aws-update aws-promote aws-rollback aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
+.PHONY: test-deploy infra-preview aws-deploy aws-update aws-promote aws-publish-model aws-rollback aws-status aws-report aws-health aws-logs aws-cleanup aws-scale aws-destroy
 test-deploy: install  ## Pulumi program policy tests (mocks) and ops tests (moto/Stubber)
 	$(PY) -m pytest tests/test_infra_*.py tests/test_ops_*.py
 
@@ -18,6 +18,9 @@ aws-deploy: model  ## pulumi preview, confirm (YES=1 skips), pulumi up (builds +
 
 aws-update: model  ## roll out a new image (IMAGE_TAG=... to reuse one already in ECR)
 	$(OPS) update $(if $(IMAGE_TAG),--image-tag $(IMAGE_TAG))
+
+aws-publish-model: install  ## upload a model from the store to the stack's model bucket (TAG=... default latest); prints its URI
+	$(OPS) publish-model $(TAG)
 
 aws-promote: install  ## make the running candidate model the primary (same image), wait
 	$(OPS) promote

@@ -101,6 +101,12 @@ def _download(s3, uri: ModelUri, path: str) -> None:
         raise ModelContractError(f"model {uri}: cannot read it from S3 ({type(exc).__name__}: {exc})") from None
 
 
+def _unwritable(exc: Exception) -> bool:
+    """A failure of the store rather than of the archive (a read-only filesystem, permissions)."""
+    return isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == 30) or \
+        type(exc).__name__ in ("ResourceReadOnly", "PermissionDenied")
+
+
 def import_model(uri: ModelUri, s3=None) -> str:
     """Download `uri` and import it into the store (unless its tag is there); returns the tag."""
     import bentoml
@@ -114,6 +120,9 @@ def import_model(uri: ModelUri, s3=None) -> str:
         try:
             model = bentoml.models.import_model(path)
         except Exception as exc:  # tarfile, fs and BentoML errors alike mean "not an exported model"
+            if _unwritable(exc):
+                raise ModelContractError(f"cannot import {uri}: the model store is not writable "
+                                         f"({type(exc).__name__}: {exc}); give the service a writable BENTOML_HOME") from None
             _forget(uri.tag)
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise ModelContractError(f"model {uri} is corrupt: not a `bentoml models export` archive "

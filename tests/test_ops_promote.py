@@ -100,7 +100,7 @@ def test_promote_without_a_candidate_changes_nothing(session, capsys):
     with stubber:
         assert main(["promote"], context=ctx) == 2
         stubber.assert_no_pending_responses()
-    assert "ml-api-prod:3 runs no candidate model (XGB_CANDIDATE_TAG): nothing to promote" in capsys.readouterr().err
+    assert "ml-api-prod:3 runs no candidate model (XGB_CANDIDATE_TAG or CANDIDATE_MODEL_URI): nothing to promote" in capsys.readouterr().err
     assert runner.commands == []
 
 
