@@ -25,6 +25,16 @@ def test_the_installed_libraries_are_the_pinned_ones():
 
 
 @pytest.mark.fast
+def test_the_modules_pins_are_requirements_ins():
+    from pathlib import Path
+
+    pinned = dict(line.split("==", 1) for line in (Path(__file__).resolve().parent.parent / "requirements.in").read_text().split()
+                  if "==" in line and not line.startswith("#"))  # fmt: skip
+    for distribution in ("bentoml", "uvicorn", "starlette", "xgboost-cpu"):
+        assert pins.PINS[distribution][0] == pinned[distribution], f"{distribution}: {pins.PINS[distribution][1]} and requirements.in disagree"
+
+
+@pytest.mark.fast
 def test_a_library_other_than_its_pin_is_named_with_the_module_to_recheck(caplog):
     found = pins.differences({"uvicorn": ("0.1.0", "serving/uvicorn_internals.py"), "no-such-dist": ("1.0", "x.py")})
     assert len(found) == 2

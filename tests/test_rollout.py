@@ -203,7 +203,7 @@ def test_canary_answers_from_both_models_at_about_the_set_share(server_factory, 
 @pytest.mark.parametrize("percent", [1, 10, 50, 90])
 def test_the_canary_share_of_records_stays_within_one_batch_of_the_set_share(models, percent):
     primary, candidate = models
-    rollout = Rollout(primary, candidate, "canary", percent, answer=None)
+    rollout = Rollout(primary, candidate, "canary", percent, score=None)
     sizes = np.random.default_rng(percent).integers(1, 40, 2000).tolist()
     answered = total_records = 0
     for n in sizes:
