@@ -99,7 +99,7 @@ class Server:
         self.log_path = Path(tempfile.mkstemp(prefix=f"testkit-{self.name}-", suffix=".log")[1])
         env = environment(self.env)
         if self.private_bentoml_home:
-            self._home = private_home(env.get("BENTOML_HOME") or str(Path.home() / "bentoml"))
+            self._home = private_home(env.get("BENTOML_HOME") or str(Path(env.get("HOME") or Path.home()) / "bentoml"))
             env["BENTOML_HOME"] = str(self._home)
         command = [part.replace("{port}", str(self.port)) for part in self.command]
         started = time.monotonic()

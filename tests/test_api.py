@@ -44,7 +44,7 @@ def test_predictions_equal_the_in_process_model(app_client):
 
 def test_batch_answers_in_request_order(live_client):
     records = sample_records(np.random.default_rng(11), 60)
-    response = live_client.post(f"/predict_batch", json={"instances": records}, timeout=30)
+    response = live_client.post("/predict_batch", json={"instances": records}, timeout=30)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert len(predictions) == len(records)
@@ -55,7 +55,7 @@ def test_batch_answers_in_request_order(live_client):
 
 def test_batch_of_the_documented_maximum_is_accepted(app_client):
     records = sample_records(np.random.default_rng(3), 5000)
-    response = app_client.post(f"/predict_batch", json={"instances": records}, timeout=60)
+    response = app_client.post("/predict_batch", json={"instances": records}, timeout=60)
     assert response.status_code == 200, response.text[:300]
     assert len(response.json()["predictions"]) == 5000
 
@@ -71,7 +71,7 @@ def test_probes_docs_and_metrics_answer(live_server, path, status):
 
 
 def test_openapi_documents_both_prediction_routes_with_the_feature_schema(app_client):
-    spec = app_client.get(f"/docs.json", timeout=10).json()
+    spec = app_client.get("/docs.json", timeout=10).json()
     assert {"/predict", "/predict_batch", "/healthz", "/livez", "/readyz", "/metrics"} <= spec["paths"].keys()
     record = spec["components"]["schemas"]["Record"]
     assert list(record["properties"]) == list(FEATURE_NAMES)
@@ -81,7 +81,7 @@ def test_openapi_documents_both_prediction_routes_with_the_feature_schema(app_cl
 
 
 def test_metadata_describes_the_default_model_from_the_store(app_client):
-    meta = app_client.get(f"/metadata", timeout=10).json()
+    meta = app_client.get("/metadata", timeout=10).json()
     bundle = load_bundle()
     assert meta["tag"] == bundle.tag and meta["version"] == bundle.version and meta["task"] == "multiclass"
     assert [f["name"] for f in meta["features"]] == list(FEATURE_NAMES) and meta["class_names"] == list(CLASS_NAMES)
@@ -89,18 +89,18 @@ def test_metadata_describes_the_default_model_from_the_store(app_client):
                                    "nullable": False, "description": "age in years"}  # fmt: skip
     assert meta["example"] == EXAMPLE_RECORD and meta["metrics"] == bundle.metadata["metrics"]
     assert meta["data_sha256"] == bundle.metadata["data_sha256"] and meta["created"] == bundle.created
-    spec = app_client.get(f"/docs.json", timeout=10).json()
+    spec = app_client.get("/docs.json", timeout=10).json()
     assert spec["paths"]["/metadata"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelCard")
 
 
 def test_internal_batching_api_is_not_reachable(app_client):
-    response = app_client.post(f"/predict_rows", json=[[float("1")] * 36], timeout=10)
+    response = app_client.post("/predict_rows", json=[[float("1")] * 36], timeout=10)
     assert response.status_code == 404
 
 
 def test_metrics_expose_bentoml_and_model_series(live_client):
     predict(live_client, EXAMPLE_RECORD)
-    text = live_client.get(f"/metrics", timeout=10).text
+    text = live_client.get("/metrics", timeout=10).text
     for name in (
         "bentoml_service_request_total",
         "bentoml_service_request_duration_seconds_bucket",
@@ -135,8 +135,8 @@ def test_prediction_requests_are_counted_in_bentoml_request_metrics(live_client)
     for _ in range(3):
         assert predict(live_client, EXAMPLE_RECORD).status_code == 200
     assert predict(live_client, {**EXAMPLE_RECORD, "feat1": "x"}).status_code == 422
-    assert live_client.get(f"/predict", timeout=10).status_code == 405
-    assert live_client.post(f"/predict_batch", json={"instances": [EXAMPLE_RECORD]}, timeout=10).status_code == 200
+    assert live_client.get("/predict", timeout=10).status_code == 405
+    assert live_client.post("/predict_batch", json={"instances": [EXAMPLE_RECORD]}, timeout=10).status_code == 200
     after = _request_series(live_client.base_url)
 
     def grew(metric: str, endpoint: str, status: str) -> float:

@@ -99,12 +99,12 @@ def test_with_an_api_key_the_page_offers_authorize_and_try_it_out_sends_the_key(
 
 
 def test_an_unknown_path_answers_json_like_every_other_error(app_client):
-    answer = app_client.get(f"/x", timeout=10)
+    answer = app_client.get("/x", timeout=10)
     assert (answer.status_code, answer.headers["content-type"]) == (404, "application/json")
     assert answer.json() == {"error": "not found: /x", "detail": []}
-    wrong_method = app_client.post(f"/healthz", timeout=10)
+    wrong_method = app_client.post("/healthz", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.json()["error"].startswith("method POST not allowed on /healthz")
-    assert app_client.post(f"/", timeout=10).json() == {"error": "method POST not allowed on /: use GET", "detail": []}
+    assert app_client.post("/", timeout=10).json() == {"error": "method POST not allowed on /: use GET", "detail": []}
 
 
 def get(url: str, path: str, accept_encoding: str | None) -> http.client.HTTPResponse:

@@ -53,7 +53,7 @@ def test_explanations_are_xgboost_exact_treeshap_and_add_up_to_the_margin(app_cl
     exact = in_process(bundle, records, pred_contribs=True)  # (rows, classes, features + 1)
     saabas = in_process(bundle, records, pred_contribs=True, approx_contribs=True)
     margins = in_process(bundle, records, output_margin=True)
-    predictions = app_client.post(f"/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
+    predictions = app_client.post("/predict_batch", json={"instances": records}, timeout=30).json()["predictions"]
     for i, (record, answer, prediction) in enumerate(zip(records, answers, predictions)):
         cls = answer["explained_class"]
         # Batch records carry their own request id (<the request's>-<index>); the embedded prediction does not.
@@ -147,10 +147,10 @@ def test_extreme_values_are_explained_as_they_are_predicted(app_client):
     record = sample_records(np.random.default_rng(28), 1)[0]
     for value in (1e308, -1e308, 1e39):
         extreme = {**record, next(iter(record)): value}
-        explained = app_client.post(f"/explain", json=extreme, timeout=30)
+        explained = app_client.post("/explain", json=extreme, timeout=30)
         assert explained.status_code == 200, explained.text
         answer = explained.json()
-        assert answer["prediction"] == app_client.post(f"/predict", json=extreme, timeout=30).json()
+        assert answer["prediction"] == app_client.post("/predict", json=extreme, timeout=30).json()
         assert answer["base_value"] + sum(answer["contributions"].values()) == pytest.approx(answer["margin"], abs=1e-4)
 
 
@@ -171,15 +171,15 @@ def test_a_bad_query_parameter_is_a_422_naming_it(app_client, bundle, query, par
 @pytest.mark.parametrize("name", CASES)
 def test_explain_refuses_what_predict_refuses_the_same_way(app_client, name):
     body = CASES[name][0]
-    predict = app_client.post(f"/predict", data=body, headers=JSON, timeout=10)
-    explain = app_client.post(f"/explain", data=body, headers=JSON, timeout=10)
+    predict = app_client.post("/predict", data=body, headers=JSON, timeout=10)
+    explain = app_client.post("/explain", data=body, headers=JSON, timeout=10)
     assert (explain.status_code, explain.json()) == (predict.status_code, predict.json())
 
 
 @pytest.mark.parametrize("n", [0, MAX_EXPLAIN_RECORDS + 1])
 def test_explain_batch_size_is_limited(app_client, n):
     records = sample_records(np.random.default_rng(25), n)
-    response = app_client.post(f"/explain_batch", json={"instances": records}, timeout=30)
+    response = app_client.post("/explain_batch", json={"instances": records}, timeout=30)
     assert response.status_code == 422, response.text[:300]
     assert "instances" in response.json()["error"] and response.json()["detail"][0]["loc"][0] == "instances"
 

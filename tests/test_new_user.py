@@ -31,7 +31,7 @@ def test_plain_bentoml_serve_in_a_fresh_clone_serves_the_model_make_train_regist
     tag = tags[0]
     assert (home / "bentoml" / "models" / "xgb_classifier" / tag.split(":")[1]).is_dir()
 
-    server = bentoml_serve(env, workers=1, cwd=clone, service=())
+    server = bentoml_serve(env, workers=1, cwd=clone, service=(), private_bentoml_home=False)  # BentoML's default store
     try:
         server.start(timeout=120)
         answer = requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=30)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 
+from testkit.waiting import NotReady, wait_until
 from testkit.probes import fuzz, listeners, meanwhile, samples, total, worker_pids
 from testkit.servers import REPO
 from model_store.dataset import EXAMPLE_RECORD, sample_records
@@ -84,10 +85,8 @@ def test_overload_answers_only_200_or_503_with_retry_after_and_health_stays_fast
     print(f"400 requests at once: {len(answers) - len(rejected)} answered, {len(rejected)} refused")
     assert rejected and {status for status, _, _ in answers} <= {200, 503}
     assert all(headers.get("retry-after") == "1" and "overloaded" in json.loads(body)["error"] for headers, body in rejected)
-    started = time.monotonic()
-    while requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=5).status_code != 200:
-        assert time.monotonic() - started < 5, "not back to normal within 5 s"
-        time.sleep(0.1)
+    wait_until(lambda: requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=5).status_code == 200,
+               5, "/predict back to normal (a 200) within 5 s")
 
 
 def test_sigterm_finishes_every_request_in_flight(server_factory):
@@ -133,9 +132,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_fact
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
-    while len(worker_pids(server) - {victim}) < 2:
-        assert time.monotonic() - killed_at < 30, "the killed worker was not replaced"
-        time.sleep(0.1)
+    wait_until(lambda: len(worker_pids(server) - {victim}) >= 2, 30, "the killed worker's replacement")
     replaced_in = time.monotonic() - killed_at
     load.join()
     output = result["out"]
@@ -152,10 +149,11 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(server_fact
     assert requests.post(f"{server.url}/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
     # The replacement listens on a socket of its own once it has started; the dead worker's is gone.
     port = int(server.url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + 60
-    while sorted(map(sorted, listeners(port))) != sorted([pid] for pid in worker_pids(server)):
-        assert time.monotonic() < deadline, f"listening sockets {listeners(port)}, workers {worker_pids(server)}"
-        time.sleep(0.2)
+    try:
+        wait_until(lambda: sorted(map(sorted, listeners(port))) == sorted([pid] for pid in worker_pids(server)), 60,
+                   "one listening socket per live worker", 0.2)
+    except NotReady:
+        pytest.fail(f"listening sockets {listeners(port)}, workers {worker_pids(server)}")
 
 
 def serve_until_exit(env: dict[str, str], timeout: float = 120, service: tuple[str, ...] = ("service:XGBoostService",)) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ def keyed_server(server_factory):
 
 
 def test_no_key_is_needed_by_default(app_client):
-    assert app_client.post(f"/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
+    assert app_client.post("/predict", json=EXAMPLE_RECORD, timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""}])
@@ -50,7 +50,7 @@ def test_the_right_key_is_accepted_and_probes_stay_open(keyed_server):
 
 
 def test_cors_is_off_by_default(app_client):
-    response = app_client.post(f"/predict", json=EXAMPLE_RECORD, headers={"Origin": "https://evil.example.com"}, timeout=10
+    response = app_client.post("/predict", json=EXAMPLE_RECORD, headers={"Origin": "https://evil.example.com"}, timeout=10
     )
     assert "access-control-allow-origin" not in response.headers
 

@@ -47,7 +47,7 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_bad_single_record_is_refused_with_json(app_client, name):
     body, status, field = CASES[name]
-    response = app_client.post(f"/predict", data=body, headers=JSON, timeout=10)
+    response = app_client.post("/predict", data=body, headers=JSON, timeout=10)
     assert response.status_code == status, response.text
     error = response.json()
     assert error["error"], "the error must say what is wrong"
@@ -59,18 +59,18 @@ def test_bad_single_record_is_refused_with_json(app_client, name):
 
 def test_all_problems_are_listed_not_just_the_first(app_client):
     body = json.dumps({**{k: v for k, v in EXAMPLE_RECORD.items() if k != "feat9"}, "feat1": "x", "extra": 1})
-    error = app_client.post(f"/predict", data=body, headers=JSON, timeout=10).json()
+    error = app_client.post("/predict", data=body, headers=JSON, timeout=10).json()
     named = {d["loc"][-1] for d in error["detail"]}
     assert {"feat1", "feat9", "extra"} <= named
 
 
 def test_integers_are_numbers_too(app_client):
     body = {k: int(v) for k, v in EXAMPLE_RECORD.items()}
-    assert app_client.post(f"/predict", json=body, timeout=10).status_code == 200
+    assert app_client.post("/predict", json=body, timeout=10).status_code == 200
 
 
 def test_wrong_content_type_is_415(app_client):
-    response = app_client.post(f"/predict", data=json.dumps(EXAMPLE_RECORD), headers={"Content-Type": "text/plain"}, timeout=10
+    response = app_client.post("/predict", data=json.dumps(EXAMPLE_RECORD), headers={"Content-Type": "text/plain"}, timeout=10
     )
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]
@@ -167,7 +167,7 @@ def test_a_client_that_never_ends_its_body_is_cut_off(live_server):
 
 
 def test_get_on_predict_is_405(app_client):
-    response = app_client.get(f"/predict", timeout=10)
+    response = app_client.get("/predict", timeout=10)
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
 
@@ -184,7 +184,7 @@ def test_get_on_predict_is_405(app_client):
     ids=["empty", "over the maximum", "wrong key", "bad record names its index", "not a list"],
 )
 def test_bad_batch_is_refused(app_client, body, status, named):
-    response = app_client.post(f"/predict_batch", json=body, timeout=30)
+    response = app_client.post("/predict_batch", json=body, timeout=30)
     assert response.status_code == status, response.text[:300]
     assert named in response.json()["error"]
 
