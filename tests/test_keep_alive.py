@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ServerProcess
+from testkit.servers import Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra_pulumi"))
 from ml_api_infra.service import serve_command  # noqa: E402
@@ -35,7 +35,7 @@ def answered(sock: socket.socket) -> bytes:
     return data
 
 
-def idle_then_request(server: ServerProcess, idle: float) -> bytes:
+def idle_then_request(server: Server, idle: float) -> bytes:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         assert answered(sock).startswith(b"HTTP/1.1 200"), server.log()[-2000:]
         time.sleep(idle)

@@ -16,7 +16,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from conftest import BENTOML, REPO, ServerProcess, environment, free_port
+from testkit.servers import BENTOML, REPO, bentoml_serve, environment, free_port
 from model_store.source import ModelUri, import_configured_models, publish
 
 BUCKET = "ml-api-prod-models-123456789012"
@@ -71,8 +71,9 @@ def error_lines(output: str) -> list[str]:
 def test_a_real_server_serves_the_model_published_to_s3(published, s3_endpoint):
     endpoint, _s3 = s3_endpoint
     home = empty_home()
-    server = ServerProcess(s3_env(endpoint, home, MODEL_URI=str(published)), workers=2).start(timeout=120)
+    server = bentoml_serve(s3_env(endpoint, home, MODEL_URI=str(published)), workers=2, private_bentoml_home=False)
     try:
+        server.start(timeout=120)
         metadata = requests.get(f"{server.url}/metadata", timeout=5).json()
         assert published.version in str(metadata), metadata
         example = requests.get(f"{server.url}/schema.json", timeout=5)
