@@ -39,7 +39,7 @@ from .bundle import ModelContractError, bundle_from_bytes, export_bundle
 from .scoring import REJECT_SCHEMA, ScoreError, Scorer
 
 PART_BYTES = 16 << 20  # CSV bytes per part: the unit of parallel work, progress and resume
-BLOCK_BYTES = 1 << 20  # CSV bytes parsed at a time inside a part: bounds a worker's memory
+BLOCK_BYTES = 4 << 20  # CSV bytes parsed at a time inside a part: bounds a worker's memory
 PARQUET_BATCH_ROWS = 65_536
 PARQUET_PART_ROWS = 500_000  # row groups are grouped into parts of about this many rows
 INPUT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -229,7 +229,9 @@ def _write(scorer: Scorer, part: Part, types: pa.Schema, path: str, fs: pafs.Fil
             rejects += scored.rejects
             out_of_range += scored.out_of_range
             if fmt == "parquet":
-                writer = writer or pq.ParquetWriter(stream, scored.table.schema)
+                # Dictionary-encoding is tried on every column by default; only text gains from it (half the write time)
+                writer = writer or pq.ParquetWriter(stream, scored.table.schema,
+                                                    use_dictionary=[f.name for f in scored.table.schema if pa.types.is_string(f.type)])
                 writer.write_table(scored.table)
             else:
                 stream.write(csv_text(scored.table, header))
