@@ -8,7 +8,6 @@ missing values, named classes and regression (trained into a private store of th
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
