@@ -274,3 +274,32 @@ def test_a_category_the_model_does_not_know_is_rejected(user_model, tmp_path):
     (reject,) = list(csv.DictReader((tmp_path / "out" / "_rejects.csv").open()))
     assert (reject["row"], reject["field"], reject["value"]) == ("5", category.name, "platinum")
     assert "'platinum' is not one of" in reject["reason"]
+
+
+def test_s3_input_and_output_through_a_real_s3_endpoint(default_bundle, feature_files, tmp_path):
+    """moto's server mode: a real HTTP S3 endpoint that pyarrow's S3FileSystem talks to (AWS_ENDPOINT_URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from loadtest.bench_servers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="tables")
+        s3.upload_file(str(feature_files[1]), "tables", "in/day=1/features.csv")
+        result = score_cli("--input", "s3://tables/in/", "--output", "s3://tables/out", "--model", str(default_bundle),
+                           "--id-column", "customer_id", env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="tables", Prefix="out/")["Contents"])
+        (part,) = [k for k in keys if k.endswith(".parquet") and "/_" not in k]
+        local = tmp_path / "part.parquet"
+        s3.download_file("tables", part, str(local))
+        assert pq.read_table(local).column("customer_id").to_pylist() == [f"c{i:04d}" for i in range(ROWS)]
+        assert "out/_rejects.csv" in keys and not [k for k in keys if "/_tmp/" in k and not k.endswith("/")]
+    finally:
+        server.stop()
