@@ -120,6 +120,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .score import EXIT_TOO_MANY_REJECTS, load_model
 
+    if args.explain:
+        raise ScoreError("--explain is not available with --spark (exact TreeSHAP costs ~10x a prediction): score explanations locally")
     started = time.monotonic()
     bundle_bytes = load_model(args.model)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors' Python: this one, with pyarrow and xgboost

@@ -140,6 +140,18 @@ def test_bad_rows_go_to_the_rejects_file_with_their_row_field_and_reason(default
     assert "rejected 4 (8.00%)" in again.stdout and "feat1 1" in again.stdout, again.stdout
 
 
+def test_rows_are_numbered_within_their_file_when_a_csv_is_cut_into_parts(default_bundle, tmp_path):
+    path = bad_csv(tmp_path)
+    out = tmp_path / "out"
+    result = score_cli("--input", str(path), "--output", str(out), "--model", str(default_bundle), "--part-bytes", "1500",
+                       "--max-reject-rate", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parts = int(result.stdout.split(" part(s)")[0].rsplit(" ", 1)[1])
+    assert parts >= 5, result.stdout
+    assert [int(r["row"]) for r in csv.DictReader((out / "_rejects.csv").open())] == [3, 9, 12, 20]
+    assert output(out).num_rows == 46
+
+
 def test_a_header_without_a_feature_or_with_unknown_columns_is_refused_before_scoring(default_bundle, tmp_path):
     path = tmp_path / "wrong.csv"
     names = [n for n in dataset.FEATURE_NAMES if n != "feat7"] + ["colour", "size"]
