@@ -315,3 +315,13 @@ def test_s3_input_and_output_through_a_real_s3_endpoint(default_bundle, feature_
         assert "out/_rejects.csv" in keys and not [k for k in keys if "/_tmp/" in k and not k.endswith("/")]
     finally:
         server.stop()
+
+
+def test_the_docs_state_the_codes_defaults_and_goal():
+    from loadtest import bench_score
+    from model_store import score
+
+    doc = " ".join((REPO / "docs/batch-scoring.md").read_text().split())
+    assert f"~{score.PART_BYTES >> 20} MiB parts" in doc and f"(default {score.PART_BYTES >> 20} MiB)" in doc
+    assert f"{score.BLOCK_BYTES >> 20} MiB blocks / {score.PARQUET_BATCH_ROWS // 1024}k-row batches" in doc
+    assert f">= {bench_score.MIN_ROWS_PER_S:,} rows/s" in doc and f"<= {bench_score.MAX_RSS_BYTES >> 30} GiB peak RSS" in doc
