@@ -16,7 +16,9 @@
    alone: `make bench-capture`).
 10. Tracing (issue 21): /predict at 64 connections with tracing at the default rate and off
    (loadtest/bench_tracing.py); alone: `python -m loadtest.bench --only tracing`.
-11. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
+11. Batch scoring (issue 23, loadtest/bench_score.py): a 2M-row CSV -> Parquet, local and on Spark;
+   alone with `--only score` (writes bench_score.json).
+12. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
 """
 
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import bench_capture, bench_load, bench_report, bench_rollout, bench_tracing
+from . import bench_capture, bench_load, bench_report, bench_rollout, bench_score, bench_tracing
 from .bench_servers import REPO, Server, ServerError, baseline, interleaved, our_service
 from .traffic import ServedModel
 
@@ -252,8 +254,9 @@ def run_in(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for key in ("generator_cpu_share", "background_cpu_share"):
         shares = [r[key] for r in runs]
         results[key] = {"mean": round(statistics.mean(shares), 4), "max": round(max(shares), 4)}
+    results["score"] = bench_score.measure(args.score_rows, args.spark_rows, log)
     results["capacity"] = bench_report.capacity(results)
-    results["goals"] = bench_report.evaluate(results)
+    results["goals"] = bench_report.evaluate(results) + bench_score.goals(results["score"])
     results["all_goals_met"] = all(v["met"] for v in results["goals"])
     return results
 
@@ -269,7 +272,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--open-rate", type=float, default=1000, help="offered req/s of the open-loop run")
     p.add_argument("--quiet-wait", type=float, default=120, help="max seconds to wait for other jobs to leave the box idle")
     p.add_argument("--warm-starts", type=int, default=2, help="extra measured starts before the main one")
-    p.add_argument("--only", choices=["tracing"], help="run only this goal (writes bench_<goal>.json)")
+    p.add_argument("--only", choices=["tracing", "score"],
+                   help="run one goal alone (writes bench_<goal>.json): tracing (loadtest/bench_tracing.py), score = batch scoring (loadtest/bench_score.py)")
+    p.add_argument("--score-rows", type=int, default=2_000_000, help="rows of the batch-scoring CSV")
+    p.add_argument("--spark-rows", type=int, default=2_000_000, help="rows scored on Spark local mode")
     return p.parse_args(argv)
 
 
@@ -301,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ServerError, bench_load.GeneratorError) as exc:
             print(f"bench: harness error: {exc}", file=sys.stderr)
             return EXIT_HARNESS_ERROR
+    if args.only == "score":
+        return only_score(args)
     started = time.monotonic()
     try:
         results = run(args)
@@ -313,7 +321,28 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     bench_report.plot(results, out_dir / "bench.png")
     print(bench_report.table(results))
+    print(bench_score.table(results["score"]))
     log(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'} ({results['bench_seconds']:.0f} s)")
+    return 0 if results["all_goals_met"] else EXIT_GOAL_MISSED
+
+
+def only_score(args: argparse.Namespace) -> int:
+    """`--only score`: the batch-scoring goal alone, on a quiet box, into bench_score.json."""
+    results: dict[str, Any] = {"machine": bench_report.machine_info(), "settings": vars(args)}
+    results["machine"]["busy_share_before_start"] = round(wait_for_quiet_box(args.quiet_wait), 3)
+    try:
+        results["score"] = bench_score.measure(args.score_rows, args.spark_rows, log)
+    except RuntimeError as exc:
+        print(f"bench: harness error: {exc}", file=sys.stderr)
+        return EXIT_HARNESS_ERROR
+    results["goals"] = bench_score.goals(results["score"])
+    results["all_goals_met"] = all(v["met"] for v in results["goals"])
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench_score.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(bench_score.table(results["score"]))
+    for g in results["goals"]:
+        print(f"  {'met ' if g['met'] else 'MISS'}  {g['goal']}: {g['value']:,} (target {g['target']})")
     return 0 if results["all_goals_met"] else EXIT_GOAL_MISSED
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .bundle import bundle_from_bytes
-from .scoring import NUMBER, Scorer
+from .scoring import NUMBER, Scorer, ScoreError
 
 REJECT_COLUMN = "reject"
 _SCORERS: dict[tuple[str, str, str | None], Scorer] = {}  # per executor Python worker: loaded once
@@ -97,6 +97,22 @@ def score_dataframe(df: Any, bundle_bytes: bytes, *, range_check: str = "warn", 
     return df.mapInArrow(score, from_arrow_schema(out_schema))
 
 
+def read_input(spark: Any, uri: str) -> Any:
+    """The CSV (header row, every column text: the Scorer checks it) or Parquet files at `uri`, as one DataFrame."""
+    from .score import filesystem, input_files
+
+    fs, path = filesystem(uri)
+    files = input_files(fs, path)
+    formats = {fmt for _, fmt, _ in files}
+    if len(formats) > 1:
+        raise ScoreError(f"{uri}: holds both CSV and Parquet files; Spark scores one format at a time")
+    scheme = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+    paths = [scheme + p if scheme else p for p, _, _ in files]
+    if formats == {"csv"}:
+        return spark.read.option("header", True).option("inferSchema", False).csv(paths)
+    return spark.read.parquet(*paths)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """`python -m model_store.score --spark`: read IN with Spark, write OUT (Parquet or CSV) and OUT/_rejects."""
     from pyspark import StorageLevel
@@ -104,14 +120,13 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .score import EXIT_TOO_MANY_REJECTS, load_model
 
+    if args.explain:
+        raise ScoreError("--explain is not available with --spark (exact TreeSHAP costs ~10x a prediction): score explanations locally")
     started = time.monotonic()
     bundle_bytes = load_model(args.model)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors' Python: this one, with pyarrow and xgboost
     spark = SparkSession.builder.appName("model_store.score").getOrCreate()
-    path = args.input
-    fmt = "csv" if path.rstrip("/").lower().endswith(".csv") else "parquet"
-    reader = spark.read.option("header", True).option("inferSchema", False) if fmt == "csv" else spark.read
-    df = reader.format(fmt).load(path)
+    df = read_input(spark, args.input)
     scored = score_dataframe(df, bundle_bytes, range_check=args.range_check, id_column=args.id_column).persist(StorageLevel.MEMORY_AND_DISK)
     good = scored.filter(f"{REJECT_COLUMN} IS NULL").drop(REJECT_COLUMN)
     (good.write.mode("overwrite").option("header", True).csv(args.output) if args.format == "csv" else good.write.mode("overwrite").parquet(args.output))

@@ -12,7 +12,7 @@ number, the field and the reason; the rest are predicted and get /predict's answ
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -231,10 +231,3 @@ def explain_fields(schema: Any) -> list[pa.Field]:
 def _missing(f: Feature) -> str:
     return f"{f.name!r} is required: empty or null, and the model has no missing values for it"
 
-
-def score_batches(scorer: Scorer, batches: Iterator[pa.RecordBatch]) -> Iterator[Scored]:
-    first = 0
-    for batch in batches:
-        scored = scorer.score(batch, first)
-        first += scored.rows
-        yield scored

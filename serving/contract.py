@@ -18,7 +18,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import Annotated, TypedDict
 
-from model_store.answers import RangeCheck, allowed, class_columns, predicted, value_column
+from model_store.answers import RangeCheck, allowed, class_columns, predicted, value_column  # noqa: F401  (predicted, allowed: used from here too)
 from model_store.bundle import encode
 from model_store.schema import Feature, ModelSchema
 

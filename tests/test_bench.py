@@ -78,7 +78,8 @@ def test_report_blocks_replace_only_their_marked_sections(tmp_path):
 def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     out = tmp_path / "results"
     args = ["--rounds", "1", "--goal-seconds", "2", "--sweep", "1,4", "--sweep-seconds", "1", "--warmup-seconds", "1",
-            "--warm-starts", "0", "--open-rate", "100", "--quiet-wait", "0", "--out", str(out)]  # fmt: skip
+            "--warm-starts", "0", "--open-rate", "100", "--quiet-wait", "0", "--score-rows", "20000", "--spark-rows", "5000",
+            "--out", str(out)]  # fmt: skip
     run = subprocess.run([sys.executable, "-m", "loadtest.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode in (0, EXIT_GOAL_MISSED), run.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
@@ -134,7 +135,8 @@ def test_tiny_bench_run_writes_consistent_results(bentoml_home, tmp_path):
     assert tracing["off"][0]["ok"] > 0 and tracing["default"][0]["ok"] > 0
 
     goals = {g["goal"]: g for g in results["goals"]}
-    assert len(goals) == 16
+    assert len(goals) == 19
+    assert goals["9. batch scoring 20000-row CSV -> Parquet, local: rows/s"]["value"] > 0
     relative = goals["8. /predict @64 conns, tracing 1 % / off: req/s"]["value"]
     assert math.isclose(relative, tracing["default"][0]["rps"] / tracing["off"][0]["rps"], abs_tol=0.001)
     ratio = goals["1. /predict @64 conns: req/s ratio vs baseline"]["value"]

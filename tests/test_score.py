@@ -8,7 +8,6 @@ missing values, named classes and regression (trained into a private store of th
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
@@ -139,6 +138,18 @@ def test_bad_rows_go_to_the_rejects_file_with_their_row_field_and_reason(default
     again = score_cli("--input", str(path), "--output", str(tmp_path / "warn"), "--model", str(default_bundle), "--max-reject-rate", "0.1")
     assert again.returncode == 0, again.stderr
     assert "rejected 4 (8.00%)" in again.stdout and "feat1 1" in again.stdout, again.stdout
+
+
+def test_rows_are_numbered_within_their_file_when_a_csv_is_cut_into_parts(default_bundle, tmp_path):
+    path = bad_csv(tmp_path)
+    out = tmp_path / "out"
+    result = score_cli("--input", str(path), "--output", str(out), "--model", str(default_bundle), "--part-bytes", "1500",
+                       "--max-reject-rate", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parts = int(result.stdout.split(" part(s)")[0].rsplit(" ", 1)[1])
+    assert parts >= 5, result.stdout
+    assert [int(r["row"]) for r in csv.DictReader((out / "_rejects.csv").open())] == [3, 9, 12, 20]
+    assert output(out).num_rows == 46
 
 
 def test_a_header_without_a_feature_or_with_unknown_columns_is_refused_before_scoring(default_bundle, tmp_path):
@@ -275,3 +286,42 @@ def test_a_category_the_model_does_not_know_is_rejected(user_model, tmp_path):
     (reject,) = list(csv.DictReader((tmp_path / "out" / "_rejects.csv").open()))
     assert (reject["row"], reject["field"], reject["value"]) == ("5", category.name, "platinum")
     assert "'platinum' is not one of" in reject["reason"]
+
+
+def test_s3_input_and_output_through_a_real_s3_endpoint(default_bundle, feature_files, tmp_path):
+    """moto's server mode: a real HTTP S3 endpoint that pyarrow's S3FileSystem talks to (AWS_ENDPOINT_URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from loadtest.bench_servers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="tables")
+        s3.upload_file(str(feature_files[1]), "tables", "in/day=1/features.csv")
+        result = score_cli("--input", "s3://tables/in/", "--output", "s3://tables/out", "--model", str(default_bundle),
+                           "--id-column", "customer_id", env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="tables", Prefix="out/")["Contents"])
+        (part,) = [k for k in keys if k.endswith(".parquet") and "/_" not in k]
+        local = tmp_path / "part.parquet"
+        s3.download_file("tables", part, str(local))
+        assert pq.read_table(local).column("customer_id").to_pylist() == [f"c{i:04d}" for i in range(ROWS)]
+        assert "out/_rejects.csv" in keys and not [k for k in keys if "/_tmp/" in k and not k.endswith("/")]
+    finally:
+        server.stop()
+
+
+def test_the_docs_state_the_codes_defaults_and_goal():
+    from loadtest import bench_score
+    from model_store import score
+
+    doc = " ".join((REPO / "docs/batch-scoring.md").read_text().split())
+    assert f"~{score.PART_BYTES >> 20} MiB parts" in doc and f"(default {score.PART_BYTES >> 20} MiB)" in doc
+    assert f"{score.BLOCK_BYTES >> 20} MiB blocks / {score.PARQUET_BATCH_ROWS // 1024}k-row batches" in doc
+    assert f">= {bench_score.MIN_ROWS_PER_S:,} rows/s" in doc and f"<= {bench_score.MAX_RSS_BYTES >> 30} GiB peak RSS" in doc

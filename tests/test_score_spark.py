@@ -16,8 +16,6 @@ from model_store.bundle import bundle_from_bytes
 from model_store.scoring import answer_fields
 from test_score import answers, bad_csv, default_bundle, feature_files, output, score_cli, served_answers  # noqa: F401  (fixtures)
 
-pyspark = pytest.importorskip("pyspark")  # pinned in requirements.lock: present wherever `make test` runs
-
 
 @pytest.fixture(scope="module")
 def spark():
