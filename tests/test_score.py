@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-import byom_datasets
-from conftest import REPO, environment
 from model_store import dataset
 from model_store.bundle import bundle_from_bytes
 from model_store.scoring import answer_fields
+from testkit import byom_datasets
+from testkit.servers import REPO, environment
 
 ROWS = 400
 
