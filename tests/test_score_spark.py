@@ -14,7 +14,7 @@ import pytest
 
 from model_store.bundle import bundle_from_bytes
 from model_store.scoring import answer_fields
-from test_score import answers, bad_csv, default_bundle, feature_files, output, score_cli, served_answers  # noqa: F401  (fixtures)
+from testkit.scoring import answers, bad_csv, default_bundle, feature_files, output, score_cli, served_answers  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
