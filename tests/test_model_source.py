@@ -157,15 +157,24 @@ print(publish(str(tag), sys.argv[2], "models"))
 
 
 @pytest.fixture(scope="module")
-def built_bento(bentoml_home) -> Path:
-    """`bentoml build` of this checkout into the test store, as container/containerize.sh runs it."""
-    done = subprocess.run([BENTOML, "build", "-o", "tag"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=environment({"BENTOML_HOME": bentoml_home, "MODEL_TAG": None, "MODEL_URI": None, "CANDIDATE_MODEL_URI": None}))
+def built_bento(bentoml_home, tmp_path_factory) -> Path:
+    """The Bento as the image holds it at $BENTO_PATH: `bentoml build` of this checkout (as
+    container/containerize.sh runs it), with its models/ beside it, as `bentoml containerize` copies
+    them into the build context and `bentoml export` packs them."""
+    import tarfile
+
+    env = environment({"BENTOML_HOME": bentoml_home, "MODEL_TAG": None, "MODEL_URI": None, "CANDIDATE_MODEL_URI": None})
+    done = subprocess.run([BENTOML, "build", "-o", "tag"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     [tag] = [line.removeprefix("__tag__:") for line in done.stdout.splitlines() if line.startswith("__tag__:")]
-    name, version = tag.split(":")
-    bento = Path(bentoml_home) / "bentos" / name / version
-    assert (bento / "models" / "xgb_classifier").is_dir(), "the Bento packs its model: BentoML then serves from the Bento's store"
+    work = tmp_path_factory.mktemp("bento")
+    exported = subprocess.run([BENTOML, "export", tag, str(work / "service.bento")], capture_output=True, text=True, timeout=300, env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    bento = work / "bento"
+    with tarfile.open(work / "service.bento") as archive:
+        archive.extractall(bento, filter="data")
+    assert (bento / "bento.yaml").is_file() and list((bento / "models" / "xgb_classifier").iterdir()), \
+        "the Bento holds its model: BentoML then serves from the Bento's own store"
     return bento
 
 
