@@ -9,7 +9,8 @@ $BENTOML_HOME/models (`bentoml models import`; model_store/stores.py: serving a 
 reads the Bento's own read-only store, so the import goes to the writable home and the lookup follows
 it), and MODEL_TAG / XGB_CANDIDATE_TAG are set to its tag, so the service then resolves and checks it
 exactly as a model trained into the store (model_store/bundle.py). A model already in a store under
-that tag is not downloaded again: the arbiter imports it before it starts workers, the workers find it. The S3 endpoint is boto3's: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) points it elsewhere.
+that tag is not downloaded again: the arbiter imports it before it starts workers, the workers find
+it. The S3 endpoint is boto3's: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) points it elsewhere.
 
 A missing, unreadable or corrupt object is one ModelContractError line naming the URI; nothing is
 left in the store from a failed import, so a half-imported model is never served.

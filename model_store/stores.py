@@ -9,7 +9,7 @@ tag the serving store does not hold is looked up there. Serving from source, bot
 
 | reach (bentoml 1.4.40)                          | used by                       | checked at start (home_store)            | public fallback |
 |-------------------------------------------------|-------------------------------|------------------------------------------|-----------------|
-| bentoml._internal.models.ModelStore(path), passed as the `_model_store=` argument of bentoml.models.get / import_model / delete | get(), source.import_model() | home_store(): opens $BENTOML_HOME/models and lists it | the serving store (bentoml.models' defaults), logged: right when serving from source; serving a Bento, importing into it fails with "the model store is not writable" |
+| bentoml._internal.models.ModelStore(path), passed as the `_model_store=` argument of bentoml.models.get / import_model / delete | get(), source.import_model() | home_store(): opens $BENTOML_HOME/models and lists it (when it exists) | the serving store (bentoml.models' defaults), logged: right when serving from source; serving a Bento, importing into it fails with "the model store is not writable" |
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def _home_store(path: str) -> Any:
     try:
         from bentoml._internal.models import ModelStore
 
-        os.makedirs(path, exist_ok=True)
         store = ModelStore(path)
-        store.list()  # the reach works: it reads the directory it was given
+        if os.path.isdir(path):  # (a store not made yet is made by the first import)
+            store.list()  # the reach works: it reads the directory it was given
         return store
     except Exception as exc:  # a BentoML whose internals moved: any error is the check failing
         logger.warning("cannot open the model store %s as BentoML's ModelStore (%s: %s): importing into and "
