@@ -94,9 +94,8 @@ class XGBoostService:
             logger.warning("model %s has no class_prior metadata: class drift cannot be monitored; retrain with `make train`", self.bundle.tag)
         metrics.publish_model(self.bundle.tag, self.bundle.version, prior or [], self.bundle.class_names)
         if bentoml.server_context.worker_index == 1:  # once per server, not once per worker
-            info = MODEL.stored.info
             logger.info("serving model %s (task %s, %d features, created %s)", self.bundle.tag, self.bundle.schema.task,
-                        self.bundle.schema.n_features, info.creation_time.isoformat(timespec="seconds"))
+                        self.bundle.schema.n_features, self.bundle.created)
         # /explain follows the rollout too: one explainer per loaded model.
         self.explainers = {m.version: Explainer(m, self.contract) for m in (BUNDLE, CANDIDATE) if m is not None}
         reference = self.bundle.metadata.get(drift.REFERENCE_KEY)

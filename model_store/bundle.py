@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dataset
+from . import dataset, stores
 from .schema import ModelSchema
 
 MODEL_NAME = "xgb_classifier"
@@ -42,9 +42,7 @@ class ModelContractError(RuntimeError):
     """The model in the store cannot be served: missing, unreadable, or without a usable schema."""
 
 
-def store_path() -> str:
-    """Where BentoML keeps models: $BENTOML_HOME/models, BentoML's default ~/bentoml/models without it."""
-    return os.path.join(os.path.expanduser(os.environ.get("BENTOML_HOME") or "~/bentoml"), "models")
+store_path = stores.home_path  # where BentoML keeps models: $BENTOML_HOME/models
 
 
 def _not_stored(tag: str) -> ModelContractError:
@@ -254,10 +252,10 @@ def stored_model(tag: str | None = None):
     import bentoml
 
     tag = tag or model_tag()
-    ref = bentoml.models.BentoModel(tag)
-    stored = ref.stored
-    if stored is None:
-        raise _not_stored(tag)
+    try:
+        stored = stores.get(tag)  # the serving store, else the home store (a model imported from MODEL_URI)
+    except bentoml.exceptions.NotFound:
+        raise _not_stored(tag) from None
     stored_schema(str(stored.tag), dict(stored.info.metadata))
     return bentoml.models.BentoModel(str(stored.tag))
 
@@ -298,7 +296,7 @@ def load_bundle(tag: str | None = None, *, nthread: int = 1) -> ModelBundle:
     xgb = import_xgboost()
     tag = tag or model_tag()
     try:
-        model = bentoml.models.get(tag)
+        model = stores.get(tag)
     except bentoml.exceptions.NotFound:
         raise _not_stored(tag) from None
     full_tag = str(model.tag)

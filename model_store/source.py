@@ -4,11 +4,13 @@
     CANDIDATE_MODEL_URI=s3://<bucket>/<prefix>/xgb_classifier/<version>  the shadow/canary candidate
 
 Each names one S3 object holding the model in `bentoml models export` format (what
-`python -m ops publish-model` uploads). At start it is downloaded and imported into the store
-(`bentoml models import`), and MODEL_TAG / XGB_CANDIDATE_TAG are set to its tag, so the service then
-resolves and checks it exactly as a model trained into the store (model_store/bundle.py). A model
-already in the store under that tag is not downloaded again (the arbiter imports it, the workers find
-it). The S3 endpoint is boto3's: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) points it elsewhere.
+`python -m ops publish-model` uploads). At start it is downloaded and imported into the home store,
+$BENTOML_HOME/models (`bentoml models import`; model_store/stores.py: serving a built Bento, BentoML
+reads the Bento's own read-only store, so the import goes to the writable home and the lookup follows
+it), and MODEL_TAG / XGB_CANDIDATE_TAG are set to its tag, so the service then resolves and checks it
+exactly as a model trained into the store (model_store/bundle.py). A model already in a store under
+that tag is not downloaded again: the arbiter imports it before it starts workers, the workers find
+it. The S3 endpoint is boto3's: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) points it elsewhere.
 
 A missing, unreadable or corrupt object is one ModelContractError line naming the URI; nothing is
 left in the store from a failed import, so a half-imported model is never served.
@@ -22,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from . import stores
 from .bundle import MODEL_NAME, MODEL_TAG_ENV, ModelContractError
 
 MODEL_URI_ENV = "MODEL_URI"
@@ -64,22 +67,12 @@ def s3_client():
     return boto3.client("s3")
 
 
-def _in_store(tag: str) -> bool:
-    import bentoml
-
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        return False
-    return True
-
-
 def _forget(tag: str) -> None:
-    """Remove whatever a failed import left under `tag`."""
+    """Remove whatever a failed import left under `tag` in the home store."""
     import bentoml
 
     try:
-        bentoml.models.delete(tag)
+        bentoml.models.delete(tag, **stores.home_store_argument())
     except bentoml.exceptions.NotFound:
         pass
 
@@ -108,17 +101,17 @@ def _unwritable(exc: Exception) -> bool:
 
 
 def import_model(uri: ModelUri, s3=None) -> str:
-    """Download `uri` and import it into the store (unless its tag is there); returns the tag."""
+    """Download `uri` and import it into the home store (unless a store holds its tag); returns the tag."""
     import bentoml
 
-    if _in_store(uri.tag):
+    if stores.holds(uri.tag):
         return uri.tag
     directory = tempfile.mkdtemp(prefix="model-source-")
     try:
         path = os.path.join(directory, uri.version + EXPORT_SUFFIX)
         _download(s3 or s3_client(), uri, path)
         try:
-            model = bentoml.models.import_model(path)
+            model = bentoml.models.import_model(path, **stores.home_store_argument())
         except Exception as exc:  # tarfile, fs and BentoML errors alike mean "not an exported model"
             if _unwritable(exc):
                 raise ModelContractError(f"cannot import {uri}: the model store is not writable "
@@ -128,7 +121,7 @@ def import_model(uri: ModelUri, s3=None) -> str:
             raise ModelContractError(f"model {uri} is corrupt: not a `bentoml models export` archive "
                                      f"({type(exc).__name__}: {detail}); {PUBLISH_HINT}") from None
         if str(model.tag) != uri.tag:
-            bentoml.models.delete(model.tag)
+            bentoml.models.delete(model.tag, **stores.home_store_argument())
             raise ModelContractError(f"model {uri} holds {model.tag}, not {uri.tag}; {PUBLISH_HINT}")
         return uri.tag
     finally:
@@ -154,7 +147,7 @@ def publish(tag: str, bucket: str, prefix: str = "models", s3=None) -> ModelUri:
     import bentoml
 
     try:
-        model = bentoml.models.get(tag)
+        model = stores.get(tag)
     except bentoml.exceptions.NotFound:
         raise ModelContractError(f"model {tag!r} is not in the BentoML store; run `make train`") from None
     uri = uri_for(bucket, prefix, model.tag.version)

@@ -23,7 +23,7 @@ logger = logging.getLogger("xgb_service")
 
 # distribution -> (the version the module was checked against, the module)
 PINS = {
-    "bentoml": (BENTOML_VERSION, "serving/bentoml_internals.py"),
+    "bentoml": (BENTOML_VERSION, "serving/bentoml_internals.py and model_store/stores.py"),
     "starlette": (STARLETTE_VERSION, "serving/bentoml_internals.py"),
     "uvicorn": (UVICORN_VERSION, "serving/uvicorn_internals.py"),
     "xgboost-cpu": (XGBOOST_VERSION, "model_store/bundle.py"),

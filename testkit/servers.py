@@ -62,6 +62,24 @@ def environment(changes: dict[str, str | None], base: dict[str, str] | None = No
     return {name: value for name, value in changed.items() if value is not None}
 
 
+def read_only_root(command: Sequence[str], *, cwd: Path | str, writable: Sequence[str] = ("/tmp",),
+                   read_only: Sequence[str] = (), binds: dict[str, str] | None = None) -> list[str]:
+    """`command` as a task with readonlyRootFilesystem runs it: in a private mount namespace
+    (`unshare --mount`, root only) where / is read-only except the `writable` paths (the task's
+    volumes), `read_only` paths stay read-only even inside them, and each `binds` source is shown
+    read-only at its target. The command's own parts may hold {port} (Server replaces it)."""
+    steps = ["mount --make-rprivate /"]
+    for source, target in (binds or {}).items():
+        steps += [f"mount --bind {shlex.quote(source)} {shlex.quote(target)}", f"mount -o remount,bind,ro {shlex.quote(target)}"]
+    # A writable volume becomes a mount of its own, so it stays writable when / turns read-only
+    # (not a fresh tmpfs: what is already there, a checkout or a store, stays visible).
+    steps += [f"mount --bind {shlex.quote(path)} {shlex.quote(path)}" for path in writable]
+    for path in read_only:
+        steps += [f"mount --bind {shlex.quote(path)} {shlex.quote(path)}", f"mount -o remount,bind,ro {shlex.quote(path)}"]
+    steps += ["mount -o remount,bind,ro /", f"cd {shlex.quote(str(cwd))}", "exec " + shlex.join(command)]
+    return ["unshare", "--mount", "sh", "-c", " && ".join(steps)]
+
+
 class Server:
     """A server process: `command` ({port} is replaced by a free port) run from `cwd` with `env` on top.
 

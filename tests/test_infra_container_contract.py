@@ -13,7 +13,6 @@ real image in tests/test_container.py (`make test-container`).
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from testkit.servers import free_port
+from testkit.servers import free_port, read_only_root
 from testkit.waiting import NotReady, http_ready
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra_pulumi"))
@@ -46,22 +45,12 @@ def fargate_like_server(container, bentoml_home, tmp_path_factory):
     env = {e["name"]: e["value"] for e in container["environment"]}
     [tmp_mount] = [m["containerPath"] for m in container["mountPoints"]]
     assert container["readonlyRootFilesystem"] is True
-    setup = " && ".join([
-        "mount --make-rprivate /",
-        f"mount --bind {shlex.quote(bentoml_home)} {MODEL_STORE_MOUNT}",
-        f"mount -o remount,bind,ro {MODEL_STORE_MOUNT}",
-        # The task's writable /tmp volume: /tmp becomes a mount of its own, so it stays writable when
-        # / turns read-only. (Not a fresh tmpfs: the checkout and its .venv may live under /tmp.)
-        f"mount --bind {tmp_mount} {tmp_mount}",
-        "mount -o remount,bind,ro /",
-        f"cd {shlex.quote(str(REPO))}",
-        "exec " + shlex.join(["env", *(f"{k}={v}" for k, v in env.items()),
-                              f"BENTOML_HOME={MODEL_STORE_MOUNT}",
-                              BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1",
-                              "--port", str(port)]),
-    ])
+    command = ["env", *(f"{k}={v}" for k, v in env.items()), f"BENTOML_HOME={MODEL_STORE_MOUNT}",
+               BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", str(port)]
+    # / read-only, the task's /tmp volume writable, the store shown read-only at MODEL_STORE_MOUNT.
+    wrapped = read_only_root(command, cwd=REPO, writable=[tmp_mount], binds={bentoml_home: MODEL_STORE_MOUNT})
     log = tmp_path_factory.mktemp("fargate-like") / "serve.log"
-    proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", setup], stdout=log.open("wb"),
+    proc = subprocess.Popen(wrapped, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

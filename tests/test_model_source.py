@@ -1,11 +1,13 @@
 """Models published to S3 and imported at start (model_store/source.py), against moto's server mode
 (a real HTTP S3 endpoint on 127.0.0.1) and real `bentoml serve` processes: the published model is
 served; a missing or corrupt object stops the server with one line and a non-zero exit, and leaves
-nothing in the store."""
+nothing in the store. The built Bento is served too as the image serves it on ECS: `bentoml serve
+<bento>` from the Bento's read-only directory, / read-only, BENTOML_HOME on the writable /tmp."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,8 +18,11 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from testkit.servers import BENTOML, REPO, bentoml_serve, environment, free_port
+from testkit.servers import BENTOML, REPO, Server, bentoml_serve, environment, free_port, read_only_root
 from model_store.source import ModelUri, import_configured_models, publish
+
+sys.path.insert(0, str(REPO / "infra_pulumi"))
+from ml_api_infra.mocks import task_container  # noqa: E402
 
 BUCKET = "ml-api-prod-models-123456789012"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-west-2"}
@@ -134,3 +139,118 @@ def test_model_uris_that_are_not_a_published_models_are_refused():
         with pytest.raises(ModelContractError, match="MODEL_URI=.*is not s3://"):
             ModelUri.parse(bad)
     assert ModelUri.parse("s3://my-bucket/models/xgb_classifier/abc123").tag == "xgb_classifier:abc123"
+
+
+# -- the built Bento, served as the image runs on ECS --------------------------------------------
+
+# A retrain, as `make train` registers one: the default model saved again under a new version in a
+# store of its own (not the Bento's), then published as `python -m ops publish-model` does.
+_RETRAIN_AND_PUBLISH = """
+import sys, types
+from model_store import load_bundle, save_bundle
+from model_store.source import publish
+b = load_bundle(sys.argv[1])
+tag = save_bundle(b.booster, types.SimpleNamespace(mean_=b.mean, scale_=b.scale), schema=b.schema,
+                  labels={"retrain_of": b.version}, metadata=b.metadata).tag
+print(publish(str(tag), sys.argv[2], "models"))
+"""
+
+
+@pytest.fixture(scope="module")
+def built_bento(bentoml_home, tmp_path_factory) -> Path:
+    """The Bento as the image holds it at $BENTO_PATH: `bentoml build` of this checkout (as
+    container/containerize.sh runs it), with its models/ beside it, as `bentoml containerize` copies
+    them into the build context and `bentoml export` packs them."""
+    import tarfile
+
+    env = environment({"BENTOML_HOME": bentoml_home, "MODEL_TAG": None, "MODEL_URI": None, "CANDIDATE_MODEL_URI": None})
+    done = subprocess.run([BENTOML, "build", "-o", "tag"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [tag] = [line.removeprefix("__tag__:") for line in done.stdout.splitlines() if line.startswith("__tag__:")]
+    work = tmp_path_factory.mktemp("bento")
+    exported = subprocess.run([BENTOML, "export", tag, str(work / "service.bento")], capture_output=True, text=True, timeout=300, env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    bento = work / "bento"
+    with tarfile.open(work / "service.bento") as archive:
+        archive.extractall(bento, filter="data")
+    assert (bento / "bento.yaml").is_file() and list((bento / "models" / "xgb_classifier").iterdir()), \
+        "the Bento holds its model: BentoML then serves from the Bento's own store"
+    return bento
+
+
+@pytest.fixture(scope="module")
+def retrained(bentoml_home, s3_endpoint) -> list[ModelUri]:
+    """Two models the Bento does not hold (a new primary and a candidate), published to the moto bucket."""
+    import bentoml
+
+    endpoint, _s3 = s3_endpoint
+    source = bentoml.models.get("xgb_classifier:latest")
+    uris = []
+    for _ in range(2):
+        home = empty_home()
+        shutil.copytree(source.path, home / "models" / "xgb_classifier" / source.tag.version)
+        done = subprocess.run([sys.executable, "-c", _RETRAIN_AND_PUBLISH, str(source.tag), BUCKET], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, env=environment({**CREDENTIALS, "AWS_ENDPOINT_URL_S3": endpoint, "BENTOML_HOME": str(home)}))
+        assert done.returncode == 0, done.stderr[-2000:]
+        uris.append(ModelUri.parse(done.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(home)
+    assert len({u.version for u in uris} | {source.tag.version}) == 3
+    return uris
+
+
+def fargate_like_bento_serve(bento: Path, home: Path, variables: dict[str, str]) -> Server:
+    """`bentoml serve $BENTO_PATH` from $BENTO_PATH (the image's entrypoint) with the task definition's
+    environment, / and the Bento read-only, /tmp writable, BENTOML_HOME=`home` under /tmp."""
+    container = task_container()
+    assert container["readonlyRootFilesystem"] is True
+    [tmp_volume] = [m["containerPath"] for m in container["mountPoints"]]
+    assert container_home(container).startswith(tmp_volume + "/") and str(home).startswith(tmp_volume + "/")
+    env = {**{e["name"]: e["value"] for e in container["environment"]}, **CREDENTIALS, "BENTOML_HOME": str(home),
+           "XGB_WORKERS": "2", **variables}
+    command = ["env", *(f"{k}={v}" for k, v in env.items()), BENTOML, "serve", str(bento), "--host", "127.0.0.1", "--port", "{port}"]
+    return Server(read_only_root(command, cwd=bento, writable=[tmp_volume], read_only=[str(bento)]), name="bento-serve-read-only")
+
+
+def container_home(container: dict) -> str:
+    return next(e["value"] for e in container["environment"] if e["name"] == "BENTOML_HOME")
+
+
+def test_the_built_bento_serves_published_models_from_a_read_only_root(built_bento, retrained, s3_endpoint):
+    endpoint, _s3 = s3_endpoint
+    primary, candidate = retrained
+    home = Path(tempfile.mkdtemp(prefix="xgb-task-home-", dir="/tmp"))  # the task's BENTOML_HOME=/tmp/bentoml
+    packed = sorted(p.name for p in (built_bento / "models" / "xgb_classifier").iterdir())
+    server = fargate_like_bento_serve(built_bento, home, {"AWS_ENDPOINT_URL_S3": endpoint, "MODEL_URI": str(primary),
+                                                          "CANDIDATE_MODEL_URI": str(candidate), "XGB_CANDIDATE_MODE": "shadow"})
+    try:
+        server.start(timeout=180)
+        card = requests.get(f"{server.url}/metadata", timeout=10).json()
+        assert card["version"] == primary.version, card
+        assert [(m["role"], m["version"]) for m in card["rollout"]["models"]] == [("primary", primary.version), ("candidate", candidate.version)]
+        answer = requests.post(f"{server.url}/predict", json=card["example"], timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == primary.version
+        # Imported into the writable home (each once: the arbiter before its workers), the Bento untouched.
+        for uri in retrained:
+            assert (home / "models" / "xgb_classifier" / uri.version / "model.yaml").is_file()
+        assert sorted(p.name for p in (built_bento / "models" / "xgb_classifier").iterdir()) == packed
+        assert "Traceback" not in server.log(), server.log_tail()
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_built_bento_stops_with_one_line_when_the_published_model_is_missing(built_bento, s3_endpoint):
+    endpoint, _s3 = s3_endpoint
+    home = Path(tempfile.mkdtemp(prefix="xgb-task-home-", dir="/tmp"))
+    missing = f"s3://{BUCKET}/models/xgb_classifier/doesnotexist0002"
+    server = fargate_like_bento_serve(built_bento, home, {"AWS_ENDPOINT_URL_S3": endpoint, "MODEL_URI": missing})
+    try:
+        server.start(wait=False)
+        code = server.proc.wait(120)
+        assert code != 0
+        lines = error_lines(server.log())
+        assert len(lines) == 1 and f"model {missing} does not exist in S3" in lines[0], lines
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)

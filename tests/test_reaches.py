@@ -1,6 +1,6 @@
 """Every reach into a library's internals is checked at start and has a public fallback that gives
 the same answers (the tables in serving/bentoml_internals.py, serving/uvicorn_internals.py,
-serving/metrics.py and model_store/bundle.py)."""
+serving/metrics.py, model_store/bundle.py and model_store/stores.py)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,50 @@ def test_the_c_predict_is_checked_at_load_and_the_public_fallback_answers_the_sa
 def test_a_loaded_bundle_predicts_with_the_checked_c_predict(bentoml_home):
     loaded = bundle.load_bundle()
     assert type(loaded.predict_scaled) is bundle.DensePredictor
+
+
+# -- BentoML's ModelStore: the home store published models are imported into -------------------
+
+
+def test_a_model_only_the_home_store_holds_is_found_there(bentoml_home, tmp_path, monkeypatch):
+    """Serving a built Bento, BentoML's store is the Bento's; stores.get() then finds a model
+    imported into $BENTOML_HOME/models (here: another home than the serving store)."""
+    import bentoml
+
+    from model_store import stores
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path))
+    store = stores.home_store()
+    assert store is not None and stores.home_path() == str(tmp_path / "models")
+    with bentoml.models.create("reach_probe", **stores.home_store_argument()) as model:
+        pass
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get(model.tag)  # not in the serving store
+    assert stores.get(str(model.tag)).path == str(tmp_path / "models" / "reach_probe" / model.tag.version)
+    assert stores.get("xgb_classifier:latest").tag == bentoml.models.get("xgb_classifier:latest").tag  # the serving store first
+    with pytest.raises(bentoml.exceptions.NotFound):
+        stores.get("reach_probe:nosuchversion")
+
+
+def test_a_moved_model_store_falls_back_to_the_serving_store(bentoml_home, tmp_path, monkeypatch, caplog):
+    import bentoml
+    import bentoml._internal.models
+
+    from model_store import stores
+
+    class Moved:
+        def __init__(self, path):
+            raise TypeError("ModelStore.__init__() takes a filesystem")
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "moved"))
+    monkeypatch.setattr(bentoml._internal.models, "ModelStore", Moved)
+    with caplog.at_level(logging.WARNING, logger="xgb_service"):
+        assert stores.home_store() is None
+    assert "update model_store/stores.py" in caplog.text
+    assert stores.home_store_argument() == {}
+    assert stores.get("xgb_classifier:latest").tag == bentoml.models.get("xgb_classifier:latest").tag
+    with pytest.raises(bentoml.exceptions.NotFound):
+        stores.get("xgb_classifier:nosuchversion")
 
 
 # -- prometheus_client's histogram fields ------------------------------------------------------
