@@ -15,6 +15,7 @@ import requests
 from model_store import bundle
 from model_store.dataset import EXAMPLE_RECORD
 from serving import bentoml_internals, errors, metrics, pins, uvicorn_internals
+from testkit.transport import RecordingTransport
 
 # -- version pins ------------------------------------------------------------------------------
 
@@ -192,31 +193,6 @@ def test_bentoml_traffic_metrics_missing_a_metric_is_refused_naming_it():
 # -- uvicorn: slow headers ---------------------------------------------------------------------
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self):
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data):
-        self.writes.append(bytes(data))
-
-    def close(self):
-        self.closed = True
-
-    def is_closing(self):
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5000)}.get(name, default)
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-
 async def _ok(scope, receive, send):
     await receive()
     await errors.respond(send, 200, b"{}")
@@ -231,7 +207,7 @@ def _protocol(header_timeout_s: float = 0.2, idle_timeout_s: float = 0.3, keep_a
         "header_timeout_s": header_timeout_s, "idle_timeout_s": idle_timeout_s, "on_timeout": staticmethod(lambda: timeouts.append(1))})  # fmt: skip
     config = Config(app=_ok, http="httptools", lifespan="off", log_config=None, proxy_headers=False, timeout_keep_alive=keep_alive_s)
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = _Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)
     return protocol, transport, timeouts
 

@@ -167,34 +167,12 @@ def _uvicorn_exchange(app, request: bytes) -> tuple[list[bytes], bool]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
 
-    class Transport(asyncio.Transport):
-        def __init__(self):
-            super().__init__()
-            self.writes: list[bytes] = []
-            self.closed = False
-
-        def write(self, data):
-            self.writes.append(bytes(data))
-
-        def close(self):
-            self.closed = True
-
-        def is_closing(self):
-            return self.closed
-
-        def get_extra_info(self, name, default=None):
-            return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5000)}.get(name, default)
-
-        def pause_reading(self):
-            pass
-
-        def resume_reading(self):
-            pass
+    from testkit.transport import RecordingTransport
 
     async def exchange():
         config = Config(app=app, http="httptools", lifespan="off", log_config=None, proxy_headers=False)
         protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
-        transport = Transport()
+        transport = RecordingTransport()
         protocol.connection_made(transport)
         protocol.data_received(request)
         for _ in range(20):

@@ -40,11 +40,17 @@ def model_source_environment(settings: StackSettings) -> dict[str, str]:
         environment["MODEL_URI"] = settings.model_uri
     if settings.candidate_uri:
         environment["CANDIDATE_MODEL_URI"] = settings.candidate_uri
-        if settings.candidate_mode:
-            environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
-        environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
-        if settings.shadow_min_agreement is not None:
-            environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
+        environment.update(candidate_environment(settings))
+    return environment
+
+
+def candidate_environment(settings: StackSettings) -> dict[str, str]:
+    """How a candidate model (a tag in the image, or a published URI) takes traffic."""
+    environment = {"XGB_CANDIDATE_PERCENT": f"{settings.candidate_percent:g}"}
+    if settings.candidate_mode:
+        environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
+    if settings.shadow_min_agreement is not None:
+        environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
     return environment
 
 
@@ -56,7 +62,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         "XGB_RANGE_CHECK": settings.range_check,
         # The root filesystem is read-only, and `bentoml serve` creates its store directories and
         # Prometheus multiprocess files under $BENTOML_HOME at start (the image's /home/bentoml is
-        # not writable then). The model is served from the Bento in the image, not from this store.
+        # not writable then). The model is served from the Bento in the image; a published one
+        # (MODEL_URI) is imported into this store (model_store/stores.py).
         "BENTOML_HOME": "/tmp/bentoml",
         "TMPDIR": "/tmp",
     }
@@ -69,11 +76,7 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
         environment["XGB_TRACE_SAMPLE"] = f"{settings.trace_sample:g}"
     if settings.candidate_tag:
         environment["XGB_CANDIDATE_TAG"] = settings.candidate_tag
-        if settings.candidate_mode:
-            environment["XGB_CANDIDATE_MODE"] = settings.candidate_mode
-        environment["XGB_CANDIDATE_PERCENT"] = f"{settings.candidate_percent:g}"
-        if settings.shadow_min_agreement is not None:
-            environment["XGB_SHADOW_MIN_AGREEMENT"] = f"{settings.shadow_min_agreement:g}"
+        environment.update(candidate_environment(settings))
     if capture_uri:  # the capture bucket (capture.py); the task role may put objects there only
         environment.update(XGB_CAPTURE=f"{settings.capture_percent:g}", XGB_CAPTURE_URI=capture_uri)
     container = {
