@@ -112,3 +112,19 @@ class LiveClient(requests.Session):
 
     def request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
         return super().request(method, self.base_url + url if url.startswith("/") else url, *args, **kwargs)
+
+
+def without_request_ids(answer: dict) -> dict:
+    """A batch answer ({"predictions"|"explanations": [...]}) with each record's `request_id` checked
+    (<the request's id>-<its index>) and taken out: what is left compares with another request's
+    answer, or with an in-process call's, which has no request."""
+    key = "predictions" if "predictions" in answer else "explanations"
+    records, requests_ = [], set()
+    for index, record in enumerate(answer[key]):
+        record = dict(record)
+        request_id, _, suffix = record.pop("request_id").rpartition("-")
+        assert request_id and suffix == str(index), record
+        requests_.add(request_id)
+        records.append(record)
+    assert len(requests_) <= 1, f"one request, one id: {requests_}"
+    return {**answer, key: records}

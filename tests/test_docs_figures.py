@@ -53,6 +53,8 @@ def readme_defaults() -> dict[str, str]:
 def documented(value: str) -> object:
     if value in ("CPU count", "unset (off)"):
         return None  # "not set": the field's falsy default
+    if value == "off":
+        return 0.0  # a percentage whose "off" is 0 (XGB_CAPTURE)
     return float(value) if re.fullmatch(r"[\d.]+", value) else value
 
 
