@@ -16,7 +16,7 @@
    alone: `make bench-capture`).
 10. Tracing (issue 21): /predict at 64 connections with tracing at the default rate and off
    (loadtest/bench_tracing.py); alone: `python -m loadtest.bench --only tracing`.
-11. Batch scoring (issue 23, loadtest/bench_score.py): a 2M-row CSV -> Parquet, local and on Spark;
+11. Batch scoring (issue 23, loadtest/bench_score.py): a 2M-row CSV -> Parquet, local; 500k rows on Spark;
    alone with `--only score` (writes bench_score.json).
 12. Memory of each whole process tree after the load; results JSON + PNG; a table; exit 1 if a goal
    is missed, 2 if the harness itself failed.
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=["tracing", "score"],
                    help="run one goal alone (writes bench_<goal>.json): tracing (loadtest/bench_tracing.py), score = batch scoring (loadtest/bench_score.py)")
     p.add_argument("--score-rows", type=int, default=2_000_000, help="rows of the batch-scoring CSV")
-    p.add_argument("--spark-rows", type=int, default=2_000_000, help="rows scored on Spark local mode")
+    p.add_argument("--spark-rows", type=int, default=500_000, help="rows scored on Spark local mode")
     return p.parse_args(argv)
 
 

@@ -99,7 +99,11 @@ def measure(rows: int, spark_rows: int, log: Callable[[str], None]) -> dict[str,
         local["rows"] = rows
         spark_input = features if spark_rows == rows else write_features_csv(work / "spark.csv", spark_rows)
         log(f"batch scoring: Spark local mode, {spark_rows:,} rows -> Parquet")
-        spark = timed_cli(["--input", str(spark_input), "--output", str(work / "spark"), "--model", str(bundle), "--spark"], log)
+        try:
+            spark = timed_cli(["--input", str(spark_input), "--output", str(work / "spark"), "--model", str(bundle), "--spark"], log)
+        except RuntimeError as exc:  # reported, not a goal: a failed Spark run must not lose the other goals' results
+            log(f"batch scoring: Spark local mode failed: {str(exc).splitlines()[0][:300]}")
+            spark = {"error": str(exc)[-2000:], "rows_per_s": 0, "seconds": 0.0, "wall_seconds": 0.0, "peak_rss_bytes": 0}
         spark["rows"] = spark_rows
     return {"local": local, "spark_local": spark}
 
@@ -113,7 +117,7 @@ def goals(score: dict[str, Any]) -> list[dict[str, Any]]:
         {"goal": f"9. batch scoring {rows}-row CSV, local: peak RSS MiB (all processes)", "value": round(local["peak_rss_bytes"] / 2**20),
          "target": f"<= {MAX_RSS_BYTES / 2**20:,.0f}", "met": local["peak_rss_bytes"] <= MAX_RSS_BYTES},
         {"goal": f"9. batch scoring on Spark local mode: rows/s (reported, vs {MIN_ROWS_PER_S:,} local)", "value": spark["rows_per_s"],
-         "target": "reported", "met": True},
+         "target": "reported" if "error" not in spark else "reported (the run failed: bench_score.json)", "met": True},
     ]  # fmt: skip
 
 

@@ -125,7 +125,9 @@ def run_cli(args: argparse.Namespace) -> int:
     started = time.monotonic()
     bundle_bytes = load_model(args.model)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors' Python: this one, with pyarrow and xgboost
-    spark = SparkSession.builder.appName("model_store.score").getOrCreate()
+    # Local mode runs the executors inside the driver's JVM, whose default heap (1 GiB) is too small
+    # for a few million rows in flight; a cluster's spark-submit settings win (getOrCreate keeps them).
+    spark = SparkSession.builder.appName("model_store.score").config("spark.driver.memory", os.environ.get("XGB_SPARK_DRIVER_MEMORY", "3g")).getOrCreate()
     df = read_input(spark, args.input)
     scored = score_dataframe(df, bundle_bytes, range_check=args.range_check, id_column=args.id_column).persist(StorageLevel.MEMORY_AND_DISK)
     good = scored.filter(f"{REJECT_COLUMN} IS NULL").drop(REJECT_COLUMN)

@@ -10,18 +10,20 @@ unsampled request costs a header scan and a random number; XGB_TRACE_SAMPLE=0 tu
 
 Trace ids are X-Ray's (time-prefixed, AwsXRayIdGenerator), which X-Ray requires. A sampled root
 draws its id under TraceIdRatioBased's bound, so the SDK's sampler, applied again when the span
-starts, agrees with the decision. The collector's endpoint is OTEL_EXPORTER_OTLP_ENDPOINT
-(default http://localhost:4317: the sidecar).
+starts, agrees with the decision. The collector's endpoint is OTEL_EXPORTER_OTLP_ENDPOINT (the task
+definition sets http://localhost:4317, its sidecar); without one, tracing is off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -34,6 +36,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 SERVICE_NAME = "xgb-service"
+logger = logging.getLogger("xgb_service")
 T = TypeVar("T")
 
 _preset_trace_id: ContextVar[int | None] = ContextVar("xgb_preset_trace_id", default=None)
@@ -142,7 +145,17 @@ def in_thread(name: str, fn: Callable[..., T]) -> Callable[..., T]:
     return traced_fn
 
 
-def from_rate(rate: float) -> Tracing | None:
-    """The worker's tracing, or None with XGB_TRACE_SAMPLE=0."""
-    return Tracing(rate) if rate > 0 else None
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def from_rate(rate: float, environ: Mapping[str, str] = os.environ) -> Tracing | None:
+    """The worker's tracing, or None with XGB_TRACE_SAMPLE=0 or without a collector to export to:
+    with no OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set (a laptop, a test), the exporter would retry a
+    closed port for ever, so tracing is off. The task definition names its sidecar."""
+    endpoint = next((environ[name] for name in ENDPOINT_VARIABLES if environ.get(name)), None)
+    if rate <= 0 or endpoint is None:
+        logger.info("tracing off (%s)", "XGB_TRACE_SAMPLE=0" if rate <= 0 else "no OTEL_EXPORTER_OTLP_ENDPOINT to export to")
+        return None
+    logger.info("tracing %g %% of requests to %s", rate * 100, endpoint)
+    return Tracing(rate)
 

@@ -244,7 +244,12 @@ def test_the_dashboards_run_against_the_amp_datasource_unchanged():
 
 
 def test_trace_sample_reaches_the_service_and_is_checked():
-    assert "XGB_TRACE_SAMPLE" not in env(containers(run_program(stack_config()))["api"]), "unset: the service's default"
+    api = env(containers(run_program(stack_config()))["api"])
+    assert "XGB_TRACE_SAMPLE" not in api, "unset: the service's default"
+    from ml_api_infra.collector import OTLP_GRPC_PORT
+
+    # The service exports traces only when told where: here, to the sidecar's OTLP receiver.
+    assert api["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://localhost:{OTLP_GRPC_PORT}", api
     program = run_program({**stack_config(), "ml-api:traceSample": "0.05"})
     assert env(containers(program)["api"])["XGB_TRACE_SAMPLE"] == "0.05"
     from ml_api_infra.settings import SettingsError

@@ -103,3 +103,15 @@ def test_rate_zero_exports_nothing(server_factory, receiver):
         assert post(server.url, "/predict", record, {"traceparent": f"00-{trace_id}-{PARENT_SPAN}-01"}).status_code == 200
     time.sleep(2)
     assert trace_id not in {s["trace_id"] for s in receiver.spans[count_before:]}
+
+
+@pytest.mark.fast
+def test_without_a_collector_to_export_to_tracing_is_off():
+    """A laptop's `make serve` has no collector: no exporter retrying a closed port, no spans."""
+    from serving import tracing
+
+    assert tracing.from_rate(0.01, environ={}) is None
+    assert tracing.from_rate(0, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317"}) is None
+    told = tracing.from_rate(0.01, environ={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1"})
+    assert isinstance(told, tracing.Tracing) and told.rate == 0.01
+    told.provider.shutdown()

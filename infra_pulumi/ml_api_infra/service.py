@@ -7,7 +7,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from .collector import with_collector
+from .collector import OTLP_GRPC_PORT, with_collector
 from .settings import CONTAINER_PORT, StackSettings
 
 CONTAINER_NAME = "api"
@@ -72,6 +72,8 @@ def container_definitions(settings: StackSettings, image: str, log_group: str,
     if settings.model_tag:
         environment["MODEL_TAG"] = settings.model_tag
     environment.update(model_source_environment(settings))
+    if remote_write_url:  # the ADOT sidecar runs: traces go to it (serving/tracing.py exports only when told where)
+        environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://localhost:{OTLP_GRPC_PORT}"
     if settings.trace_sample is not None:
         environment["XGB_TRACE_SAMPLE"] = f"{settings.trace_sample:g}"
     if settings.candidate_tag:
