@@ -52,7 +52,7 @@ serve: model  ## serve on http://localhost:$(PORT)
 test: install sysdeps  ## run every test
 	$(PY) -m pytest
 
-test-fast: install  ## the in-process tiers: units and the service's ASGI app, no server (under 60 s)
+test-fast: install  ## the in-process tiers: units and the service's ASGI app, no server
 	$(PY) -m pytest -m "fast or app" -n 0
 
 -include mk/*.mk

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -119,44 +120,54 @@ def test_bentoml_build_packs_service_code_and_model(bentoml_home):
     bentoml.delete(tag)
 
 
+# Run in a process of its own: it builds a BentoML app, and one process holds one (testkit/inprocess.py:
+# BentoML's traffic metrics register in prometheus_client's one registry), whichever modules xdist
+# put in this worker before it.
+FRONT_CHECK = """
+from serving import bentoml_internals
+import asyncio
+
+from service import XGBoostService
+
+app = XGBoostService.to_asgi()
+app.middleware_stack = app.build_middleware_stack()
+traffic = bentoml_internals.traffic_metrics_middleware(app)
+assert traffic is not None, "BentoML's request-metrics middleware is no longer in the app's chain"
+bentoml_internals.TrafficMetrics(traffic)  # sets the middleware up, as its first request would
+for name in ("metrics_request_total", "metrics_request_duration", "metrics_request_in_progress", "metrics_last_request_timestamp"):
+    assert hasattr(traffic, name), f"BentoML's request-metrics middleware has no {name}"
+inner = app.middleware_stack
+seen = []
+
+async def handler(scope, receive, send):
+    seen.append(("front", scope["path"]))
+
+bentoml_internals.serve_in_front(app, frozenset({"/predict"}), handler)
+assert app.middleware_stack is not inner
+
+async def call(path: str):
+    # Starlette's __call__ is what uvicorn calls: it must now reach the handler first.
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "path": path, "method": "GET", "headers": [], "query_string": b"", "root_path": ""}, receive, send)
+    return sent
+
+asyncio.run(call("/predict"))
+assert seen == [("front", "/predict")]
+assert asyncio.run(call("/no-such-route"))[0]["status"] == 404, "other paths must still reach BentoML's router"
+assert seen == [("front", "/predict")]
+"""
+
+
 def test_prediction_routes_are_served_in_front_of_bentoml_middlewares(bentoml_home):
-    import asyncio
-
-    from service import XGBoostService
-
-    app = XGBoostService.to_asgi()
-    app.middleware_stack = app.build_middleware_stack()
-    traffic = bentoml_internals.traffic_metrics_middleware(app)
-    assert traffic is not None, "BentoML's request-metrics middleware is no longer in the app's chain"
-    bentoml_internals.TrafficMetrics(traffic)  # sets the middleware up, as its first request would
-    for name in ("metrics_request_total", "metrics_request_duration", "metrics_request_in_progress", "metrics_last_request_timestamp"):
-        assert hasattr(traffic, name), f"BentoML's request-metrics middleware has no {name}"
-    inner = app.middleware_stack
-    seen = []
-
-    async def handler(scope, receive, send):
-        seen.append(("front", scope["path"]))
-
-    bentoml_internals.serve_in_front(app, frozenset({"/predict"}), handler)
-    assert app.middleware_stack is not inner
-
-    async def call(path: str):
-        # Starlette's __call__ is what uvicorn calls: it must now reach the handler first.
-        async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await app({"type": "http", "path": path, "method": "GET", "headers": [], "query_string": b"", "root_path": ""}, receive, send)
-        return sent
-
-    asyncio.run(call("/predict"))
-    assert seen == [("front", "/predict")]
-    assert asyncio.run(call("/no-such-route"))[0]["status"] == 404, "other paths must still reach BentoML's router"
-    assert seen == [("front", "/predict")]
+    done = subprocess.run([sys.executable, "-c", FRONT_CHECK], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _uvicorn_exchange(app, request: bytes) -> tuple[list[bytes], bool]:
