@@ -76,18 +76,6 @@ def meanwhile(send: Callable[[requests.Session], requests.Response], pause: floa
         looping.result()
 
 
-def worker_pids(server: Server) -> set[int]:
-    """The BentoML HTTP worker processes of a server."""
-    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
-
-
-def listeners(port: int) -> list[set[int]]:
-    """The listening sockets on a port, each as the set of processes holding it."""
-    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
-    return [{int(p) for p in re.findall(r"pid=(\d+)", line)} for line in out.splitlines() if line.strip()]
-
-
 def fuzz(url: str, report_dir: Path, max_examples: int) -> None:
     """schemathesis against the service's own OpenAPI document: no 5xx, every answer as documented."""
     result = subprocess.run(

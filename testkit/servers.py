@@ -9,6 +9,7 @@ set) so the suite can say how many servers it ran and how many were alive at onc
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from testkit.waiting import NotReady, http_ready
+from testkit.waiting import NotReady, http_ready, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -91,7 +92,7 @@ class Server:
 
     def __init__(self, command: Sequence[str], *, name: str = "server", ready_path: str = "/readyz",
                  env: dict[str, str | None] | None = None, cwd: Path = REPO, private_bentoml_home: bool = False,
-                 metrics_path: str | None = None) -> None:
+                 metrics_path: str | None = None, workers: int | None = None) -> None:
         self.name = name
         self.command = list(command)
         self.ready_path = ready_path
@@ -99,6 +100,7 @@ class Server:
         self.cwd = cwd
         self.private_bentoml_home = private_bentoml_home
         self.metrics_path = metrics_path  # Prometheus text with bentoml_service_request_total, if the server has it
+        self.workers = workers  # BentoML HTTP workers it runs, when known: start waits until each one listens
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
@@ -135,6 +137,8 @@ class Server:
             return 0.0
         try:
             self.wait_ready(timeout)
+            if self.workers and self.workers > 1:
+                self.wait_workers_listening(timeout)
         except ServerError:
             self.stop()
             raise
@@ -152,6 +156,20 @@ class Server:
             return http_ready(self.url + self.ready_path, timeout, self.ready_poll_seconds, alive=self.exited, ready=ready)
         except NotReady as exc:
             raise ServerError(f"{self.name} at {self.url} not ready: {exc}\n{self.log_tail() if self.exited() is None else ''}") from None
+
+    def wait_workers_listening(self, timeout: float = 90) -> None:
+        """/readyz is answered by whichever worker accepts it; a test that spreads load over the
+        workers (or counts them) needs every one accepting, which a loaded machine can delay by seconds."""
+        def every_worker_listens() -> bool:
+            pids = worker_pids(self)
+            holders = set().union(*listeners(self.port))
+            return len(pids) == self.workers and pids <= holders
+
+        try:
+            wait_until(every_worker_listens, timeout, f"{self.workers} workers listening", 0.2)
+        except NotReady as exc:
+            raise ServerError(f"{self.name} at {self.url}: {exc}: workers {worker_pids(self)}, "
+                              f"listening sockets {listeners(self.port)}\n{self.log_tail()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -188,4 +206,16 @@ def bentoml_serve(env: dict[str, str | None] | None = None, workers: int | None 
     """
     env = {**({"XGB_WORKERS": str(workers)} if workers else {}), **(env or {})}
     return Server([BENTOML, "serve", *service, "--host", "127.0.0.1", "--port", "{port}"], name=name, env=env, cwd=cwd,
-                  private_bentoml_home=private_bentoml_home, metrics_path="/metrics")
+                  private_bentoml_home=private_bentoml_home, metrics_path="/metrics", workers=workers)
+
+
+def worker_pids(server: Server) -> set[int]:
+    """The BentoML HTTP worker processes of a server."""
+    out = subprocess.run(["pgrep", "-f", "-P", str(server.proc.pid), "_bentoml_impl.worker.service"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def listeners(port: int) -> list[set[int]]:
+    """The listening sockets on a port, each as the set of processes holding it."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return [{int(p) for p in re.findall(r"pid=(\d+)", line)} for line in out.splitlines() if line.strip()]

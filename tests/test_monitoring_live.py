@@ -33,8 +33,8 @@ import pytest
 import requests
 import yaml
 from testkit.waiting import wait_until
-from testkit.probes import exposed, worker_pids
-from testkit.servers import REPO, free_port
+from testkit.probes import exposed
+from testkit.servers import REPO, free_port, worker_pids
 from test_resilience import burst
 
 from model_store.dataset import sample_records

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from testkit.waiting import NotReady, wait_until
-from testkit.probes import fuzz, listeners, meanwhile, samples, total, worker_pids
-from testkit.servers import REPO
+from testkit.probes import fuzz, meanwhile, samples, total
+from testkit.servers import REPO, listeners, worker_pids
 from model_store.dataset import EXAMPLE_RECORD, sample_records
 
 

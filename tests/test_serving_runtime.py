@@ -15,8 +15,7 @@ import bentoml
 import pytest
 import requests
 
-from testkit.probes import listeners, worker_pids
-from testkit.servers import BENTOML, REPO
+from testkit.servers import BENTOML, REPO, listeners, worker_pids
 from testkit.waiting import NotReady, wait_until
 from model_store import load_bundle
 from model_store.dataset import EXAMPLE_RECORD
