@@ -226,9 +226,10 @@ class PredictionRoutes:
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
         with tracing.step("batch wait"):  # the pool's queue, then its thread's model call
             bodies = await self.batch_pool.run(tracing.in_thread("model call", self._service.prediction_bodies), rows, model)
-        bodies = request_ids.label_records(request_ids.of(scope), bodies)
+        request_id = request_ids.of(scope)
+        bodies = request_ids.label_records(request_id, bodies)
         if self.capture is not None:
-            self.capture.record(request_ids.of(scope), rows, bodies, batch=True)
+            self.capture.record(request_id, rows, bodies, batch=True)
         return orjson.dumps({"predictions": bodies})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
@@ -259,9 +260,11 @@ class PredictionRoutes:
         self.check_ranges(rows, batch=True)
         tracing.record(records=len(rows))
         with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
-            explanations_found = request_ids.label_records(request_ids.of(scope), await explanations.explain(rows, explained_class, top))
+            explanations_found = await explanations.explain(rows, explained_class, top)
+        request_id = request_ids.of(scope)
+        request_ids.label_records(request_id, explanations_found)
         if self.capture is not None:
-            self.capture.record(request_ids.of(scope), rows, explanations_found, batch=True)
+            self.capture.record(request_id, rows, explanations_found, batch=True)
         return orjson.dumps({"explanations": explanations_found})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:

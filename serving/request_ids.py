@@ -54,5 +54,5 @@ def record_id(request_id: str, index: int) -> str:
 def label_records(request_id: str, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each batch answer record gets its "request_id" (in place; returns `answers`)."""
     for index, answer in enumerate(answers):
-        answer["request_id"] = f"{request_id}-{index}"
+        answer["request_id"] = record_id(request_id, index)
     return answers

@@ -106,13 +106,11 @@ def without_request_ids(answer: dict) -> dict:
     """A batch answer ({"predictions"|"explanations": [...]}) with each record's `request_id` checked
     (<the request's id>-<its index>) and taken out: what is left compares with another request's
     answer, or with an in-process call's, which has no request."""
+    from serving.request_ids import record_id
+
     key = "predictions" if "predictions" in answer else "explanations"
-    records, requests_ = [], set()
-    for index, record in enumerate(answer[key]):
-        record = dict(record)
-        request_id, _, suffix = record.pop("request_id").rpartition("-")
-        assert request_id and suffix == str(index), record
-        requests_.add(request_id)
-        records.append(record)
-    assert len(requests_) <= 1, f"one request, one id: {requests_}"
+    records = [dict(record) for record in answer[key]]
+    request_id = records[0]["request_id"].rpartition("-")[0] if records else ""
+    for index, record in enumerate(records):
+        assert record.pop("request_id") == record_id(request_id, index), f"one request, one id, records in order: {answer[key][index]}"
     return {**answer, key: records}
