@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -66,13 +65,21 @@ class TracedRequest:
         _traced.set(None)
 
 
+def otlp_exporter() -> SpanExporter:
+    """The OTLP gRPC exporter, imported only when tracing is on: gRPC's import is a good part of a
+    worker's start, and most laptops run without a collector."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
 class Tracing:
     def __init__(self, rate: float, processor: SpanProcessor | None = None) -> None:
         self.rate = rate
         self.bound = TraceIdRatioBased.get_bound_for_rate(rate)
         self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(rate)), id_generator=DrawnTraceIds(),
                                        resource=Resource.create({"service.name": SERVICE_NAME}))
-        self.provider.add_span_processor(processor or BatchSpanProcessor(OTLPSpanExporter()))
+        self.provider.add_span_processor(processor or BatchSpanProcessor(otlp_exporter()))
         self.tracer = self.provider.get_tracer("xgb_service.fastpath")
 
     def start(self, scope: dict[str, Any]) -> TracedRequest | None:
