@@ -8,6 +8,7 @@ than uvicorn's 5 s default, which the control server shows closing it) still ans
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import time
@@ -24,7 +25,8 @@ REQUEST = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n
 
 
 def answered(sock: socket.socket) -> bytes:
-    """One response's head (or b"" when the server has closed the connection)."""
+    """One whole response, head and body (or b"" when the server has closed the connection). The
+    body may come in a segment of its own: left unread, it would open the next response."""
     sock.sendall(REQUEST)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -32,7 +34,15 @@ def answered(sock: socket.socket) -> bytes:
         if not chunk:
             return b""
         data += chunk
-    return data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b""
+        body += chunk
+    assert len(body) == length, f"one response per request, nothing after it: {data + body!r}"
+    return head + b"\r\n\r\n" + body
 
 
 def idle_then_request(server: Server, idle: float) -> bytes:
