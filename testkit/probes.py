@@ -114,3 +114,24 @@ def without_request_ids(answer: dict) -> dict:
     for index, record in enumerate(records):
         assert record.pop("request_id") == record_id(request_id, index), f"one request, one id, records in order: {answer[key][index]}"
     return {**answer, key: records}
+
+
+def read_response(sock) -> bytes:
+    """One whole HTTP/1.1 response from a raw socket, head and Content-Length body (b"" if the server
+    closed the connection first). The body may come in a segment of its own: a test that reads
+    once can find it missing, or opening the next response."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    assert not length or len(body) == int(length.group(1)), f"one response, nothing after it: {data + body!r}"
+    return head + b"\r\n\r\n" + body

@@ -8,12 +8,12 @@ than uvicorn's 5 s default, which the control server shows closing it) still ans
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 import time
 from pathlib import Path
 
+from testkit.probes import read_response
 from testkit.servers import Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra_pulumi"))
@@ -25,24 +25,9 @@ REQUEST = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n
 
 
 def answered(sock: socket.socket) -> bytes:
-    """One whole response, head and body (or b"" when the server has closed the connection). The
-    body may come in a segment of its own: left unread, it would open the next response."""
+    """One whole response (or b"" when the server has closed the connection)."""
     sock.sendall(REQUEST)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return b""
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
-    while len(body) < length:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return b""
-        body += chunk
-    assert len(body) == length, f"one response per request, nothing after it: {data + body!r}"
-    return head + b"\r\n\r\n" + body
+    return read_response(sock)
 
 
 def idle_then_request(server: Server, idle: float) -> bytes:

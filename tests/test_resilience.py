@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from testkit.waiting import NotReady, wait_until
-from testkit.probes import fuzz, meanwhile, samples, total
+from testkit.probes import fuzz, meanwhile, read_response, samples, total
 from testkit.servers import REPO, listeners, worker_pids
 from model_store.dataset import EXAMPLE_RECORD, sample_records
 
@@ -205,7 +205,7 @@ def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(server_factor
         time.sleep(0.2)
         sock.sendall(b'{"feat1": 55.0, ')  # then nothing: the rest never comes
         started = time.monotonic()
-        answer = sock.recv(65536)
+        answer = read_response(sock)
         waited = time.monotonic() - started
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 408 Request Timeout", answer
