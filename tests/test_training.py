@@ -33,12 +33,13 @@ def model_count() -> int:
 
 def test_same_data_and_seed_give_the_same_model():
     x, y = dataset.generate(3000, seed=5)
-    first, scaler1, metrics1 = train_export.train(x, y, seed=5)
-    second, scaler2, metrics2 = train_export.train(x, y, seed=5)
+    rounds = 20  # the seed's reach (sampling, the split) shows in any number of rounds
+    first, scaler1, metrics1 = train_export.train(x, y, seed=5, rounds=rounds)
+    second, scaler2, metrics2 = train_export.train(x, y, seed=5, rounds=rounds)
     assert first.save_raw("ubj") == second.save_raw("ubj")
     np.testing.assert_array_equal(scaler1.mean_, scaler2.mean_)
     assert metrics1 == metrics2
-    other, _, _ = train_export.train(x, y, seed=6)
+    other, _, _ = train_export.train(x, y, seed=6, rounds=rounds)
     assert other.save_raw("ubj") != first.save_raw("ubj"), "a different seed must change the model"
 
 
