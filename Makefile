@@ -24,7 +24,9 @@ $(INSTALLED): requirements.lock
 	@echo "==> creating $(VENV) and installing pinned dependencies (requirements.lock)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q uv==0.13.9
-	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@# Bytecode now: with PYTHONDONTWRITEBYTECODE set (as on CI boxes) nothing is ever cached, and each
+	@# process (every server worker, every CLI run) compiles bentoml, pydantic and xgboost again.
+	@$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.lock
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(INSTALLED)  ## create .venv with the pinned dependencies
