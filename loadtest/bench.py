@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=["tracing", "score"],
                    help="run one goal alone (writes bench_<goal>.json): tracing (loadtest/bench_tracing.py), score = batch scoring (loadtest/bench_score.py)")
     p.add_argument("--score-rows", type=int, default=2_000_000, help="rows of the batch-scoring CSV")
-    p.add_argument("--spark-rows", type=int, default=500_000, help="rows scored on Spark local mode")
+    p.add_argument("--spark-rows", type=int, default=500_000, help="rows scored on Spark local mode (0: no Spark run)")
     return p.parse_args(argv)
 
 

@@ -175,8 +175,10 @@ class ModelBundle:
         return encode(self.schema, records)
 
     def margin_input(self, rows: np.ndarray) -> np.ndarray:
-        """What the booster sees for raw rows: continuous values scaled, codes and NaN unchanged."""
-        return (rows - self.mean) / self.scale
+        """What the booster sees for raw rows: continuous values scaled, codes and NaN unchanged. Row-major
+        whatever the layout of `rows` (batch scoring's are column-major): the layout the C predictor reads."""
+        scaled = np.subtract(rows, self.mean, out=np.empty(rows.shape, dtype=np.float64))
+        return np.divide(scaled, self.scale, out=scaled)
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Classification: probabilities, shape (n, classes) (binary: 2 columns), for raw rows."""
@@ -340,6 +342,32 @@ def export_bundle(bundle: ModelBundle) -> bytes:
         z.writestr(SCALER_FILE, json.dumps(scaler))
         z.writestr(EXPORT_MANIFEST, json.dumps(manifest, default=str))
     return out.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleManifest:
+    """An exported bundle's tag and schema, read without its booster: enough to check a table's
+    columns and name the answer fields, where importing xgboost and loading the booster is not needed."""
+
+    tag: str
+    schema: ModelSchema
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+
+def read_manifest(data: bytes) -> BundleManifest:
+    """An exported bundle's manifest (bundle_from_bytes loads and checks the whole bundle)."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            manifest = json.loads(z.read(EXPORT_MANIFEST))
+        return BundleManifest(str(manifest["tag"]), ModelSchema.from_dict(manifest["schema"]))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelContractError(f"not an exported model bundle ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
 
 
 def bundle_from_bytes(data: bytes, *, nthread: int = 1) -> ModelBundle:

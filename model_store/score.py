@@ -31,14 +31,15 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .bundle import ModelContractError, bundle_from_bytes, export_bundle
-from .scoring import REJECT_SCHEMA, ScoreError, Scorer
+from .bundle import ModelContractError, bundle_from_bytes, export_bundle, read_manifest
+from .scoring import REJECT_SCHEMA, ScoreError, Scorer, empty_table, explaining_scorer
 
-PART_BYTES = 16 << 20  # CSV bytes per part: the unit of parallel work, progress and resume
+PART_BYTES = 8 << 20  # CSV bytes per part: the unit of parallel work, progress and resume
 BLOCK_BYTES = 4 << 20  # CSV bytes parsed at a time inside a part: bounds a worker's memory
 PARQUET_BATCH_ROWS = 65_536
 PARQUET_PART_ROWS = 500_000  # row groups are grouped into parts of about this many rows
@@ -112,15 +113,24 @@ def csv_parts(fs: pafs.FileSystem, path: str, info: pafs.FileInfo, version: str,
     with fs.open_input_file(path) as f:
         target = start + part_bytes
         while target < info.size:
-            f.seek(target)
-            chunk = f.read(1 << 20)
-            newline = chunk.find(b"\n")
-            if newline < 0:
+            newline = next_line_start(f, target)
+            if newline >= info.size:
                 break
-            bounds.append(target + newline + 1)
-            target = bounds[-1] + part_bytes
+            bounds.append(newline)
+            target = newline + part_bytes
     bounds.append(info.size)
     return [Part(path, "csv", k, a, b, -1, b - a, header, version) for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a]
+
+
+def next_line_start(f: Any, offset: int, probe: int = 64 << 10) -> int:
+    """The offset just after the first newline at or after `offset` (the file's size if none)."""
+    f.seek(offset)
+    while chunk := f.read(probe):
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return offset + newline + 1
+        offset += len(chunk)
+    return offset
 
 
 def parquet_parts(fs: pafs.FileSystem, path: str, info: pafs.FileInfo, version: str) -> list[Part]:
@@ -162,15 +172,12 @@ _WORKER: dict[str, Any] = {}
 def init_worker(bundle_bytes: bytes, range_check: str, id_column: str | None, explain: bool, in_uri: str, out_uri: str) -> None:
     pa.set_cpu_count(1)  # one process per core already
     pa.set_io_thread_count(2)
-    bundle = bundle_from_bytes(bundle_bytes)
-    explainer = None
-    if explain:
-        from serving.contract import Contract
-        from serving.explain import Explainer
-        from serving.settings import load
-
-        explainer = Explainer(bundle, Contract(bundle.schema, load()))
-    _WORKER.update(scorer=Scorer(bundle, range_check, id_column, explainer), in_fs=filesystem(in_uri)[0], out=filesystem(out_uri))
+    try:
+        bundle = bundle_from_bytes(bundle_bytes)
+    except ModelContractError as exc:  # raised by score_part: the run's error, not a dead pool's
+        _WORKER["error"] = exc
+        return
+    _WORKER.update(scorer=explaining_scorer(bundle, range_check, id_column, explain), in_fs=filesystem(in_uri)[0], out=filesystem(out_uri))
 
 
 def csv_batches(fs: pafs.FileSystem, part: Part, types: pa.Schema | None) -> Iterator[pa.RecordBatch]:
@@ -191,6 +198,8 @@ def parquet_batches(fs: pafs.FileSystem, part: Part) -> Iterator[pa.RecordBatch]
 
 def score_part(part: Part, key: dict[str, Any], fmt: str) -> dict[str, Any]:
     """Score one part into OUT/<part>.<fmt> (written as a temporary file, renamed when complete)."""
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     scorer: Scorer = _WORKER["scorer"]
     out_fs, out_dir = _WORKER["out"]
     target = f"{out_dir}/{part.name}.{fmt}"
@@ -209,7 +218,7 @@ def score_part(part: Part, key: dict[str, Any], fmt: str) -> dict[str, Any]:
         raise ScoreError(f"{part.path}: cannot be read ({str(exc).splitlines()[0][:300]})") from None
     rows, rejects, out_of_range = done
     out_fs.move(temporary, target)
-    reject_table = pa.Table.from_pylist([dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], schema=REJECT_SCHEMA)
+    reject_table = pa.Table.from_pylist([dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], schema=REJECT_SCHEMA) if rejects else empty_table(REJECT_SCHEMA)
     _write_atomically(out_fs, f"{out_dir}/_parts/{part.name}.rejects.parquet", lambda s: pq.write_table(reject_table, s))
     manifest = {**key, "rows": rows, "rejected": len({r[0] for r in rejects}), "out_of_range": out_of_range.tolist()}
     _write_atomically(out_fs, f"{out_dir}/_parts/{part.name}.json", lambda s: s.write(json.dumps(manifest).encode()))
@@ -237,7 +246,7 @@ def _write(scorer: Scorer, part: Part, types: pa.Schema, path: str, fs: pafs.Fil
                 stream.write(csv_text(scored.table, header))
                 header = False
         if rows == 0:  # an empty part still gets its columns
-            empty = scorer.output_schema(types).empty_table()
+            empty = empty_table(scorer.output_schema(types))
             pq.write_table(empty, stream) if fmt == "parquet" else stream.write(csv_text(empty, True))
         if writer is not None:
             writer.close()
@@ -298,7 +307,9 @@ def load_model(model: str | None) -> bytes:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     bundle_bytes = load_model(args.model)
-    bundle = bundle_from_bytes(bundle_bytes)
+    # The manifest alone (no xgboost in this process): the workers load and check the booster, and
+    # start a second sooner for it
+    bundle = read_manifest(bundle_bytes)
     scorer = Scorer(bundle, args.range_check, args.id_column)
     in_fs, in_path = filesystem(args.input)
     parts = plan(in_fs, in_path, args.part_bytes)
@@ -361,11 +372,11 @@ def write_rejects(fs: pafs.FileSystem, out_dir: str, parts: list[Part], manifest
         with fs.open_input_file(f"{out_dir}/_parts/{part.name}.rejects.parquet") as f:
             table = pq.read_table(f)
         if table.num_rows:
-            rows = pa.array(np.asarray(table.column("row")) + (offset if part.fmt == "csv" else 0))
+            rows = pc.add(table.column("row"), offset if part.fmt == "csv" else 0)
             tables.append(pa.table({"file": pa.array([part.path] * table.num_rows), "row": rows, **{n: table.column(n) for n in REJECT_SCHEMA.names[1:]}}))
         offset += manifests[part]["rows"]
     empty = pa.schema([("file", pa.string())] + list(REJECT_SCHEMA))
-    table = pa.concat_tables(tables) if tables else empty.empty_table()
+    table = pa.concat_tables(tables) if tables else empty_table(empty)
     _write_atomically(fs, f"{out_dir}/_rejects.csv", lambda s: pacsv.write_csv(table, s))
 
 

@@ -11,7 +11,9 @@ From a PySpark job:
     scored.filter("reject IS NULL").drop("reject").write.parquet("s3://bucket/out/")
 
 Each output row is the input row (or its id column) and /predict's answer fields, plus `reject`:
-null for a scored row, "field: reason" (the answer fields null) for a row /predict would refuse.
+null for a scored row, "field: reason" (the answer fields null) for a row /predict would refuse
+("field: reason; field: reason" when several fields fail). A Spark partition has no line numbers:
+a reject is found by its id column or values, not by a file row as in the local run's _rejects.csv.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .bundle import bundle_from_bytes
-from .scoring import NUMBER, Scorer, ScoreError
+from .scoring import NUMBER, Scorer, ScoreError, explaining_scorer
 
 REJECT_COLUMN = "reject"
-_SCORERS: dict[tuple[str, str, str | None], Scorer] = {}  # per executor Python worker: loaded once
+_SCORERS: dict[tuple[str, str, str | None, bool], Scorer] = {}  # per executor Python worker: loaded once
 
 
-def _scorer(bundle_bytes: bytes, tag: str, range_check: str, id_column: str | None) -> Scorer:
-    key = (tag, range_check, id_column)
+def _scorer(bundle_bytes: bytes, tag: str, range_check: str, id_column: str | None, explain: bool) -> Scorer:
+    key = (tag, range_check, id_column, explain)
     if key not in _SCORERS:
-        _SCORERS[key] = Scorer(bundle_from_bytes(bundle_bytes), range_check, id_column)
+        _SCORERS[key] = explaining_scorer(bundle_from_bytes(bundle_bytes), range_check, id_column, explain)
     return _SCORERS[key]
 
 
@@ -49,8 +51,8 @@ def score_arrow(batches: Iterator[pa.RecordBatch], scorer: Scorer, schema: pa.Sc
         yield from table.cast(schema).to_batches()
         if scored.rejects:
             reasons: dict[int, str] = {}
-            for row, field, reason, _ in scored.rejects:
-                reasons.setdefault(row - 1, f"{field}: {reason}")
+            for row, field, reason, _ in scored.rejects:  # every failing field of the row, as _rejects.csv lists them
+                reasons[row - 1] = f"{reasons[row - 1]}; {field}: {reason}" if row - 1 in reasons else f"{field}: {reason}"
             rejected = batch.take(pa.array(sorted(reasons)))
             kept = [rejected.column(scorer.id_column)] if scorer.id_column else [_lenient(rejected.column(n), schema.field(n).type) for n in batch.schema.names]
             n = rejected.num_rows
@@ -67,32 +69,36 @@ def _lenient(column: pa.Array, arrow_type: pa.DataType) -> pa.Array:
         return pc.if_else(numbers, column.cast(pa.string()), pa.scalar(None, pa.string())).cast(arrow_type)
 
 
-def ship_package(spark: Any) -> None:
-    """model_store as a zip on every executor's path (a no-op cost when they have it already)."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(tempfile.mkdtemp(prefix="model-store-"), "model_store.zip")
+def ship_package(spark: Any, explain: bool = False) -> None:
+    """model_store (and serving, whose Explainer --explain uses) as a zip on every executor's path
+    (a no-op cost when they have it already)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # A SparkContext refuses a second file of the same name with other contents: one name per zip's contents
+    path = os.path.join(tempfile.mkdtemp(prefix="model-store-"), "model_store_serving.zip" if explain else "model_store.zip")
     with zipfile.ZipFile(path, "w") as z:
-        for name in sorted(os.listdir(package)):
-            if name.endswith(".py"):
-                z.write(os.path.join(package, name), f"model_store/{name}")
+        for package in ("model_store", "serving") if explain else ("model_store",):
+            for name in sorted(os.listdir(os.path.join(root, package))):
+                if name.endswith(".py"):
+                    z.write(os.path.join(root, package, name), f"{package}/{name}")
     spark.sparkContext.addPyFile(path)
 
 
-def score_dataframe(df: Any, bundle_bytes: bytes, *, range_check: str = "warn", id_column: str | None = None) -> Any:
-    """A DataFrame of the model's features (and maybe an id column) -> the same rows scored (see the module doc)."""
+def score_dataframe(df: Any, bundle_bytes: bytes, *, range_check: str = "warn", id_column: str | None = None, explain: bool = False) -> Any:
+    """A DataFrame of the model's features (and maybe an id column) -> the same rows scored (see the
+    module doc); `explain` adds /explain's fields as the local run's --explain does."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     spark = df.sparkSession
-    driver = Scorer(bundle_from_bytes(bundle_bytes), range_check, id_column)
+    driver = explaining_scorer(bundle_from_bytes(bundle_bytes), range_check, id_column, explain)
     input_schema = to_arrow_schema(df.schema)
     driver.check_columns("the DataFrame", input_schema)
     out_schema = driver.output_schema(input_schema).append(pa.field(REJECT_COLUMN, pa.string()))
-    ship_package(spark)
+    ship_package(spark, explain)
     shipped = spark.sparkContext.broadcast(bundle_bytes)
     tag = driver.bundle.tag
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from score_arrow(batches, _scorer(shipped.value, tag, range_check, id_column), out_schema)
+        yield from score_arrow(batches, _scorer(shipped.value, tag, range_check, id_column, explain), out_schema)
 
     return df.mapInArrow(score, from_arrow_schema(out_schema))
 
@@ -120,8 +126,6 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .score import EXIT_TOO_MANY_REJECTS, load_model
 
-    if args.explain:
-        raise ScoreError("--explain is not available with --spark (exact TreeSHAP costs ~10x a prediction): score explanations locally")
     started = time.monotonic()
     bundle_bytes = load_model(args.model)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors' Python: this one, with pyarrow and xgboost
@@ -129,7 +133,7 @@ def run_cli(args: argparse.Namespace) -> int:
     # for a few million rows in flight; a cluster's spark-submit settings win (getOrCreate keeps them).
     spark = SparkSession.builder.appName("model_store.score").config("spark.driver.memory", os.environ.get("XGB_SPARK_DRIVER_MEMORY", "3g")).getOrCreate()
     df = read_input(spark, args.input)
-    scored = score_dataframe(df, bundle_bytes, range_check=args.range_check, id_column=args.id_column).persist(StorageLevel.MEMORY_AND_DISK)
+    scored = score_dataframe(df, bundle_bytes, range_check=args.range_check, id_column=args.id_column, explain=args.explain).persist(StorageLevel.MEMORY_AND_DISK)
     good = scored.filter(f"{REJECT_COLUMN} IS NULL").drop(REJECT_COLUMN)
     (good.write.mode("overwrite").option("header", True).csv(args.output) if args.format == "csv" else good.write.mode("overwrite").parquet(args.output))
     rejected = scored.filter(f"{REJECT_COLUMN} IS NOT NULL")
