@@ -249,7 +249,7 @@ def text_array(values: Any) -> pa.Array:
 
 def numpy_floats(array: pa.Array) -> np.ndarray:
     """An Arrow array as float64 numpy values, NaN where null (read-only, a view where it can be).
-    Not pyarrow's to_numpy(): that imports pandas, a second of each worker's start without bytecode caches."""
+    Not pyarrow's to_numpy(): that imports pandas, which nothing else in a scoring worker needs."""
     array = array.cast(pa.float64())
     if not len(array):
         return np.empty(0)
