@@ -5,12 +5,12 @@
 # cached as a tarball under $BUILD_DIR, so only the first run pays for debootstrap (~60-80 s).
 #
 #   BASE_IMAGE   image name in buildah's storage (default localhost/xgb-serving-base:bookworm)
-#   BUILD_DIR    cache directory (default .build/container)
+#   BUILD_DIR    cache directory (default /var/tmp/xgb-serving<this checkout>/container, as the Makefile's)
 #   DEBIAN_MIRROR                (default http://deb.debian.org/debian)
 set -euo pipefail
 
 BASE_IMAGE=${BASE_IMAGE:-localhost/xgb-serving-base:bookworm}
-BUILD_DIR=${BUILD_DIR:-.build/container}
+BUILD_DIR=${BUILD_DIR:-/var/tmp/xgb-serving$PWD/container}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # pip is there only because BentoML's Dockerfile installs uv with it; python3 is what the service runs.
 PACKAGES=python3,python3-pip

@@ -48,7 +48,8 @@ from ml_api_infra.mocks import task_container  # noqa: E402
 from serving import docs_page  # noqa: E402
 
 CONTAINERIZE = REPO / "container" / "containerize.sh"
-LOG_DIR = REPO / ".build" / "container"
+# The build log and the container's /tmp volume: where make keeps the container storage, outside the checkout (mk/container.mk)
+LOG_DIR = Path(os.environ.get("XGB_CONTAINER_DIR") or f"/var/tmp/xgb-serving{REPO}/container")
 SIZE_GOAL_MB = 600
 READY_TIMEOUT_S = 180
 # Answers are rounded to 6 decimals by the service.

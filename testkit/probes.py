@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from testkit.servers import REPO, Server
+from testkit.servers import REPO
 
 
 def train_default_model(*extra_args: str) -> str:

@@ -4,7 +4,7 @@ It builds the image with `bentoml containerize` (buildah, FROM a local debootstr
 runs it with podman under its own entrypoint and user, and reports what it saw on its last line
 (`RESULT {json}`). These tests check that report against the model store of this test session.
 Takes 2.5-4 min on a clean clone (debootstrap ~65 s, image build 35-80 s), 45-90 s when
-.build/container holds the base image and the build's layer cache.
+the container directory (mk/container.mk CONTAINER_DIR) holds the base image and the layer cache.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -113,25 +112,31 @@ def test_image_size_is_printed_and_within_the_goal(smoke):
     assert smoke["size_mb"] <= SIZE_GOAL_MB
 
 
-def test_bento_packs_only_the_service_code_with_the_store_inside_the_repository(bentoml_home):
+def test_bento_packs_only_the_service_code_with_the_store_inside_the_repository(bentoml_home, tmp_path):
     """With the store inside the repository (BENTOML_HOME=.bentoml): `bentoml build` walks the whole
-    repository, so an unanchored include pattern would also pick up copies in the store's tmp/."""
-    (REPO / ".build").mkdir(exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=REPO / ".build"))
-    try:
-        (home / "models").symlink_to(Path(bentoml_home) / "models")
-        env = {**os.environ, "BENTOML_HOME": str(home)}
-        out = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "build", "-o", "tag"], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        name, version = re.search(r"__tag__:(\S+):(\S+)", out.stdout).groups()
-        src = home / "bentos" / name / version / "src"
-        packed = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
-        expected = sorted(["service.py", "bentofile.yaml"]
-                          + [str(p.relative_to(REPO)) for d in ("serving", "model_store") for p in (REPO / d).glob("*.py")])
-        assert packed == expected
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    repository, so an unanchored include pattern would also pick up copies in the store's tmp/.
+
+    In a copy of the checkout's tracked files: the store's files come and go while it builds, and
+    another test's `bentoml build` walking this checkout at that moment would fail."""
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, checkout / name)
+    home = checkout / ".bentoml"
+    home.mkdir()
+    (home / "models").symlink_to(Path(bentoml_home) / "models")
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    out = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "build", "-o", "tag"], cwd=checkout,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    name, version = re.search(r"__tag__:(\S+):(\S+)", out.stdout).groups()
+    src = home / "bentos" / name / version / "src"
+    packed = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    expected = sorted(["service.py", "bentofile.yaml"]
+                      + [str(p.relative_to(REPO)) for d in ("serving", "model_store") for p in (REPO / d).glob("*.py")])
+    assert packed == expected
 
 
 def test_container_stops_cleanly_on_sigterm(smoke):
