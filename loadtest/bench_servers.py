@@ -7,6 +7,7 @@ memory of the whole process tree (supervisor + workers) with psutil.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.request
 
@@ -78,8 +79,11 @@ def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
 def our_service(workers: int | None = None, env: dict[str, str] | None = None, name: str = "ours") -> Server:
     """`bentoml serve service:XGBoostService`, whatever service.py currently is, with `env` on top."""
     env = {**({"XGB_WORKERS": str(workers)} if workers else {}), **(env or {})}
+    # Its worker count (the service's default is one per CPU), so start() waits until every worker
+    # listens: a round begun while one worker was still starting put every connection on the other.
+    count = int(env.get("XGB_WORKERS") or 0) or os.cpu_count() or 1
     return Server([servers.BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", "{port}"],
-                  name=name, env=env, metrics_path="/metrics", private_bentoml_home=True)
+                  name=name, env=env, metrics_path="/metrics", private_bentoml_home=True, workers=count)
 
 
 def baseline(workers: int = 2) -> Server:
