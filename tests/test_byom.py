@@ -185,10 +185,23 @@ def test_predicted_records_are_counted_in_the_models_drift_bins(served):
         found = re.findall(r'^xgb_feature_bin_total\{bin="([^"]*)",feature="([^"]*)"\} (\S+)$', text, re.M)
         return {(feature, bin_): float(value) for bin_, feature, value in found}
 
-    before = bins()
+    def settled() -> dict[tuple[str, str], float]:
+        """The bins once two reads 1.5 s apart agree: counted per batch and exported within about a
+        second, later on a loaded box, so an earlier test's records may still be arriving."""
+        last = bins()
+        for _ in range(20):
+            time.sleep(1.5)
+            now = bins()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError("the drift bins kept changing with no requests sent")
+
+    before = settled()
     assert requests.post(f"{url}/predict_batch", json={"instances": records}, timeout=60).status_code == 200
-    time.sleep(2.5)  # counted per batch, exported within a second
-    added = {key: value - before.get(key, 0.0) for key, value in bins().items()}
+    after = settled()
+    assert after != before, "the batch was not counted"
+    added = {key: value - before.get(key, 0.0) for key, value in after.items()}
     for f in schema.features:
         per_bin = {b: n for (feature, b), n in added.items() if feature == f.name and n}
         assert sum(per_bin.values()) == len(records), (f.name, per_bin)

@@ -192,10 +192,12 @@ def test_explain_batch_of_the_maximum_is_answered_in_order(app_client):
 
 
 def test_a_full_explain_pool_answers_503_while_predict_keeps_answering(server_factory):
-    """One worker letting 199 records wait: of three concurrent 200-record batches one is explained
-    and the others are refused at once with 503 + Retry-After; /predict answers throughout."""
-    server = server_factory({"XGB_EXPLAIN_QUEUE": "199"}, workers=1)
-    records = sample_records(np.random.default_rng(27), 200)
+    """One worker letting 599 records wait: of three concurrent 600-record batches one is explained
+    and the others are refused at once with 503 + Retry-After; /predict answers throughout. (600
+    records keep the first one explaining for seconds: with 200, a loaded box sent the third after
+    the first was done, and it was explained too.)"""
+    server = server_factory({"XGB_EXPLAIN_QUEUE": "599"}, workers=1)
+    records = sample_records(np.random.default_rng(27), 600)
     with meanwhile(lambda session: session.post(f"{server.url}/predict", json=records[0], timeout=10)) as predicted:
         with ThreadPoolExecutor(3) as pool:
             batches = list(pool.map(lambda _: requests.post(f"{server.url}/explain_batch", json={"instances": records}, timeout=120), range(3)))

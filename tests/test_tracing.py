@@ -85,10 +85,21 @@ def test_traceparent_keeps_its_trace_and_the_rate_is_honoured(server_factory, re
         for _ in range(requests_sent):
             assert session.post(server.url + "/predict", data=json.dumps(record), timeout=30,
                                 headers={"content-type": "application/json"}).status_code == 200
-    time.sleep(3)  # the batch processor's schedule delay, twice over, and the receiver
+    def sampled_roots() -> list[dict]:
+        with receiver.lock:
+            return [s for s in receiver.spans if s["name"] == "POST /predict" and not s["parent"] and s["trace_id"] not in before]
+
+    # The batch processor exports every 5 s at most (its schedule delay): wait until the count
+    # stops growing, as a loaded box can take longer than one delay.
+    time.sleep(3)
+    counted = -1
+    for _ in range(20):
+        if len(sampled_roots()) == counted:
+            break
+        counted = len(sampled_roots())
+        time.sleep(2)
+    new_roots = sampled_roots()
     with receiver.lock:
-        new_roots = [s for s in receiver.spans if s["name"] == "POST /predict" and not s["parent"]
-                     and s["trace_id"] not in before]
         assert unsampled_id not in {s["trace_id"] for s in receiver.spans}, "an unsampled traceparent is not traced"
     # Binomial(1000, 0.2): mean 200, sd 12.6; 150..250 is about 4 sd either side.
     assert 150 <= len(new_roots) <= 250, len(new_roots)
