@@ -143,6 +143,26 @@ def test_oversize_body_is_413_for_every_client(live_server, path, size, client, 
     assert "limit" in json.loads(answer)["error"]
 
 
+def test_a_chunked_body_sent_after_100_continue_is_read_before_the_413(live_server):
+    """curl sends `Expect: 100-continue` for big bodies. A chunked one has no length to refuse it by,
+    so the server asks for it (the 100 goes out) and must then read what the client sends: closing
+    on a sending client resets the connection, and the 413 is lost (curl: "Send failure")."""
+    import socket
+
+    from testkit.probes import read_response
+
+    host, port = live_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 "), "the server asks for the body"
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        sock.sendall(chunk * (3 * 8 * 1024 * 1024 // 65536) + b"0\r\n\r\n")  # three times the limit
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"limit" in answer
+
+
 def test_a_client_that_never_ends_its_body_is_cut_off(live_server):
     """The refused body is read and dropped only for a bounded time: then the connection is closed."""
     import socket
