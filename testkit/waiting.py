@@ -39,6 +39,21 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def wait_settled(read: Callable[[], T], timeout: float, what: str, interval: float = 1.5) -> T:
+    """`read()` once two reads `interval` s apart agree: for counts that are exported a while after
+    the requests that make them (metrics per batch, spans per schedule delay), where a loaded box
+    is late and an earlier test's work may still be arriving."""
+    last: list[T] = [read()]
+
+    def agrees() -> tuple[T] | None:
+        now = read()
+        agreed, last[0] = now == last[0], now
+        return (now,) if agreed else None
+
+    time.sleep(interval)  # wait_until asks at once: the first comparison is one interval after the first read
+    return wait_until(agrees, timeout, f"{what} to stop changing", interval)[0]
+
+
 def http_status(url: str, timeout: float = 1) -> tuple[int, bytes]:
     """One GET: its status and body (an HTTP error status is an answer too)."""
     try:

@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import bentoml
 import numpy as np
@@ -25,6 +24,7 @@ from testkit import byom_datasets
 import train_export
 from testkit.probes import exposed, fuzz, without_request_ids
 from testkit.servers import BENTOML, REPO, bentoml_serve
+from testkit.waiting import wait_settled
 from model_store import ModelSchema, load_bundle
 
 DATASETS = {
@@ -186,16 +186,8 @@ def test_predicted_records_are_counted_in_the_models_drift_bins(served):
         return {(feature, bin_): float(value) for bin_, feature, value in found}
 
     def settled() -> dict[tuple[str, str], float]:
-        """The bins once two reads 1.5 s apart agree: counted per batch and exported within about a
-        second, later on a loaded box, so an earlier test's records may still be arriving."""
-        last = bins()
-        for _ in range(20):
-            time.sleep(1.5)
-            now = bins()
-            if now == last:
-                return now
-            last = now
-        raise AssertionError("the drift bins kept changing with no requests sent")
+        # Counted per batch and exported within about a second, later on a loaded box.
+        return wait_settled(bins, 30, "the drift bins")
 
     before = settled()
     assert requests.post(f"{url}/predict_batch", json={"instances": records}, timeout=60).status_code == 200

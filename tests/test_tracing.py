@@ -13,6 +13,7 @@ import requests
 
 from loadtest.otlp_receiver import Receiver
 from model_store.dataset import sample_records as dataset_records
+from testkit.waiting import wait_settled
 
 TRACE_ID = "5f3c2a1b" + "9e8d7c6b5a493827" + "16050403"
 PARENT_SPAN = "a1b2c3d4e5f60718"
@@ -89,15 +90,10 @@ def test_traceparent_keeps_its_trace_and_the_rate_is_honoured(server_factory, re
         with receiver.lock:
             return [s for s in receiver.spans if s["name"] == "POST /predict" and not s["parent"] and s["trace_id"] not in before]
 
-    # The batch processor exports every 5 s at most (its schedule delay): wait until the count
-    # stops growing, as a loaded box can take longer than one delay.
+    # The batch processor exports every 5 s at most (its schedule delay): a loaded box can take
+    # longer than one delay.
     time.sleep(3)
-    counted = -1
-    for _ in range(20):
-        if len(sampled_roots()) == counted:
-            break
-        counted = len(sampled_roots())
-        time.sleep(2)
+    wait_settled(lambda: len(sampled_roots()), 40, "the sampled spans", interval=2)
     new_roots = sampled_roots()
     with receiver.lock:
         assert unsampled_id not in {s["trace_id"] for s in receiver.spans}, "an unsampled traceparent is not traced"
