@@ -7,7 +7,6 @@ memory of the whole process tree (supervisor + workers) with psutil.
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.request
 
@@ -19,8 +18,8 @@ from testkit.servers import REPO, VENV_BIN, ServerError, free_port, private_home
 _REQUEST_TOTAL = re.compile(r"^bentoml_service_request_total\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
-class Server(servers.Server):
-    """A server under test, with what the benchmarks measure of it."""
+class Measured:
+    """What the benchmarks measure of a server under test."""
 
     ready_poll_seconds = 0.05
 
@@ -69,6 +68,14 @@ class Server(servers.Server):
         return {"processes": len(procs), "rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1)}
 
 
+class Server(Measured, servers.Server):
+    """A server under test."""
+
+
+class BentoServer(Measured, servers.BentoServer):
+    """Our `bentoml serve` under test."""
+
+
 def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
     """Each round starts one server later (two servers: they alternate who goes first), so drift on
     the box (heat, caches) hits all alike."""
@@ -76,14 +83,11 @@ def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
     return [order[r % len(order):] + order[:r % len(order)] for r in range(rounds)]
 
 
-def our_service(workers: int | None = None, env: dict[str, str] | None = None, name: str = "ours") -> Server:
-    """`bentoml serve service:XGBoostService`, whatever service.py currently is, with `env` on top."""
-    env = {**({"XGB_WORKERS": str(workers)} if workers else {}), **(env or {})}
-    # Its worker count (the service's default is one per CPU), so start() waits until every worker
-    # listens: a round begun while one worker was still starting put every connection on the other.
-    count = int(env.get("XGB_WORKERS") or 0) or os.cpu_count() or 1
-    return Server([servers.BENTOML, "serve", "service:XGBoostService", "--host", "127.0.0.1", "--port", "{port}"],
-                  name=name, env=env, metrics_path="/metrics", private_bentoml_home=True, workers=count)
+def our_service(workers: int | None = None, env: dict[str, str] | None = None, name: str = "ours") -> BentoServer:
+    """`bentoml serve service:XGBoostService`, whatever service.py currently is, with `env` on top.
+    start() waits until every worker listens: a round begun while one worker was still starting put
+    every connection on the other."""
+    return servers.bentoml_serve(env, workers, name=name, server_class=BentoServer)
 
 
 def baseline(workers: int = 2) -> Server:

@@ -92,7 +92,7 @@ class Server:
 
     def __init__(self, command: Sequence[str], *, name: str = "server", ready_path: str = "/readyz",
                  env: dict[str, str | None] | None = None, cwd: Path = REPO, private_bentoml_home: bool = False,
-                 metrics_path: str | None = None, workers: int | None = None) -> None:
+                 metrics_path: str | None = None) -> None:
         self.name = name
         self.command = list(command)
         self.ready_path = ready_path
@@ -100,7 +100,6 @@ class Server:
         self.cwd = cwd
         self.private_bentoml_home = private_bentoml_home
         self.metrics_path = metrics_path  # Prometheus text with bentoml_service_request_total, if the server has it
-        self.workers = workers  # BentoML HTTP workers it runs, when known: start waits until each one listens
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
@@ -136,9 +135,7 @@ class Server:
         if not wait:
             return 0.0
         try:
-            self.wait_ready(timeout)
-            if self.workers and self.workers > 1:
-                self.wait_workers_listening(timeout)
+            self.wait_started(timeout)
         except ServerError:
             self.stop()
             raise
@@ -150,26 +147,16 @@ class Server:
             return None
         return f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
 
+    def wait_started(self, timeout: float) -> None:
+        """What start() waits for: the readiness URL's 200."""
+        self.wait_ready(timeout)
+
     def wait_ready(self, timeout: float = 90, ready: Callable[[int], bool] = lambda status: status == 200) -> tuple[int, bytes]:
         """Polls the readiness URL until its status is `ready` (by default: a 200); returns that (status, body)."""
         try:
             return http_ready(self.url + self.ready_path, timeout, self.ready_poll_seconds, alive=self.exited, ready=ready)
         except NotReady as exc:
             raise ServerError(f"{self.name} at {self.url} not ready: {exc}\n{self.log_tail() if self.exited() is None else ''}") from None
-
-    def wait_workers_listening(self, timeout: float = 90) -> None:
-        """/readyz is answered by whichever worker accepts it; a test that spreads load over the
-        workers (or counts them) needs every one accepting, which a loaded machine can delay by seconds."""
-        def every_worker_listens() -> bool:
-            pids = worker_pids(self)
-            holders = set().union(*listeners(self.port))
-            return len(pids) == self.workers and pids <= holders
-
-        try:
-            wait_until(every_worker_listens, timeout, f"{self.workers} workers listening", 0.2)
-        except NotReady as exc:
-            raise ServerError(f"{self.name} at {self.url}: {exc}: workers {worker_pids(self)}, "
-                              f"listening sockets {listeners(self.port)}\n{self.log_tail()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -197,16 +184,45 @@ class Server:
         return code
 
 
+class BentoServer(Server):
+    """`bentoml serve`: started when /readyz answers and every one of its `workers` HTTP workers listens."""
+
+    def __init__(self, command: Sequence[str], *, workers: int, **options) -> None:
+        super().__init__(command, **options)
+        self.workers = workers
+
+    def wait_started(self, timeout: float) -> None:
+        super().wait_started(timeout)
+        if self.workers > 1:
+            self.wait_workers_listening(timeout)
+
+    def wait_workers_listening(self, timeout: float = 90) -> None:
+        """/readyz is answered by whichever worker accepts it; a test that spreads load over the
+        workers (or counts them) needs every one accepting, which a loaded machine can delay by seconds."""
+        def every_worker_listens() -> bool:
+            pids = worker_pids(self)
+            holders = set().union(*listeners(self.port))
+            return len(pids) == self.workers and pids <= holders
+
+        try:
+            wait_until(every_worker_listens, timeout, f"{self.workers} workers listening", 0.2)
+        except NotReady as exc:
+            raise ServerError(f"{self.name} at {self.url}: {exc}: workers {worker_pids(self)}, "
+                              f"listening sockets {listeners(self.port)}\n{self.log_tail()}") from None
+
+
 def bentoml_serve(env: dict[str, str | None] | None = None, workers: int | None = None,
                   service: Sequence[str] = ("service:XGBoostService",), cwd: Path = REPO, name: str = "bentoml-serve",
-                  private_bentoml_home: bool = True) -> Server:
+                  private_bentoml_home: bool = True, server_class: type[BentoServer] = BentoServer) -> BentoServer:
     """`bentoml serve <service>` (by default service.py's, whatever it currently is) with `env` on top.
 
     `service=()` serves the bentofile.yaml in `cwd`. A private BENTOML_HOME by default (see private_home).
+    `workers` sets XGB_WORKERS; without it the service runs its default, one per CPU.
     """
     env = {**({"XGB_WORKERS": str(workers)} if workers else {}), **(env or {})}
-    return Server([BENTOML, "serve", *service, "--host", "127.0.0.1", "--port", "{port}"], name=name, env=env, cwd=cwd,
-                  private_bentoml_home=private_bentoml_home, metrics_path="/metrics", workers=workers)
+    count = int(environment(env).get("XGB_WORKERS") or 0) or os.cpu_count() or 1
+    return server_class([BENTOML, "serve", *service, "--host", "127.0.0.1", "--port", "{port}"], name=name, env=env, cwd=cwd,
+                        private_bentoml_home=private_bentoml_home, metrics_path="/metrics", workers=count)
 
 
 def worker_pids(server: Server) -> set[int]:
