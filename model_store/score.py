@@ -330,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             todo.append((part, key))
     skipped = len(manifests)
+    if not todo:
+        bundle_from_bytes(bundle_bytes)  # the workers check it when there is work; a broken model is refused anyway
     with progress_bar(sum(p.weight for p in parts), sum(p.weight for p in manifests)) as advance:
         context = multiprocessing.get_context("spawn")  # XGBoost's OpenMP threads do not survive fork()
         init = (bundle_bytes, args.range_check, args.id_column, args.explain, args.input, args.output)

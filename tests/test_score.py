@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from model_store import dataset
-from model_store.bundle import bundle_from_bytes
+from model_store.bundle import BOOSTER_FILE, bundle_from_bytes, read_manifest
 from model_store.scoring import answer_fields
 from testkit import byom_datasets
 from testkit.scoring import ROWS, answers, bad_csv, default_bundle, feature_files, output, records, score_cli, served_answers  # noqa: F401  (fixtures)
@@ -106,13 +106,16 @@ def test_a_corrupt_parquet_part_fails_with_its_path(default_bundle, feature_file
     assert str(folder / "b.parquet") in result.stderr and "Parquet" in result.stderr
 
 
-def renamed(bundle: Path, tag: str, to: Path) -> Path:
-    """The same model under another tag: what a new model version looks like to the resume check."""
+def renamed(bundle: Path, tag: str, to: Path, booster: bytes | None = None) -> Path:
+    """The same model under another tag: what a new model version looks like to the resume check
+    (with `booster`, its booster file replaced by those bytes)."""
     with zipfile.ZipFile(bundle) as z:
         files = {name: z.read(name) for name in z.namelist()}
     manifest = json.loads(files["bundle.json"])
     manifest["tag"] = tag
     files["bundle.json"] = json.dumps(manifest).encode()
+    if booster is not None:
+        files[BOOSTER_FILE] = booster
     with zipfile.ZipFile(to, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
@@ -135,6 +138,10 @@ def test_a_rerun_skips_parts_written_for_the_same_input_and_model_version(defaul
     os.utime(folder / "b.parquet", ns=(1, 1))  # the input changed
     changed = score_cli(*args, "--model", str(default_bundle))
     assert "2 part(s), 1 already done" in changed.stdout, changed.stdout
+    same_tag = read_manifest(default_bundle.read_bytes()).tag
+    broken = renamed(default_bundle, same_tag, tmp_path / "broken.bundle", booster=b"not a booster")
+    refused = score_cli(*args, "--model", str(broken))
+    assert refused.returncode == 2 and "not an exported model bundle" in refused.stderr, "every part done: the model is still checked"
     newer = score_cli(*args, "--model", str(renamed(default_bundle, "xgb_classifier:newer", tmp_path / "newer.bundle")))
     assert "2 part(s), 0 already done" in newer.stdout, newer.stdout
     assert set(output(out).column("model_version").to_pylist()) == {"newer"}
