@@ -82,7 +82,7 @@ class Scorer:
         # /explain's answer for each row (serving.explain.Explainer), as columns after the answer fields
         self.explainer = explainer
         self.answer_fields = answer_fields(bundle) + (explain_fields(self.schema) if explainer is not None else [])
-        self.categories = {f.name: text_array(f.categories) for f in self.schema.features if f.kind == "categorical"}
+        self.categories = {f.name: pa.array(f.categories, pa.string()) for f in self.schema.features if f.kind == "categorical"}
 
     # -- before scoring ----------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class Scorer:
         rejects.sort()
         keep = ~bad
         if bad.any():
-            kept_input = batch.filter(arrow(keep))
+            kept_input = batch.filter(pa.array(keep))
             rows = rows[keep]
         else:
             kept_input = batch
@@ -162,24 +162,24 @@ class Scorer:
 
     def _encode(self, f: Feature, column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, Any]:
         """A feature's column -> (float64 values, NaN for missing; mask of invalid rows or None; reason(value))."""
-        nulls = numpy_bools(column.is_null()) if column.null_count else None
+        nulls = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
         invalid = None if f.nullable or nulls is None else nulls.copy()
         if f.kind == "categorical":
             if pa.types.is_dictionary(column.type):
                 column = column.cast(pa.string())
             codes = pc.index_in(column, value_set=self.categories[f.name])
-            values = numpy_floats(codes)  # null (missing or unknown) -> NaN
+            values = codes.cast(pa.float64()).to_numpy(zero_copy_only=False)  # null (missing or unknown) -> NaN
             unknown = np.isnan(values) if nulls is None else np.isnan(values) & ~nulls
             if unknown.any():
                 invalid = unknown if invalid is None else invalid | unknown
             return values, invalid, lambda v: _missing(f) if v is None else f"{v!r} is not {allowed(f)}"
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             # null (an empty cell) matches here: missing values are decided above
-            not_number = ~numpy_bools(pc.fill_null(pc.match_substring_regex(column, NUMBER), True))
+            not_number = ~pc.fill_null(pc.match_substring_regex(column, NUMBER), True).to_numpy(zero_copy_only=False)
             if not_number.any():
                 invalid = not_number if invalid is None else invalid | not_number
-                column = pc.if_else(arrow(not_number), pa.scalar(None, column.type), column)
-        values = numpy_floats(column)
+                column = pc.if_else(pa.array(not_number), pa.scalar(None, column.type), column)
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         infinite = ~np.isfinite(values)
         if nulls is not None:
             infinite &= ~nulls
@@ -194,25 +194,25 @@ class Scorer:
         if self.schema.features[j].kind == "categorical":
             return column.cast(pa.string())
         values = rows[:, j]
-        return arrow(values, np.isnan(values) if self.schema.features[j].nullable else None)
+        return pa.array(values, mask=np.isnan(values) if self.schema.features[j].nullable else None)
 
     def _answers(self, rows: np.ndarray) -> list[pa.Array]:
         bundle = self.bundle
         n = len(rows)
-        version = pa.DictionaryArray.from_arrays(arrow(np.zeros(n, dtype=np.int32)), text_array([bundle.version])).cast(pa.string())
-        features_used = arrow(np.full(n, self.schema.n_features, dtype=np.int64))
+        version = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([bundle.version])).cast(pa.string())
+        features_used = pa.array(np.full(n, self.schema.n_features, dtype=np.int64))
         if not self.schema.is_classification:
             values = value_column(bundle.predict(rows)) if n else np.empty(0)
-            return [arrow(values.astype(np.float64, copy=False)), version, features_used]
+            return [pa.array(values.astype(np.float64, copy=False)), version, features_used]
         k = self.schema.n_classes
         proba = bundle.predict_proba(rows) if n else np.empty((0, k))
         classes, confidence = predicted(proba)
         confidence, proba = class_columns(proba, confidence)
-        offsets = arrow(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        probabilities = pa.ListArray.from_arrays(offsets, arrow(proba.reshape(-1)))
-        out = [arrow(classes.astype(np.int64)), arrow(confidence), version, features_used, probabilities]
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        probabilities = pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
+        out = [pa.array(classes.astype(np.int64)), pa.array(confidence), version, features_used, probabilities]
         if not self.schema.has_default_class_names:
-            out.append(pc.take(text_array(self.schema.class_names), arrow(classes.astype(np.int64))))
+            out.append(pc.take(pa.array(self.schema.class_names, pa.string()), pa.array(classes.astype(np.int64))))
         return out + (self._explanations(rows) if self.explainer is not None else [])
 
     def _explanations(self, rows: np.ndarray) -> list[pa.Array]:
@@ -225,45 +225,10 @@ class Scorer:
                 pa.array([a["margin"] for a in answers], pa.float64()), contributions]  # fmt: skip
 
 
-def arrow(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
-    """A numpy array as an Arrow array (null where `mask`), its memory shared when contiguous.
-    Not pa.array(): for numpy input it imports pandas (see numpy_floats)."""
-    values = np.ascontiguousarray(values)
-    validity = pa.py_buffer(np.packbits(~mask, bitorder="little")) if mask is not None and mask.any() else None
-    if values.dtype == np.bool_:
-        return pa.Array.from_buffers(pa.bool_(), len(values), [validity, pa.py_buffer(np.packbits(values, bitorder="little"))])
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [validity, pa.py_buffer(values)])
-
-
 def empty_table(schema: pa.Schema) -> pa.Table:
-    """schema.empty_table(), without the pandas import it costs (see arrow)."""
+    """schema.empty_table() without the pandas import it costs: the run's parent process, which
+    loads no xgboost (that imports pandas in the workers anyway), writes an empty rejects file."""
     return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
-
-
-def text_array(values: Any) -> pa.Array:
-    """A few strings (categories, class names) as an Arrow string array (see arrow)."""
-    encoded = [v.encode() for v in values]
-    offsets = np.cumsum([0] + [len(v) for v in encoded], dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
-
-
-def numpy_floats(array: pa.Array) -> np.ndarray:
-    """An Arrow array as float64 numpy values, NaN where null (read-only, a view where it can be).
-    Not pyarrow's to_numpy(): that imports pandas, which nothing else in a scoring worker needs."""
-    array = array.cast(pa.float64())
-    if not len(array):
-        return np.empty(0)
-    if array.null_count:
-        array = pc.fill_null(array, float("nan"))
-    return np.frombuffer(array.buffers()[1], np.float64, len(array), array.offset * 8)
-
-
-def numpy_bools(array: pa.BooleanArray) -> np.ndarray:
-    """A Boolean Arrow array without nulls as a numpy bool array (its bits unpacked; see numpy_floats)."""
-    if not len(array):
-        return np.zeros(0, dtype=bool)
-    bits = np.frombuffer(array.buffers()[1], np.uint8)
-    return np.unpackbits(bits, count=array.offset + len(array), bitorder="little")[array.offset:].view(bool)
 
 
 def explaining_scorer(bundle: ModelBundle, range_check: str = "warn", id_column: str | None = None, explain: bool = False) -> Scorer:
