@@ -54,6 +54,32 @@ def _details(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _colons(body: bytes) -> int:
+    # bytes.count is a byte-at-a-time loop: numpy's vectorised compare is ~6x faster on a batch
+    if len(body) < 4096:
+        return body.count(b":")
+    return int(np.count_nonzero(np.frombuffer(body, np.uint8) == ord(":")))
+
+
+def _repeated_names(body: bytes, batch: bool) -> list[dict[str, Any]]:
+    """The fields a JSON object in the body names more than once (Contract.refuse_repeated_names)."""
+    import json
+
+    found: list[tuple[int, str]] = []
+    objects = itertools.count()
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        index = next(objects)  # records close before the {"instances": ...} object around them
+        names = [name for name, _ in items]
+        found.extend((index, name) for name in dict.fromkeys(n for n in names if names.count(n) > 1))
+        return dict(items)
+
+    json.loads(body, object_pairs_hook=pairs)
+    outer = next(objects) - 1
+    return [{"loc": ["instances", index, name] if batch and index != outer else [name],
+             "msg": "given more than once: a field may appear once", "type": "repeated_field"} for index, name in found]
+
+
 def _raise_for(exc: ValidationError) -> None:
     errors = exc.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
@@ -83,6 +109,7 @@ class Contract:
         self.batch_response_type = _typed_dict("BatchResponse", {"predictions": list[self.batch_prediction_type]})
         self._values = _values_getter(names)
         self._keys = frozenset(names)
+        self._name_colons = sum(name.count(":") for name in names)
         self._range = RangeCheck(schema)
         self._labels = None if schema.has_default_class_names else list(schema.class_names)
         self._float_rows = schema.records_are_float_rows  # the fast parser applies
@@ -95,6 +122,7 @@ class Contract:
             record = self.record_adapter.validate_json(body)
         except ValidationError as exc:
             _raise_for(exc)
+        self.refuse_repeated_names(body, [record], outer_names=0)
         if self._float_rows:
             return np.array([self._values(record)], dtype=np.float64)
         return encode(self.schema, [record])
@@ -108,6 +136,7 @@ class Contract:
             request = self.batch_adapter.validate_json(body)
         except ValidationError as exc:
             _raise_for(exc)
+        self.refuse_repeated_names(body, request["instances"], outer_names=1)
         return encode(self.schema, request["instances"])
 
     def _parse_well_formed_batch(self, body: bytes) -> np.ndarray | None:
@@ -125,9 +154,31 @@ class Contract:
             if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
                 return None
             rows = np.array(values, dtype=np.float64)
+            if not self._no_repeated_names(body, instances, outer_names=1):
+                return None  # maybe a field given twice: the validator's path finds it
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, OverflowError, ValueError):
             return None
         return rows if np.isfinite(rows).all() else None
+
+    def refuse_repeated_names(self, body: bytes, records: list[dict[str, Any]], outer_names: int) -> None:
+        """422 when an object in the body names a field twice: every JSON parser here keeps the last
+        value, so the model would silently get one of two."""
+        if self._no_repeated_names(body, records, outer_names):
+            return
+        details = _repeated_names(body, batch=outer_names > 0)
+        if details:
+            fields = ", ".join(".".join(map(str, d["loc"])) for d in details[:5])
+            raise InputError(422, f"invalid input: {len(details)} problem(s) at {fields}", details[:50])
+
+    def _no_repeated_names(self, body: bytes, records: list[dict[str, Any]], outer_names: int) -> bool:
+        """True when the body surely names no field twice (validated records: every feature once).
+        Each name in the text is followed by a colon outside any string; the other colons are in
+        the names and string values themselves. A body with other colons, or with an escape (one
+        may hide a colon, \\u003a), is parsed again to look (_repeated_names)."""
+        expected = outer_names + len(records) * (len(self._keys) + self._name_colons)
+        if not self._float_rows:
+            expected += sum(v.count(":") for r in records for v in r.values() if type(v) is str)
+        return _colons(body) == expected and body.find(b"\\") < 0
 
     # -- range check -------------------------------------------------------------------------
 

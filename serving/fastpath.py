@@ -194,6 +194,10 @@ class PredictionRoutes:
         content_type = headers.get(b"content-type")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
             raise InputError(415, f"unsupported content type {content_type.decode('latin-1')[:100]!r}: send application/json")
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            # Read as JSON, a gzipped body would be "malformed JSON at column 1", which misleads.
+            raise InputError(415, f"unsupported content encoding {encoding.decode('latin-1')[:100]!r}: send the body uncompressed")
         pinned = headers.get(b"x-model-version")
         return None if pinned is None else self._service.rollout.pinned(pinned)
 

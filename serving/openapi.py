@@ -93,7 +93,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         405: "Method not allowed",
         408: "The body did not arrive within XGB_REQUEST_TIMEOUT_S",
         413: "Body over the size limit",
-        415: "Content type is not application/json",
+        415: "Content type is not application/json, or the body is compressed",
         422: "Invalid input: the detail names each field and problem",
         503: "Overloaded or not ready; retry after the Retry-After header's seconds",
         504: "The prediction did not finish within XGB_REQUEST_TIMEOUT_S",

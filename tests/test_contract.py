@@ -64,3 +64,47 @@ def test_the_422_summary_says_how_many_problems_it_does_not_name():
     with pytest.raises(InputError) as few:
         parse_record(orjson.dumps({**EXAMPLE_RECORD, "feat1": "55", "feat99": 1}))
     assert few.value.error == "invalid input: 2 problem(s) at feat1, feat99"
+
+
+RECORD_TWICE = {
+    "a field twice": (b'{"feat1": 2, REST, "feat1": 99}', False, ["feat1"]),
+    "with spaces before the colon": (b'{"feat1" : 2, REST, "feat1"  :  99}', False, ["feat1"]),
+    "the second spelt with an escape": (b'{"feat1": 2, REST, "fea\\u00741": 99}', False, ["feat1"]),
+    "in the third record of a batch": (b'{"instances": [RECORD, RECORD, {"feat1": 2, REST, "feat1": 3}]}', True, ["instances", 2, "feat1"]),
+    "instances twice": (b'{"instances": [RECORD], "instances": [RECORD]}', True, ["instances"]),
+}
+
+
+@pytest.mark.parametrize("template,batch,loc", RECORD_TWICE.values(), ids=RECORD_TWICE)
+def test_a_field_given_twice_is_refused_naming_it(template, batch, loc):
+    """JSON parsers keep the last of a repeated name: the model would silently get one of two values."""
+    import orjson
+
+    from model_store.dataset import EXAMPLE_RECORD, SCHEMA
+    from serving.contract import Contract, InputError
+    from serving.settings import Settings
+
+    contract = Contract(SCHEMA, Settings())
+    rest = orjson.dumps({k: v for k, v in EXAMPLE_RECORD.items() if k != "feat1"})[1:-1]
+    body = template.replace(b"REST", rest).replace(b"RECORD", orjson.dumps(EXAMPLE_RECORD))
+    with pytest.raises(InputError) as refused:
+        (contract.parse_batch if batch else contract.parse_record)(body)
+    assert refused.value.status == 422
+    assert {"loc": loc, "msg": "given more than once: a field may appear once", "type": "repeated_field"} in refused.value.detail
+
+
+def test_colons_and_escapes_inside_names_and_values_are_not_taken_for_a_repeat():
+    import json
+
+    from model_store.schema import Feature, ModelSchema
+    from serving.contract import Contract
+    from serving.settings import Settings
+
+    schema = ModelSchema(task="binary", features=(Feature("time: hh:mm", "categorical", categories=("09:30", "12:00", "zürich")),
+                                                  Feature("x", "continuous")),  # fmt: skip
+                         class_names=("no", "yes"), example={"time: hh:mm": "09:30", "x": 1.0})
+    contract = Contract(schema, Settings())
+    records = [{"time: hh:mm": t, "x": 1.5} for t in ("09:30", "12:00", "zürich")]
+    for ascii_only in (True, False):  # Python's json escapes non-ASCII text by default
+        assert contract.parse_record(json.dumps(records[0], ensure_ascii=ascii_only).encode()).shape == (1, 2)
+        assert contract.parse_batch(json.dumps({"instances": records}, ensure_ascii=ascii_only).encode()).shape == (3, 2)

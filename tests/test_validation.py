@@ -69,11 +69,31 @@ def test_integers_are_numbers_too(app_client):
     assert app_client.post("/predict", json=body, timeout=10).status_code == 200
 
 
+def test_a_field_given_twice_is_422_naming_it(app_client):
+    body = json.dumps(EXAMPLE_RECORD)[:-1] + ', "feat7": 1e6}'
+    response = app_client.post("/predict", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["detail"] == [{"loc": ["feat7"], "msg": "given more than once: a field may appear once", "type": "repeated_field"}]
+
+
 def test_wrong_content_type_is_415(app_client):
     response = app_client.post("/predict", data=json.dumps(EXAMPLE_RECORD), headers={"Content-Type": "text/plain"}, timeout=10
     )
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/explain"])
+def test_a_compressed_body_is_415_naming_the_encoding(app_client, path):
+    import gzip
+
+    record = EXAMPLE_RECORD if path != "/predict_batch" else {"instances": [EXAMPLE_RECORD]}
+    response = app_client.post(path, data=gzip.compress(json.dumps(record).encode()), timeout=10,
+                               headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})  # fmt: skip
+    assert response.status_code == 415
+    assert "'gzip'" in response.json()["error"] and "uncompressed" in response.json()["error"]
+    plain = app_client.post(path, data=json.dumps(record), headers={"Content-Type": "application/json", "Content-Encoding": "identity"}, timeout=10)
+    assert plain.status_code == 200, plain.text[:300]
 
 
 def _chunks(body: bytes, size: int = 64 * 1024):
