@@ -80,10 +80,16 @@ def _repeated_names(body: bytes, batch: bool) -> list[dict[str, Any]]:
              "msg": "given more than once: a field may appear once", "type": "repeated_field"} for index, name in found]
 
 
-def _raise_for(exc: ValidationError) -> None:
+_NOT_UTF8 = {b"\xef\xbb\xbf": "starts with a UTF-8 byte order mark (EF BB BF): send the JSON without it",
+             b"\xff\xfe": "is UTF-16 (it starts with FF FE): send UTF-8", b"\xfe\xff": "is UTF-16 (it starts with FE FF): send UTF-8"}
+
+
+def _raise_for(exc: ValidationError, body: bytes) -> None:
     errors = exc.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
-        raise InputError(400, f"malformed JSON: {errors[0]['ctx'].get('error', 'invalid JSON')}") from None
+        # Windows tools write a BOM or UTF-16; "expected value at column 1" alone would not say so.
+        hint = next((f"; the body {why}" for mark, why in _NOT_UTF8.items() if body.startswith(mark)), "")
+        raise InputError(400, f"malformed JSON: {errors[0]['ctx'].get('error', 'invalid JSON')}{hint}") from None
     details = _details(exc)
     fields = ", ".join(".".join(map(str, d["loc"])) or "body" for d in details[:5])
     more = f" and {len(errors) - 5} more (see detail)" if len(errors) > 5 else ""
@@ -121,7 +127,7 @@ class Contract:
         try:
             record = self.record_adapter.validate_json(body)
         except ValidationError as exc:
-            _raise_for(exc)
+            _raise_for(exc, body)
         self.refuse_repeated_names(body, [record], outer_names=0)
         if self._float_rows:
             return np.array([self._values(record)], dtype=np.float64)
@@ -135,7 +141,7 @@ class Contract:
         try:
             request = self.batch_adapter.validate_json(body)
         except ValidationError as exc:
-            _raise_for(exc)
+            _raise_for(exc, body)
         self.refuse_repeated_names(body, request["instances"], outer_names=1)
         return encode(self.schema, request["instances"])
 

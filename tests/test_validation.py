@@ -69,6 +69,14 @@ def test_integers_are_numbers_too(app_client):
     assert app_client.post("/predict", json=body, timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("encoding,named", [("utf-8-sig", "byte order mark"), ("utf-16", "UTF-16")])
+def test_a_body_from_a_windows_tool_is_400_saying_how_it_is_encoded(app_client, encoding, named):
+    body = json.dumps(EXAMPLE_RECORD).encode(encoding)
+    response = app_client.post("/predict", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400, response.text[:300]
+    assert named in response.json()["error"] and response.json()["error"].startswith("malformed JSON")
+
+
 def test_a_field_given_twice_is_422_naming_it(app_client):
     body = json.dumps(EXAMPLE_RECORD)[:-1] + ', "feat7": 1e6}'
     response = app_client.post("/predict", data=body, headers={"Content-Type": "application/json"}, timeout=10)
