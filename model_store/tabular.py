@@ -175,7 +175,11 @@ def example_record(features: tuple[Feature, ...], row: np.ndarray) -> dict[str, 
 
 def _require_label(path: str, header: list[str], label: str) -> None:
     if label not in header:
-        raise DataError(f"label column {label!r} is missing from {path} (its columns: {', '.join(map(repr, header[:10]))}{' ...' if len(header) > 10 else ''})")
+        # Excel in many locales saves "CSV" separated by ';', and some tools by tabs
+        separator = next((name for mark, name in ((";", "';'"), ("\t", "tabs")) if len(header) == 1 and mark in header[0]), None)
+        hint = f"; the file looks separated by {separator}: save it comma-separated" if separator else ""
+        raise DataError(f"label column {label!r} is missing from {path} (its columns: {', '.join(map(repr, header[:10]))}"
+                        f"{' ...' if len(header) > 10 else ''}){hint}")
 
 
 def read_sample(path: str, label: str, feature_names: list[str], task: str) -> Table:

@@ -179,6 +179,15 @@ def test_unusable_csvs_are_refused_naming_the_column_and_register_nothing(bentom
     assert model_count() == before
 
 
+@pytest.mark.parametrize("separator,named", [(";", "';'"), ("\t", "tabs")])
+def test_a_csv_saved_with_another_separator_is_refused_saying_so(bentoml_home, tmp_path, separator, named):
+    """Excel in many locales saves "CSV" with ';': the one column found is the whole header."""
+    path = tmp_path / "semicolons.csv"
+    path.write_text(separator.join(GOOD) + "\n" + "".join(separator.join(map(str, row)) + "\n" for row in zip(*GOOD.values())))
+    result = run_train("--data", str(path), "--label", "target", "--rounds", "5")
+    assert result.returncode == 2 and f"the file looks separated by {named}: save it comma-separated" in result.stderr, result.stderr
+
+
 def test_missing_model_names_the_tag_and_the_fix(bentoml_home, monkeypatch):
     monkeypatch.setenv("MODEL_TAG", "xgb_classifier:doesnotexist")
     with pytest.raises(ModelContractError, match=r"xgb_classifier:doesnotexist.*make train"):
