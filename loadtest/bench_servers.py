@@ -8,7 +8,9 @@ memory of the whole process tree (supervisor + workers) with psutil.
 from __future__ import annotations
 
 import re
+import statistics
 import urllib.request
+from typing import Any
 
 import psutil
 
@@ -81,6 +83,19 @@ def interleaved(servers: dict[str, Server], rounds: int) -> list[list[Server]]:
     the box (heat, caches) hits all alike."""
     order = list(servers.values())
     return [order[r % len(order):] + order[:r % len(order)] for r in range(rounds)]
+
+
+def paired_rounds(rounds: int, seconds: float, pairs_per_round: int) -> tuple[int, float]:
+    """How many back-to-back pairs, each round a third of `seconds`, stand for `rounds` rounds:
+    a cost of a few % is far below this box's swing between rounds of one server (+-20 % between
+    10 s rounds), so two servers are compared in many short pairs whose drift cancels within each."""
+    return pairs_per_round * max(rounds, 1), max(1.0, round(seconds / 3))
+
+
+def median_pair_ratio(runs: list[dict[str, Any]], baseline: list[dict[str, Any]], key: str = "rps") -> float:
+    """The median of run i's `key` over baseline run i's (the i-th runs of the two ran back to back)."""
+    ratios = [r[key] / b[key] if b[key] else 0.0 for r, b in zip(runs, baseline)]
+    return statistics.median(ratios) if ratios else 0.0
 
 
 def our_service(workers: int | None = None, env: dict[str, str] | None = None, name: str = "ours") -> BentoServer:

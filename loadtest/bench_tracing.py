@@ -12,11 +12,10 @@ drift cancels within each pair. Runs alone with `python -m loadtest.bench --only
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_servers import interleaved, our_service
+from .bench_servers import interleaved, median_pair_ratio, our_service, paired_rounds
 from .otlp_receiver import Receiver
 
 CONNECTIONS = 64
@@ -25,17 +24,13 @@ MAX_SLOWDOWN = 0.05
 PAIRS_PER_ROUND = 4  # for each of the bench's --rounds: 4 pairs of a third of --goal-seconds each
 
 
-def pairs_and_seconds(rounds: int, seconds: float) -> tuple[int, float]:
-    return PAIRS_PER_ROUND * max(rounds, 1), max(1.0, round(seconds / 3))
-
-
 def measure(bodies: Path, rounds: int, seconds: float, closed_loop: Callable[..., dict[str, Any]],
             log: Callable[[str], None]) -> dict[str, Any]:
     receiver = Receiver().start()
     group = {"off": our_service(env={"XGB_TRACE_SAMPLE": "0"}, name="trace-off"),
              "default": our_service(env={"XGB_TRACE_SAMPLE": "", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
                                     name="trace-1%")}
-    pairs, pair_seconds = pairs_and_seconds(rounds, seconds)
+    pairs, pair_seconds = paired_rounds(rounds, seconds, PAIRS_PER_ROUND)
     log(f"goal 8: /predict at {CONNECTIONS} connections, tracing off and at the default rate, "
         f"{pairs} pairs of {pair_seconds:g} s rounds back to back")
     runs: dict[str, list] = {name: [] for name in group}
@@ -57,13 +52,8 @@ def measure(bodies: Path, rounds: int, seconds: float, closed_loop: Callable[...
     return {"connections": CONNECTIONS, **runs, "traced_requests": traced_requests, "default_requests": answered}
 
 
-def pair_ratios(result: dict[str, Any]) -> list[float]:
-    """Traced / off req/s of each pair (the i-th round of each server ran back to back)."""
-    return [t["rps"] / o["rps"] if o["rps"] else 0.0 for o, t in zip(result["off"], result["default"])]
-
-
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    relative = statistics.median(pair_ratios(result))
+    relative = median_pair_ratio(result["default"], result["off"])
     errors = sum(r["errors"] for r in result["off"] + result["default"])
     return [
         {"goal": "8. /predict @64 conns, tracing 1 % / off: req/s (median of pairs)", "value": round(relative, 3),
