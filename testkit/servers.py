@@ -9,6 +9,7 @@ set) so the suite can say how many servers it ran and how many were alive at onc
 from __future__ import annotations
 
 import os
+import random
 import re
 import shlex
 import shutil
@@ -39,8 +40,33 @@ class ServerError(NotReady):
     """A server did not start or died; the message carries the tail of its log."""
 
 
+_PORTS = random.SystemRandom()  # not `random`: a seeded generator would give every xdist worker the same ports
+LOWEST_PORT = 10000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, below the ephemeral range. A port the kernel picks (bind to
+    port 0) is from that range, and any process's outgoing connection (wrk, hey, a client) can take
+    it before the server binds it: Prometheus failed with "address already in use" that way."""
+    below = ephemeral_ports()[0]
+    for _ in range(200):
+        port = _PORTS.randrange(LOWEST_PORT, below)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the low range is full: the kernel's pick, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -66,3 +66,16 @@ def test_a_server_that_exits_while_starting_fails_at_once_with_its_log():
     with pytest.raises(servers.ServerError, match=r"(?s)doomed exited with 3.*cannot start: no model"):
         server.start(timeout=60)
     assert time.monotonic() - started < 30 and server not in servers.LIVE
+
+
+def test_free_ports_are_bindable_and_outside_the_range_outgoing_connections_take_theirs_from():
+    import socket
+
+    from testkit.servers import LOWEST_PORT, ephemeral_ports, free_port
+
+    low, _ = ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    assert all(LOWEST_PORT <= p < low for p in ports), ports
+    assert len(set(ports)) > 40, "random, not a sequence every process repeats"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))
