@@ -62,22 +62,32 @@ def _colons(body: bytes) -> int:
 
 
 def _repeated_names(body: bytes, batch: bool) -> list[dict[str, Any]]:
-    """The fields a JSON object in the body names more than once (Contract.refuse_repeated_names)."""
+    """The fields a JSON object in the body names more than once (Contract.refuse_repeated_names).
+    A record is placed by where it sits in the instances the parsers keep (the last ones given)."""
     import json
 
-    found: list[tuple[int, str]] = []
-    objects = itertools.count()
+    repeated: dict[int, tuple[dict[str, Any], list[str]]] = {}
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        index = next(objects)  # records close before the {"instances": ...} object around them
+        obj = dict(items)
         names = [name for name, _ in items]
-        found.extend((index, name) for name in dict.fromkeys(n for n in names if names.count(n) > 1))
-        return dict(items)
+        if len(obj) < len(names):
+            repeated[id(obj)] = (obj, list(dict.fromkeys(n for n in names if names.count(n) > 1)))
+        return obj
 
-    json.loads(body, object_pairs_hook=pairs)
-    outer = next(objects) - 1
-    return [{"loc": ["instances", index, name] if batch and index != outer else [name],
-             "msg": "given more than once: a field may appear once", "type": "repeated_field"} for index, name in found]
+    outer = json.loads(body, object_pairs_hook=pairs)
+    where = {id(outer): []}
+    if batch and type(outer) is dict and type(outer.get("instances")) is list:
+        where.update((id(record), ["instances", i]) for i, record in enumerate(outer["instances"]))
+    return [{"loc": [*where[key], name], "msg": "given more than once: a field may appear once", "type": "repeated_field"}
+            for key, (_, names) in repeated.items() if key in where for name in names]
+
+
+def _invalid_input(details: list[dict[str, Any]], problems: int) -> InputError:
+    """The 422 for input that parsed but breaks the contract: the summary names the first five fields."""
+    fields = ", ".join(".".join(map(str, d["loc"])) or "body" for d in details[:5])
+    more = f" and {problems - 5} more (see detail)" if problems > 5 else ""
+    return InputError(422, f"invalid input: {problems} problem(s) at {fields}{more}", details[:50])
 
 
 _NOT_UTF8 = {b"\xef\xbb\xbf": "starts with a UTF-8 byte order mark (EF BB BF): send the JSON without it",
@@ -90,10 +100,7 @@ def _raise_for(exc: ValidationError, body: bytes) -> None:
         # Windows tools write a BOM or UTF-16; "expected value at column 1" alone would not say so.
         hint = next((f"; the body {why}" for mark, why in _NOT_UTF8.items() if body.startswith(mark)), "")
         raise InputError(400, f"malformed JSON: {errors[0]['ctx'].get('error', 'invalid JSON')}{hint}") from None
-    details = _details(exc)
-    fields = ", ".join(".".join(map(str, d["loc"])) or "body" for d in details[:5])
-    more = f" and {len(errors) - 5} more (see detail)" if len(errors) > 5 else ""
-    raise InputError(422, f"invalid input: {len(errors)} problem(s) at {fields}{more}", details) from None
+    raise _invalid_input(_details(exc), len(errors)) from None
 
 
 class Contract:
@@ -159,9 +166,9 @@ class Contract:
             # bool is an int subclass and numpy would turn "55" into 55.0: check the exact types.
             if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
                 return None
-            rows = np.array(values, dtype=np.float64)
             if not self._no_repeated_names(body, instances, outer_names=1):
                 return None  # maybe a field given twice: the validator's path finds it
+            rows = np.array(values, dtype=np.float64)
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, OverflowError, ValueError):
             return None
         return rows if np.isfinite(rows).all() else None
@@ -173,8 +180,7 @@ class Contract:
             return
         details = _repeated_names(body, batch=outer_names > 0)
         if details:
-            fields = ", ".join(".".join(map(str, d["loc"])) for d in details[:5])
-            raise InputError(422, f"invalid input: {len(details)} problem(s) at {fields}", details[:50])
+            raise _invalid_input(details, len(details))
 
     def _no_repeated_names(self, body: bytes, records: list[dict[str, Any]], outer_names: int) -> bool:
         """True when the body surely names no field twice (validated records: every feature once).

@@ -72,6 +72,9 @@ RECORD_TWICE = {
     "the second spelt with an escape": (b'{"feat1": 2, REST, "fea\\u00741": 99}', False, ["feat1"]),
     "in the third record of a batch": (b'{"instances": [RECORD, RECORD, {"feat1": 2, REST, "feat1": 3}]}', True, ["instances", 2, "feat1"]),
     "instances twice": (b'{"instances": [RECORD], "instances": [RECORD]}', True, ["instances"]),
+    # the parsers keep the last "instances": its first record is instances.0, not the third object seen
+    "in the kept one of two instances": (b'{"instances": [RECORD, RECORD], "instances": [{"feat1": 2, REST, "feat1": 3}]}', True,
+                                         ["instances", 0, "feat1"]),
 }
 
 
@@ -91,6 +94,20 @@ def test_a_field_given_twice_is_refused_naming_it(template, batch, loc):
         (contract.parse_batch if batch else contract.parse_record)(body)
     assert refused.value.status == 422
     assert {"loc": loc, "msg": "given more than once: a field may appear once", "type": "repeated_field"} in refused.value.detail
+
+
+def test_many_repeats_are_summed_up_like_any_other_invalid_input():
+    import orjson
+
+    from model_store.dataset import EXAMPLE_RECORD, SCHEMA
+    from serving.contract import Contract, InputError
+    from serving.settings import Settings
+
+    record = orjson.dumps({**EXAMPLE_RECORD, "feat1": 2})[:-1] + b', "feat1": 3}'
+    with pytest.raises(InputError) as refused:
+        Contract(SCHEMA, Settings()).parse_batch(b'{"instances": [' + b", ".join([record] * 7) + b"]}")
+    assert refused.value.error == ("invalid input: 7 problem(s) at instances.0.feat1, instances.1.feat1, instances.2.feat1, "
+                                   "instances.3.feat1, instances.4.feat1 and 2 more (see detail)")
 
 
 def test_colons_and_escapes_inside_names_and_values_are_not_taken_for_a_repeat():
