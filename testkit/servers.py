@@ -126,7 +126,7 @@ class Server:
         self.cwd = cwd
         self.private_bentoml_home = private_bentoml_home
         self.metrics_path = metrics_path  # Prometheus text with bentoml_service_request_total, if the server has it
-        self.port = free_port()
+        self.port = 0  # picked by start(): a port checked free long before the process binds it may be taken by then
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self._home: Path | None = None
@@ -146,6 +146,7 @@ class Server:
         if self.private_bentoml_home:
             self._home = private_home(env.get("BENTOML_HOME") or str(Path(env.get("HOME") or Path.home()) / "bentoml"))
             env["BENTOML_HOME"] = str(self._home)
+        self.port = free_port()
         command = [part.replace("{port}", str(self.port)) for part in self.command]
         started = time.monotonic()
         self.proc = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=self.log_path.open("wb"),
