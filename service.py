@@ -170,13 +170,17 @@ class XGBoostService:
         if self.rollout.shadow is not None:
             self.rollout.shadow.start()
 
-    def prediction_bodies(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict]:
-        """The answer body for each encoded feature row, by `model` or the one the rollout picks."""
+    def scored(self, rows: np.ndarray, model: ModelBundle | None = None) -> Scored:
+        """The encoded feature rows scored by `model` or the one the rollout picks, with their answer bodies."""
         if SETTINGS.range_check == "warn":  # ("reject" refused them before they got here)
             metrics.observe_out_of_range(self.contract.out_of_range(rows), self.bundle.schema.feature_names)
         if self.drift is not None:
             self.drift.observe(rows)
-        return self.rollout.prediction_bodies(rows, model)
+        return self.rollout.scored(rows, model)
+
+    def prediction_bodies(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict]:
+        """The answer body for each encoded feature row (scored)."""
+        return self.scored(rows, model).bodies
 
     def score(self, model: ModelBundle, rows: np.ndarray) -> Scored:
         """One model's outputs, predicted classes (None for regression) and answer bodies, counted in the prediction metrics."""

@@ -60,14 +60,15 @@ def arrow_schema(schema: ModelSchema):
     return pa.schema(fields)
 
 
-def feature_arrays(schema: ModelSchema, rows: np.ndarray) -> list[Any]:
-    """Encoded rows (the service's float64 rows: codes for categories, NaN for null) -> one typed Arrow array per feature."""
+def feature_arrays(schema: ModelSchema, columns: np.ndarray) -> list[Any]:
+    """Encoded records as (features, records) columns (the service's float64 values: codes for
+    categories, NaN for null) -> one typed Arrow array per feature."""
     import pyarrow as pa
 
-    missing = np.isnan(rows)
+    missing = np.isnan(columns)
     arrays = []
     for j, f in enumerate(schema.features):
-        column, mask = rows[:, j], (missing[:, j] if f.nullable else None)
+        column, mask = columns[j], (missing[j] if f.nullable else None)
         if f.kind == "continuous":
             arrays.append(pa.array(column, type=pa.float64(), mask=mask))
         elif f.kind == "binary":

@@ -7,10 +7,12 @@
     XGB_CAPTURE_QUEUE_RECORDS   records a worker may hold unwritten; beyond, new ones are dropped (default 200,000)
 
 The columns and the directory layout are model_store/captured.py's. On the request path a sampled
-request costs one deque append (its encoded rows and its answer, as computed for the client): no
-encoding, no I/O. A writer thread per worker turns what is pending into one Arrow table per
-(model version, hour), vectorised, and writes it: a local file written under a hidden name and
-renamed, or an S3 object through boto3's managed transfer (multipart above 8 MiB). In shadow mode
+request costs one deque append (its encoded rows and its answer as computed: /predict's JSON bytes,
+/predict_batch's model outputs): no encoding, no I/O. A writer thread per worker turns what is
+pending into one Arrow table per (model version, hour) and writes it. It shares the worker's GIL
+with the event loop, so it never works record by record in Python: answer bodies are parsed by
+Arrow's JSON reader, model outputs and ids are numpy and Arrow kernels. A file is written
+locally under a hidden name and renamed, or an S3 object through boto3's managed transfer (multipart above 8 MiB). In shadow mode
 the writer also scores the captured primary records with the candidate (role "shadow"), off the
 request path. The worker's shutdown hook writes everything pending before the process exits, so
 an answered record is not lost on SIGTERM. A full queue or a failing sink drops records and counts
@@ -27,23 +29,59 @@ import random
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 from model_store import ModelBundle, captured
+from model_store.answers import class_columns, predicted
 from model_store.captured import CaptureError
 
 from . import metrics
-from .contract import predicted
-from .request_ids import record_id
+from .request_ids import record_id, record_ids
+from .rollout import Scored
 from .settings import Settings
 
 logger = logging.getLogger("xgb_service")
 
 MULTIPART_BYTES = 8 * 1024 * 1024
 _ROLE_CODES = {role: code for code, role in enumerate(captured.ROLES)}
+# What the request path queued, by route: /predict's answer bytes, /predict_batch's model outputs, explanations
+_ANSWER, _SCORES, _EXPLANATIONS = "answer", "scores", "explanations"
+
+
+class _Part(NamedTuple):
+    """Records on their way to a table: ids (Arrow strings), timestamps (epoch seconds), the encoded
+    rows as (features, records) columns, the answer columns (Arrow, as arrow_schema types them) and
+    the answering model's version (Arrow strings)."""
+
+    ids: Any
+    stamps: np.ndarray
+    columns: np.ndarray
+    outputs: list[Any]
+    versions: Any
+
+
+def _answer_parsing(outputs: list[Any]) -> tuple[Any, Any]:
+    """Arrow JSON reader options for answer bodies: the answer's columns and its model_version, the
+    rest ignored. Numbers are read as float64, as a client's JSON parser does, then cast."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    wide = {pa.int32(): pa.int64(), pa.float32(): pa.float64(), pa.list_(pa.float32()): pa.list_(pa.float64())}
+    schema = pa.schema([pa.field(f.name, wide[f.type]) for f in outputs] + [pa.field("model_version", pa.string())])
+    # one thread: the worker's other core answers requests
+    return (pa_json.ReadOptions(use_threads=False, block_size=8 << 20),
+            pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+
+
+def _parquet_options(schema: Any) -> dict[str, Any]:
+    """Dictionary encoding only where the values repeat (roles, categories): tried on every float
+    column, it is most of the write's cost and then abandoned for distinct values."""
+    import pyarrow as pa
+
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_dictionary(f.type)]}
 
 
 class LocalSink:
@@ -113,33 +151,54 @@ class Capture:
         self._failing_since: float | None = None
         for reason in ("queue_full", "sink_error"):
             metrics.capture_dropped.labels(reason=reason).inc(0)
+        self._outputs = [f for f in self.arrow_schema if f.name in captured.CLASS_COLUMNS + captured.VALUE_COLUMNS]
+        self._json_read, self._json_parse = _answer_parsing(self._outputs)
+        self.parquet_options = _parquet_options(self.arrow_schema)
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Build and encode one record now: pyarrow imports pandas (seconds) the first time it converts
-        a Python list, which in the writer thread would hold the GIL, and the event loop, that long."""
-        import pyarrow.parquet as pq
+        """Build and encode a record of each kind now: pyarrow imports pandas (seconds) the first time it
+        converts a Python list, which in the writer thread would hold the GIL, and the event loop, that long."""
+        rows = np.zeros((1, self.schema.n_features))
+        if self.schema.is_classification:
+            k = max(self.schema.n_classes, 2)
+            outputs, classes = np.eye(1, k), np.zeros(1, dtype=np.int64)
+            answer = {"predicted_class": 0, "confidence": 1.0, "probabilities": outputs[0].tolist()}
+        else:
+            outputs, classes, answer = np.zeros(1), None, {"prediction": 0.0}
+        answer["model_version"] = self.primary.version
+        items = [(_ANSWER, "warm-up", time.time(), rows, orjson.dumps(answer)),
+                 (_SCORES, "warm-up", time.time(), rows, outputs, classes, self.primary.version),
+                 (_EXPLANATIONS, "warm-up", time.time(), rows, [{"prediction": answer}], False)]  # fmt: skip
+        _parquet_bytes(self.table(items), self.parquet_options)
 
-        answer = {"model_version": self.primary.version, "predicted_class": 0, "confidence": 1.0,
-                  "probabilities": [1.0] + [0.0] * max(self.schema.n_classes - 1, 0), "prediction": 0.0}  # fmt: skip
-        table = self.table([("warm-up", time.time(), np.zeros((1, self.schema.n_features)), [answer], False)])
-        pq.write_table(table, io.BytesIO(), compression="zstd")
+    # -- the request path: one deque append per sampled request ------------------------------------
 
-    # -- the request path ----------------------------------------------------------------------
+    def record_answer(self, request_id: str, rows: np.ndarray, body: bytes) -> None:
+        """/predict: its record and the answer's JSON bytes as sent (parsed by the writer, in Arrow)."""
+        if self.share < 1.0 and random.random() >= self.share:
+            return
+        self._queue((_ANSWER, request_id, time.time(), rows, body), 1)
 
-    def record(self, request_id: str, rows: np.ndarray, answers: bytes | list[dict[str, Any]], batch: bool) -> None:
-        """Queue one answered request: `answers` as sent (a /predict answer's JSON bytes, or the
-        answer dicts; explanations are fine, their "prediction" is taken)."""
+    def record_scores(self, request_id: str, rows: np.ndarray, scored: Scored, model_version: str) -> None:
+        """/predict_batch: its records and the model call's outputs; its records are sampled by the writer."""
+        # the outputs, not the Scored: its answer bodies would be held in the queue for nothing
+        self._queue((_SCORES, request_id, time.time(), rows, scored.outputs, scored.classes, model_version), len(rows))
+
+    def record_explanations(self, request_id: str, rows: np.ndarray, explanations: list[dict[str, Any]], batch: bool) -> None:
+        """/explain, /explain_batch: the records and their explanations (each one's "prediction" is captured)."""
         if not batch and self.share < 1.0 and random.random() >= self.share:
             return
-        n = len(rows)
+        self._queue((_EXPLANATIONS, request_id, time.time(), rows, explanations, batch), len(rows))
+
+    def _queue(self, item: tuple, n: int) -> None:
         with self._lock:
             if self.pending_records + n > self.max_records:
                 full = True
             else:
                 full = False
                 self.pending_records += n
-                self.pending.append((request_id, time.time(), rows, answers, batch))
+                self.pending.append(item)
         if full:
             metrics.capture_dropped.labels(reason="queue_full").inc(n)
         elif self.pending_records >= self.flush_rows:
@@ -169,111 +228,188 @@ class Capture:
         """Write what is pending now; returns the records written."""
         with self._lock:
             items = [self.pending.popleft() for _ in range(len(self.pending))]
-            self.pending_records -= sum(len(item[2]) for item in items)
+            self.pending_records -= sum(len(item[3]) for item in items)
         if not items:
             return 0
         try:
             table = self.table(items)
         except Exception:  # a bug here must not stop the writer: count and go on
             logger.exception("capture: could not build the records' table")
-            metrics.capture_dropped.labels(reason="sink_error").inc(sum(len(item[2]) for item in items))
+            metrics.capture_dropped.labels(reason="sink_error").inc(sum(len(item[3]) for item in items))
             return 0
         return self.write(table)
 
     def table(self, items: list[tuple]) -> Any:
-        """The pending requests' records as one Arrow table (plus the shadow's, in shadow mode)."""
+        """The pending requests' records as one Arrow table in request order (plus the shadow's, in shadow mode).
+
+        Built by numpy and Arrow's own kernels, never record by record in Python: the writer thread
+        shares the worker's GIL with the event loop answering requests."""
         import pyarrow as pa
 
-        ids: list[str] = []
-        times: list[float] = []
-        rows_parts: list[np.ndarray] = []
-        answers: list[dict[str, Any]] = []
-        # /predict's answers are JSON bytes: decoded in one call, as one array of them
-        encoded = [item[3] for item in items if isinstance(item[3], bytes)]
-        decoded = iter(orjson.loads(b"[" + b",".join(encoded) + b"]")) if encoded else iter(())
-        for request_id, stamp, rows, answer, batch in items:
-            bodies = [next(decoded)] if isinstance(answer, bytes) else answer
-            if batch:
-                keep = range(len(rows)) if self.share >= 1.0 else np.flatnonzero(np.random.random(len(rows)) < self.share).tolist()
-                if len(keep) < len(rows):
-                    rows = rows[keep]
-                    bodies = [bodies[i] for i in keep]
-                ids.extend(record_id(request_id, i) for i in keep)
-            else:
-                ids.append(request_id)
-            times.extend([stamp] * len(bodies))
-            rows_parts.append(rows)
-            answers.extend(b["prediction"] if isinstance(b.get("prediction"), dict) else b for b in bodies)
-        rows = np.concatenate(rows_parts) if len(rows_parts) > 1 else rows_parts[0]
-        versions = [a["model_version"] for a in answers]
-        roles = np.where(np.array(versions, dtype=object) == self.primary.version, _ROLE_CODES["primary"], _ROLE_CODES["canary"]).astype(np.int8)
-        if self.schema.is_classification:
-            outputs = [pa.array([a["predicted_class"] for a in answers], pa.int32()), pa.array([a["confidence"] for a in answers], pa.float32()),
-                       pa.array([a["probabilities"] for a in answers], pa.list_(pa.float32()))]  # fmt: skip
-        else:
-            outputs = [pa.array([a["prediction"] for a in answers], pa.float32())]
-        table = self._assemble(ids, np.array(times), roles, rows, outputs, versions)
+        groups: dict[str, list[tuple]] = {_ANSWER: [], _SCORES: [], _EXPLANATIONS: []}
+        for item in items:
+            groups[item[0]].append(item)
+        parts = [part for part in (self._part(kind, group) for kind, group in groups.items() if group) if len(part.stamps)]
+        if not parts:
+            parts = [self._empty_part()]
+        if len(parts) == 1:
+            (part,) = parts
+        else:  # records of different routes, back in the order they were answered
+            stamps = np.concatenate([p.stamps for p in parts])
+            order = np.argsort(stamps, kind="stable")
+            take = pa.array(order)
+            part = _Part(pa.concat_arrays([p.ids for p in parts]).take(take), stamps[order],
+                         np.concatenate([p.columns for p in parts], axis=1)[:, order],
+                         [pa.concat_arrays(list(column)).take(take) for column in zip(*(p.outputs for p in parts))],
+                         pa.concat_arrays([p.versions for p in parts]).take(take))  # fmt: skip
+        table = self._assemble(part)
         if self.shadow is not None:
-            primary = roles == _ROLE_CODES["primary"]
+            primary = np.asarray(table.column("role").chunk(0).indices) == _ROLE_CODES["primary"]
             if primary.any():
-                table = pa.concat_tables([table, self._shadow_table(table, primary, rows[primary], np.array(times)[primary])])
+                table = pa.concat_tables([table, self._shadow_table(part, primary)])
         return table
 
-    def _shadow_table(self, table: Any, primary: np.ndarray, rows: np.ndarray, times: np.ndarray) -> Any:
+    def _part(self, kind: str, group: list[tuple]) -> _Part:
+        if kind == _SCORES:
+            return self._scored_part(group)
+        if kind == _ANSWER:
+            _, ids, stamps, rows, bodies = zip(*group)
+            return self._answered_part(list(ids), np.array(stamps), _columns(rows), list(bodies))
+        ids, stamps, rows_parts, bodies = [], [], [], []
+        for _, request_id, stamp, rows, explanations, batch in group:  # few: TreeSHAP answers hundreds of records a second
+            keep = self._sampled(len(rows)) if batch else np.arange(len(rows))
+            ids.extend(record_id(request_id, int(i)) for i in keep) if batch else ids.append(request_id)
+            stamps.extend([stamp] * len(keep))
+            rows_parts.append(rows[keep])
+            bodies.extend(orjson.dumps(explanations[i]["prediction"]) for i in keep)
+        return self._answered_part(ids, np.array(stamps, dtype=np.float64), _columns(rows_parts), bodies)
+
+    def _sampled(self, n: int) -> np.ndarray:
+        """The positions of a batch's records that are captured."""
+        return np.arange(n) if self.share >= 1.0 else np.flatnonzero(np.random.random(n) < self.share)
+
+    def _empty_part(self) -> _Part:
+        import pyarrow as pa
+
+        return _Part(pa.array([], pa.string()), np.zeros(0), np.zeros((self.schema.n_features, 0)),
+                     [pa.array([], f.type) for f in self._outputs], pa.array([], pa.string()))  # fmt: skip
+
+    def _answered_part(self, ids: list[str], stamps: np.ndarray, columns: np.ndarray, bodies: list[bytes]) -> _Part:
+        """Records whose answers are JSON bodies: parsed all at once by Arrow's JSON reader (which does not hold the GIL)."""
+        import pyarrow as pa
+        import pyarrow.json as pa_json
+
+        if not bodies:
+            return self._empty_part()
+        parsed = pa_json.read_json(io.BytesIO(b"\n".join(bodies)), read_options=self._json_read, parse_options=self._json_parse)
+        outputs = [parsed.column(f.name).combine_chunks().cast(f.type) for f in self._outputs]
+        return _Part(pa.array(ids, pa.string()), stamps, columns, outputs, parsed.column("model_version").combine_chunks())
+
+    def _scored_part(self, group: list[tuple]) -> _Part:
+        """Batch requests' records from their model calls' outputs, vectorised (as model_store.answers answers them)."""
+        import pyarrow as pa
+
+        _, request_ids, stamps, rows_parts, outputs_parts, classes_parts, versions = zip(*group)
+        counts = np.array([len(rows) for rows in rows_parts])
+        ids = record_ids(list(request_ids), counts)
+        columns = _columns(rows_parts)
+        outputs = np.concatenate(outputs_parts)
+        classes = np.concatenate(classes_parts) if self.schema.is_classification else None
+        stamps_per_record = np.repeat(np.array(stamps, dtype=np.float64), counts)
+        version_per_record = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(len(versions), dtype=np.int32), counts)),
+                                                            pa.array(versions, pa.string()))  # fmt: skip
+        if self.share < 1.0:
+            keep = self._sampled(len(outputs))
+            columns, outputs, stamps_per_record = columns[:, keep], outputs[keep], stamps_per_record[keep]
+            classes = classes[keep] if classes is not None else None
+            ids, version_per_record = ids.take(pa.array(keep)), version_per_record.take(pa.array(keep))
+        return _Part(ids, stamps_per_record, columns, self._output_arrays(outputs, classes), version_per_record.cast(pa.string()))
+
+    def _output_arrays(self, outputs: np.ndarray, classes: np.ndarray | None) -> list[Any]:
+        """The answer columns of a model's outputs: the class, confidence and probabilities as answered, or the value."""
+        import pyarrow as pa
+
+        if classes is None:
+            return [pa.array(outputs.astype(np.float32))]
+        confidence, proba = class_columns(outputs, outputs[np.arange(len(outputs)), classes])
+        probabilities = pa.FixedSizeListArray.from_arrays(pa.array(proba.astype(np.float32).ravel()), proba.shape[1])
+        return [pa.array(classes.astype(np.int32)), pa.array(confidence.astype(np.float32)), probabilities.cast(pa.list_(pa.float32()))]
+
+    def _shadow_table(self, part: _Part, primary: np.ndarray) -> Any:
+        """The candidate's unsent answers to the primary's records (shadow mode), scored here, off the request path."""
         import pyarrow as pa
 
         model = self.shadow
         assert model is not None
+        columns = part.columns[:, primary]
+        rows = np.ascontiguousarray(columns.T)
         if self.schema.is_classification:
             proba = model.predict_proba(rows)
-            classes, confidence = predicted(proba)
-            outputs = [pa.array(classes.astype(np.int32)), pa.array(confidence.astype(np.float32)),
-                       pa.FixedSizeListArray.from_arrays(pa.array(proba.astype(np.float32).ravel()), proba.shape[1]).cast(pa.list_(pa.float32()))]  # fmt: skip
+            outputs = self._output_arrays(proba, predicted(proba)[0])
         else:
-            outputs = [pa.array(model.predict(rows).astype(np.float32))]
-        ids = table.column("request_id").filter(pa.array(primary)).to_pylist()
-        roles = np.full(len(rows), _ROLE_CODES["shadow"], dtype=np.int8)
-        return self._assemble(ids, times, roles, rows, outputs, [model.version] * len(rows))
+            outputs = self._output_arrays(model.predict(rows), None)
+        shadow = _Part(part.ids.filter(pa.array(primary)), part.stamps[primary], columns, outputs, pa.array([model.version] * len(rows), pa.string()))
+        return self._assemble(shadow, np.full(len(rows), _ROLE_CODES["shadow"], dtype=np.int8))
 
-    def _assemble(self, ids: list[str], times: np.ndarray, roles: np.ndarray, rows: np.ndarray, outputs: list, versions: list[str]) -> Any:
+    def _assemble(self, part: _Part, roles: np.ndarray | None = None) -> Any:
         import pyarrow as pa
 
-        columns = [pa.array(ids, pa.string()), pa.array((times * 1000).astype(np.int64), pa.timestamp("ms", tz="UTC")),
+        versions = part.versions.dictionary_encode()
+        if roles is None:  # the primary's answers, or the canary's: decided once per version
+            role_of = np.array([_ROLE_CODES["primary" if v == self.primary.version else "canary"] for v in versions.dictionary.to_pylist()], dtype=np.int8)
+            roles = role_of[np.asarray(versions.indices)] if len(role_of) else np.zeros(0, dtype=np.int8)
+        columns = [part.ids, pa.array((part.stamps * 1000).astype(np.int64), pa.timestamp("ms", tz="UTC")),
                    pa.DictionaryArray.from_arrays(pa.array(roles), pa.array(captured.ROLES)),
-                   *captured.feature_arrays(self.schema, rows), *outputs]  # fmt: skip
+                   *captured.feature_arrays(self.schema, part.columns), *part.outputs]  # fmt: skip
         table = pa.Table.from_arrays(columns, schema=self.arrow_schema)
-        # model_version travels with the rows until write() splits them into partitions
-        return table.append_column("model_version", pa.array(versions, pa.string()))
+        # model_version travels with the rows (dictionary-encoded) until write() splits them into partitions
+        return table.append_column("model_version", versions)
 
     def write(self, table: Any) -> int:
         """One Parquet file per (model version, hour) of `table`; returns the records written."""
         import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        hours = pc.strftime(table.column("timestamp"), format="%Y-%m-%dT%H")
-        keys = pa.table({"v": table.column("model_version"), "h": hours})
+        hours = table.column("timestamp").combine_chunks().cast(pa.int64()).to_numpy() // 3_600_000
+        versions = table.column("model_version").combine_chunks()
+        if not isinstance(versions, pa.DictionaryArray):
+            versions = versions.dictionary_encode()
+        names = versions.dictionary.to_pylist()
+        keys = np.asarray(versions.indices).astype(np.int64) << 32 | hours
+        groups = np.unique(keys) if len(keys) and (keys != keys[0]).any() else keys[:1]
         written = 0
-        for group in keys.group_by(["v", "h"]).aggregate([]).to_pylist():
-            part = table.filter(pc.and_(pc.equal(keys["v"], group["v"]), pc.equal(keys["h"], group["h"]))).drop_columns(["model_version"])
-            buffer = io.BytesIO()
-            pq.write_table(part, buffer, compression="zstd")
-            data = buffer.getvalue()
+        for key in groups.tolist():
+            version, hour = names[key >> 32], time.strftime("%Y-%m-%dT%H", time.gmtime((key & 0xFFFFFFFF) * 3600))
+            part = table if len(groups) == 1 else table.filter(pa.array(keys == key))
+            data = _parquet_bytes(part.drop_columns(["model_version"]), self.parquet_options)
             self._sequence += 1
-            key = f"model_version={group['v']}/hour={group['h']}/{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            name = f"model_version={version}/hour={hour}/{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.parquet"
             try:
-                self.sink.write(key, data)
+                self.sink.write(name, data)
             except Exception as exc:  # noqa: BLE001  the sink is outside our control: count, log once a minute
                 metrics.capture_dropped.labels(reason="sink_error").inc(part.num_rows)
                 now = time.monotonic()
                 if self._failing_since is None or now - self._failing_since > 60:
                     self._failing_since = now
-                    logger.warning("capture: writing %d records to %s failed (%s: %s); dropping them", part.num_rows, key, type(exc).__name__, exc)
+                    logger.warning("capture: writing %d records to %s failed (%s: %s); dropping them", part.num_rows, name, type(exc).__name__, exc)
                 continue
             metrics.capture_records.inc(part.num_rows)
             metrics.capture_bytes.inc(len(data))
             written += part.num_rows
         return written
+
+
+def _columns(rows_parts: Any) -> np.ndarray:
+    """Requests' encoded rows as one (features, records) array: each feature's values contiguous, as
+    Arrow takes them without a copy; each part transposed while it is in cache."""
+    return np.concatenate([rows.T for rows in rows_parts], axis=1)
+
+
+def _parquet_bytes(table: Any, options: dict[str, Any]) -> bytes:
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, **options)
+    return buffer.getvalue()
 
 
 def start(settings: Settings, primary: ModelBundle, candidate: ModelBundle | None, mode: str | None) -> Capture | None:

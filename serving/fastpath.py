@@ -217,7 +217,7 @@ class PredictionRoutes:
             with tracing.step("batch wait"):  # BentoML's adaptive batch: the wait for it and its model call
                 (body,) = await self._batched(rows)  # predict_rows' JSON bytes for this row
         if self.capture is not None:
-            self.capture.record(request_ids.of(scope), rows, body, batch=False)
+            self.capture.record_answer(request_ids.of(scope), rows, body)
         return body
 
     async def predict_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
@@ -229,12 +229,11 @@ class PredictionRoutes:
         model = self._service.rollout.for_request(pinned)  # a canary answers whole requests
         # Already a batch: straight to the model, off the event loop, on this route's own threads.
         with tracing.step("batch wait"):  # the pool's queue, then its thread's model call
-            bodies = await self.batch_pool.run(tracing.in_thread("model call", self._service.prediction_bodies), rows, model)
+            scored = await self.batch_pool.run(tracing.in_thread("model call", self._service.scored), rows, model)
         request_id = request_ids.of(scope)
-        bodies = request_ids.label_records(request_id, bodies)
         if self.capture is not None:
-            self.capture.record(request_id, rows, bodies, batch=True)
-        return orjson.dumps({"predictions": bodies})
+            self.capture.record_scores(request_id, rows, scored, model.version)
+        return orjson.dumps({"predictions": request_ids.label_records(request_id, scored.bodies)})
 
     def explanations_for(self, pinned: Any) -> ExplainBatcher:
         """The batcher of the explainer answering this request (XGBoostService.explainer_for: pinned, or the rollout's draw)."""
@@ -250,7 +249,7 @@ class PredictionRoutes:
         with tracing.step("model call"):  # the explanation pool's queue and TreeSHAP
             explanations_found = await explanations.explain(rows, explained_class, top)
         if self.capture is not None:
-            self.capture.record(request_ids.of(scope), rows, explanations_found, batch=False)
+            self.capture.record_explanations(request_ids.of(scope), rows, explanations_found, batch=False)
         return orjson.dumps(explanations_found[0])
 
     async def explain_batch(self, body: bytes, scope: dict[str, Any], pinned: Any) -> bytes:
@@ -268,12 +267,12 @@ class PredictionRoutes:
         request_id = request_ids.of(scope)
         request_ids.label_records(request_id, explanations_found)
         if self.capture is not None:
-            self.capture.record(request_id, rows, explanations_found, batch=True)
+            self.capture.record_explanations(request_id, rows, explanations_found, batch=True)
         return orjson.dumps({"explanations": explanations_found})
 
     def check_ranges(self, rows: np.ndarray, batch: bool) -> None:
         """Refuse out-of-range values when so configured; counting them in "warn" mode is done per
-        batch, where the rows are predicted (XGBoostService.prediction_bodies)."""
+        batch, where the rows are predicted (XGBoostService.scored)."""
         if self.settings.range_check != "reject":
             return
         mask = self.contract.out_of_range(rows)

@@ -18,6 +18,8 @@ import re
 import secrets
 from typing import Any
 
+import numpy as np
+
 HEADER = "X-Request-ID"
 _HEADER_KEY = b"x-request-id"
 _SCOPE_KEY = "xgb.request_id"
@@ -49,6 +51,18 @@ def with_header(scope: dict[str, Any], headers: list[tuple[bytes, bytes]] | None
 def record_id(request_id: str, index: int) -> str:
     """The id of record `index` of a batch request."""
     return f"{request_id}-{index}"
+
+
+def record_ids(request_ids: list[str], counts: np.ndarray) -> Any:
+    """record_id for every record of many batch requests at once (request i has counts[i] records),
+    as one Arrow string array: capture's writer labels a batch's records without a Python loop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    indices = pa.array(np.arange(len(starts)) - starts).cast(pa.string())
+    prefixes = pa.array(np.repeat(np.array(request_ids, dtype=object), counts), pa.string())
+    return pc.binary_join_element_wise(prefixes, indices, "-")
 
 
 def label_records(request_id: str, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:

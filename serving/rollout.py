@@ -6,7 +6,7 @@
                            canary: the candidate answers XGB_CANDIDATE_PERCENT % of requests
     X-Model-Version        a request header pinning a loaded version (debugging, tests)
 
-Without a candidate the service does what it did before: Rollout.prediction_bodies() goes straight to the
+Without a candidate the service does what it did before: Rollout.scored() goes straight to the
 primary, no rollout metric is touched. All the work here is per batch and vectorised: the canary
 picks one model per model call, the shadow comparison is one array operation per drained backlog,
 so a /predict request pays nothing per record for either mode.
@@ -127,16 +127,16 @@ class Rollout:
             return self.candidate  # type: ignore[return-value]
         return self.primary
 
-    def prediction_bodies(self, rows: np.ndarray, model: ModelBundle | None = None) -> list[dict[str, Any]]:
-        """Answer bodies for `rows`, by `model` if given, else as the mode says (canary: per model call)."""
+    def scored(self, rows: np.ndarray, model: ModelBundle | None = None) -> Scored:
+        """`rows` scored by `model` if given, else as the mode says (canary: per model call), with their answer bodies."""
         if self.candidate is None:
-            return self._score(self.primary, rows).bodies
+            return self._score(self.primary, rows)
         if model is None:
             model = self.candidate if self.share and self._canary_takes(len(rows)) else self.primary
-        outputs, classes, bodies = self._score_counted(model, rows)
+        scored = self._score_counted(model, rows)
         if self.shadow is not None and model is self.primary:
-            self.shadow.submit(rows, outputs, classes)
-        return bodies
+            self.shadow.submit(rows, scored.outputs, scored.classes)
+        return scored
 
     def _canary_takes(self, records: int) -> bool:
         """Whether the candidate answers this /predict batch: error diffusion over records, so the

@@ -20,7 +20,7 @@ STALL_S = float(os.environ.get("XGB_TEST_STALL_S", "0"))
 
 _predict_rows = XGBoostService.apis["predict_rows"]
 _rows_func = _predict_rows.func
-_answers = XGBoostService.inner.prediction_bodies
+_scored = XGBoostService.inner.scored
 
 
 async def _stalling_rows(self, rows):
@@ -29,11 +29,11 @@ async def _stalling_rows(self, rows):
     return await _rows_func(self, rows)
 
 
-def _stalling_answers(self, rows, *args, **kwargs):
+def _stalling_scored(self, rows, *args, **kwargs):
     if threading.current_thread() is not threading.main_thread() and (rows[:, 0] == STALL_MARKER).any():
         time.sleep(STALL_S)
-    return _answers(self, rows, *args, **kwargs)
+    return _scored(self, rows, *args, **kwargs)
 
 
 _predict_rows.func = _stalling_rows
-XGBoostService.inner.prediction_bodies = _stalling_answers
+XGBoostService.inner.scored = _stalling_scored

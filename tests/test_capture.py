@@ -16,6 +16,7 @@ import pytest
 from model_store import captured
 from model_store.schema import Feature, ModelSchema
 from serving import capture, metrics, request_ids
+from serving.rollout import Scored
 from serving.settings import Settings, SettingsError, load
 
 pytestmark = pytest.mark.fast
@@ -61,11 +62,16 @@ def answers(n: int) -> list[dict]:
              "probabilities": [0.25, 0.75]} for i in range(n)]  # fmt: skip
 
 
+def scores(n: int) -> Scored:
+    """A model call's outputs for n records: class 1 at 0.75 (as answers() answers, in the batch path's form)."""
+    return Scored(np.tile([0.25, 0.75], (n, 1)), np.ones(n, dtype=np.int64), [])
+
+
 def test_captured_records_are_typed_from_the_schema_and_partitioned(tmp_path):
     writer = capture.Capture(settings(tmp_path), PRIMARY, None, None)
-    writer.record("one", rows()[:1], orjson.dumps(answers(1)[0]), batch=False)
-    writer.record("many", rows(), answers(3), batch=True)
-    writer.record("explained", rows()[1:2], [{"prediction": answers(1)[0], "margin": 1.0}], batch=False)
+    writer.record_answer("one", rows()[:1], orjson.dumps(answers(1)[0]))
+    writer.record_scores("many", rows(), scores(3), "v1")
+    writer.record_explanations("explained", rows()[1:2], [{"prediction": answers(1)[0], "margin": 1.0}], batch=False)
     assert writer.flush() == 5
     files = [os.path.relpath(os.path.join(d, f), tmp_path / "capture") for d, _, fs in os.walk(tmp_path / "capture") for f in fs]
     assert len(files) == 1 and files[0].startswith("model_version=v1/hour=") and files[0].endswith(".parquet"), files
@@ -76,10 +82,48 @@ def test_captured_records_are_typed_from_the_schema_and_partitioned(tmp_path):
     assert isinstance(frame["plan"].dtype, pd.CategoricalDtype) and list(frame["plan"].cat.categories) == ["basic", "plus", "premium"]
     assert frame["plan"].tolist()[:3] == ["premium", "premium", "basic"] and pd.isna(frame["plan"][3])
     assert set(frame["role"]) == {"primary"} and set(frame["model_version"]) == {"v1"}
-    assert frame["probabilities"].map(list).tolist()[0] == [0.25, 0.75]
+    assert frame["probabilities"].map(list).tolist() == [[0.25, 0.75]] * 5
+    assert frame["predicted_class"].tolist() == [0, 1, 1, 1, 0] and frame["confidence"].tolist() == [0.75] * 5
     table = pq.read_table(os.path.join(tmp_path / "capture", files[0]))
     assert table.schema.equals(captured.arrow_schema(SCHEMA)), table.schema
     assert str(table.schema.field("plan").type) == "dictionary<values=string, indices=int16, ordered=0>"
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_every_route_captures_exactly_the_answer_it_sent(tmp_path, task):
+    """/predict's answers are parsed back from their JSON, /predict_batch's rebuilt from the model's
+    outputs: both must give, in float32, what a client decoding the answer gets."""
+    from model_store.answers import predicted
+    from serving.contract import Contract
+
+    features = (Feature("x", "continuous"), Feature("y", "continuous"))
+    classes = ("a", "b", "c") if task == "multiclass" else ()
+    schema = ModelSchema(task=task, features=features, class_names=classes, example={"x": 0.0, "y": 0.0})
+    model = types.SimpleNamespace(schema=schema, version="v7")
+    contract = Contract(schema, Settings())
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(200, 2))
+    if task == "multiclass":
+        outputs = rng.dirichlet([0.3, 0.3, 0.3], size=200)  # near-ties and tiny probabilities round differently
+        found, confidence = predicted(outputs)
+        bodies = contract.class_bodies(outputs, found, confidence, "v7")
+    else:
+        outputs, found = rng.normal(scale=1e4, size=200).astype(np.float32), None
+        bodies = contract.value_bodies(outputs, "v7")
+    writer = capture.Capture(settings(tmp_path), model, None, None)
+    for i in range(100):
+        writer.record_answer(f"one-{i}", rows[i : i + 1], orjson.dumps(bodies[i]))
+    writer.record_scores("many", rows[100:], Scored(outputs[100:], None if found is None else found[100:], bodies[100:]), "v7")
+    assert writer.flush() == 200
+    table = pq.read_table(tmp_path / "capture").sort_by("timestamp")
+    sent = [json.loads(orjson.dumps(body)) for body in bodies]  # as a client decodes them
+    if task == "multiclass":
+        assert table.column("predicted_class").to_pylist() == [b["predicted_class"] for b in sent]
+        assert np.array_equal(table.column("confidence").to_numpy(), np.float32([b["confidence"] for b in sent]))
+        assert np.array_equal(np.stack(table.column("probabilities").to_numpy(zero_copy_only=False)), np.float32([b["probabilities"] for b in sent]))
+    else:
+        assert np.array_equal(table.column("prediction").to_numpy(), np.float32([b["prediction"] for b in sent]))
+    assert np.array_equal(np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()]), rows)
 
 
 def test_a_full_queue_and_a_failing_sink_drop_and_count_records_without_raising(tmp_path):
@@ -87,8 +131,8 @@ def test_a_full_queue_and_a_failing_sink_drop_and_count_records_without_raising(
     full = metrics.capture_dropped.labels(reason="queue_full")
     failed = metrics.capture_dropped.labels(reason="sink_error")
     before_full, before_failed = full._value.get(), failed._value.get()
-    writer.record("a", rows(), answers(3), batch=True)
-    writer.record("b", rows(), answers(3), batch=True)  # 6 > 4: dropped whole
+    writer.record_scores("a", rows(), scores(3), "v1")
+    writer.record_scores("b", rows(), scores(3), "v1")  # 6 > 4: dropped whole
     assert full._value.get() - before_full == 3 and writer.pending_records == 3
 
     def broken(key: str, data: bytes) -> None:
@@ -101,8 +145,8 @@ def test_a_full_queue_and_a_failing_sink_drop_and_count_records_without_raising(
 def test_sampling_keeps_about_the_share(tmp_path):
     writer = capture.Capture(settings(tmp_path).model_copy(update={"capture": 10.0}), PRIMARY, None, None)
     for i in range(2000):
-        writer.record(f"r{i}", rows()[:1], orjson.dumps(answers(1)[0]), batch=False)
-    writer.record("big", np.repeat(rows(), 1000, axis=0), answers(3000), batch=True)
+        writer.record_answer(f"r{i}", rows()[:1], orjson.dumps(answers(1)[0]))
+    writer.record_scores("big", np.repeat(rows(), 1000, axis=0), scores(3000), "v1")
     kept = writer.flush()
     assert 300 < kept < 700, kept  # 10 % of 5,000 records
 
@@ -110,7 +154,7 @@ def test_sampling_keeps_about_the_share(tmp_path):
 def test_close_writes_what_is_pending_once(tmp_path):
     writer = capture.Capture(settings(tmp_path, capture_flush_seconds=3600), PRIMARY, None, None)
     writer.start()
-    writer.record("x", rows(), answers(3), batch=True)
+    writer.record_scores("x", rows(), scores(3), "v1")
     writer.close()
     assert pd.read_parquet(tmp_path / "capture")["request_id"].tolist() == ["x-0", "x-1", "x-2"]
 
