@@ -9,7 +9,8 @@ writer's whole cost: Arrow tables, Parquet with zstd, files). /predict at 64 con
 at least 90 % of /predict's req/s and 85 % of /predict_batch's rows/s. Capture off is the service
 as goal 1 measures it (the request path only tests `capture is not None`); compare goal 1 with the
 previous bench.json for before/after. Also reported: Parquet bytes per captured record, from the
-server's own xgb_capture_bytes_total / xgb_capture_records_total.
+files once the server has stopped (its shutdown writes what is pending), and the records its
+xgb_capture_dropped_total counted.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+
+import pyarrow.parquet as pq
 
 from .bench_servers import Server, interleaved, median_pair_ratio, our_service, paired_rounds
 
@@ -70,16 +72,16 @@ def measure(workdir: Path, bodies: dict[str, Path], rounds: int, seconds: float,
                 batch = closed_loop(server, bodies["batch"], BATCH_CONNECTIONS, seconds, path="/predict_batch")
                 batch["rows_per_s"] = round(batch["rps"] * BATCH_RECORDS)
                 runs[name]["batch"].append(batch)
-        time.sleep(12)  # the writer's last flush (XGB_CAPTURE_FLUSH_SECONDS 10)
-        counts = capture_counts(group["on"])
+        dropped = capture_counts(group["on"])["dropped"]  # a full queue drops at once; the rest is written on SIGTERM
     finally:
         for server in group.values():
-            server.stop()
+            server.stop()  # its shutdown writes every pending record: the files then hold them all
     files = list((workdir / "captured").rglob("*.parquet"))
+    records = sum(pq.read_metadata(f).num_rows for f in files)
     on_disk = sum(f.stat().st_size for f in files)
     return {"predict_connections": PREDICT_CONNECTIONS, "batch_connections": BATCH_CONNECTIONS, "batch_records": BATCH_RECORDS, **runs,
-            "captured_records": counts["records"], "dropped_records": counts["dropped"], "parquet_bytes": counts["bytes"], "files": len(files),
-            "bytes_per_record": round(on_disk / counts["records"], 1) if counts["records"] else None}  # fmt: skip
+            "captured_records": records, "dropped_records": dropped, "parquet_bytes": on_disk, "files": len(files),
+            "bytes_per_record": round(on_disk / records, 1) if records else None}  # fmt: skip
 
 
 def summary(capture: dict[str, Any]) -> dict[str, float]:
@@ -126,7 +128,9 @@ def table(capture: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """This goal alone, on the model in the store (for a quiet box: `make bench-capture`)."""
     from . import bench, bench_load
-    from .bench_servers import ServerError
+    import pyarrow.parquet as pq
+
+from .bench_servers import ServerError
     from .traffic import ServedModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
