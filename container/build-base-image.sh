@@ -2,10 +2,13 @@
 # Build the local base image the offline container build starts FROM: Debian bookworm (minbase)
 # with its python3 (3.11) and pip, imported into buildah's storage as $BASE_IMAGE.
 # Nothing is pulled from a registry; packages come from the Debian mirror. The root filesystem is
-# cached as a tarball under $BUILD_DIR, so only the first run pays for debootstrap (~60-80 s).
+# cached as a tarball under $ROOTFS_CACHE_DIR, so only the first run on a machine pays for
+# debootstrap (~50-80 s); every checkout's first build imports it from there.
 #
-#   BASE_IMAGE   image name in buildah's storage (default localhost/xgb-serving-base:bookworm)
-#   BUILD_DIR    cache directory (default /var/tmp/xgb-serving<this checkout>/container, as the Makefile's)
+#   BASE_IMAGE        image name in buildah's storage (default localhost/xgb-serving-base:bookworm)
+#   BUILD_DIR         this checkout's container directory (default /var/tmp/xgb-serving<this checkout>/container, as the Makefile's)
+#   ROOTFS_CACHE_DIR  the root filesystem tarball, shared by checkouts: it depends only on the
+#                     Debian release and packages below (default /var/tmp/xgb-serving/debootstrap)
 #   DEBIAN_MIRROR                (default http://deb.debian.org/debian)
 set -euo pipefail
 
@@ -18,14 +21,15 @@ PACKAGES=python3,python3-pip
 # inspection, if any) as this host. This base is for local builds only and is never pushed.
 HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
-ROOTFS_TAR="$BUILD_DIR/base-rootfs-bookworm.tar"
+ROOTFS_CACHE_DIR=${ROOTFS_CACHE_DIR:-/var/tmp/xgb-serving/debootstrap}
+ROOTFS_TAR="$ROOTFS_CACHE_DIR/base-rootfs-bookworm-${PACKAGES//,/-}.tar"
 
 if buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
   echo "==> base image $BASE_IMAGE already in buildah's storage"
   exit 0
 fi
 
-mkdir -p "$BUILD_DIR"
+mkdir -p "$BUILD_DIR" "$ROOTFS_CACHE_DIR"
 if [ ! -s "$ROOTFS_TAR" ]; then
   rootfs=$(mktemp -d "$BUILD_DIR/rootfs.XXXXXX")
   trap 'rm -rf "$rootfs"' EXIT
@@ -43,8 +47,11 @@ if [ ! -s "$ROOTFS_TAR" ]; then
     mkdir -p "$rootfs/etc/ssl/certs"
     cp "$HOST_CA_BUNDLE" "$rootfs/etc/ssl/certs/ca-certificates.crt"
   fi
-  tar -C "$rootfs" --numeric-owner -cf "$ROOTFS_TAR.tmp" .
-  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  # written under a name of its own, then renamed: another checkout may be building it too
+  partial=$(mktemp "$ROOTFS_CACHE_DIR/.rootfs.XXXXXX")
+  trap 'rm -rf "$rootfs" "$partial"' EXIT
+  tar -C "$rootfs" --numeric-owner -cf "$partial" .
+  mv "$partial" "$ROOTFS_TAR"
   rm -rf "$rootfs"
   trap - EXIT
 fi

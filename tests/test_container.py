@@ -3,8 +3,8 @@
 It builds the image with `bentoml containerize` (buildah, FROM a local debootstrap base, no registry),
 runs it with podman under its own entrypoint and user, and reports what it saw on its last line
 (`RESULT {json}`). These tests check that report against the model store of this test session.
-Takes 2.5-4 min on a clean clone (debootstrap ~65 s, image build 35-80 s), 45-90 s when
-the container directory (mk/container.mk CONTAINER_DIR) holds the base image and the layer cache.
+Takes 35-80 s for the image build, plus 50-80 s of debootstrap the first time on a machine (its
+root filesystem is then cached in /var/tmp/xgb-serving/debootstrap for every checkout).
 """
 
 from __future__ import annotations
