@@ -128,9 +128,7 @@ def table(capture: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """This goal alone, on the model in the store (for a quiet box: `make bench-capture`)."""
     from . import bench, bench_load
-    import pyarrow.parquet as pq
-
-from .bench_servers import ServerError
+    from .bench_servers import ServerError
     from .traffic import ServedModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

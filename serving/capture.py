@@ -277,8 +277,12 @@ class Capture:
             return self._answered_part(list(ids), np.array(stamps), _columns(rows), list(bodies))
         ids, stamps, rows_parts, bodies = [], [], [], []
         for _, request_id, stamp, rows, explanations, batch in group:  # few: TreeSHAP answers hundreds of records a second
-            keep = self._sampled(len(rows)) if batch else np.arange(len(rows))
-            ids.extend(record_id(request_id, int(i)) for i in keep) if batch else ids.append(request_id)
+            if batch:
+                keep = self._sampled(len(rows))
+                ids.extend(record_id(request_id, int(i)) for i in keep)
+            else:
+                keep = np.arange(1)
+                ids.append(request_id)
             stamps.extend([stamp] * len(keep))
             rows_parts.append(rows[keep])
             bodies.extend(orjson.dumps(explanations[i]["prediction"]) for i in keep)
