@@ -374,9 +374,7 @@ class Capture:
         import pyarrow as pa
 
         hours = table.column("timestamp").combine_chunks().cast(pa.int64()).to_numpy() // 3_600_000
-        versions = table.column("model_version").combine_chunks()
-        if not isinstance(versions, pa.DictionaryArray):
-            versions = versions.dictionary_encode()
+        versions = table.column("model_version").combine_chunks()  # dictionary-encoded by _assemble
         names = versions.dictionary.to_pylist()
         keys = np.asarray(versions.indices).astype(np.int64) << 32 | hours
         groups = np.unique(keys) if len(keys) and (keys != keys[0]).any() else keys[:1]

@@ -23,6 +23,7 @@ import numpy as np
 HEADER = "X-Request-ID"
 _HEADER_KEY = b"x-request-id"
 _SCOPE_KEY = "xgb.request_id"
+_RECORD_SEPARATOR = "-"  # "<id>-<index>": record_id and record_ids
 _VALID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Unique across workers and restarts (a fresh random prefix per process), at a counter's cost: a
 # uuid4 per request would be the costliest line of a /predict that captures nothing.
@@ -50,7 +51,7 @@ def with_header(scope: dict[str, Any], headers: list[tuple[bytes, bytes]] | None
 
 def record_id(request_id: str, index: int) -> str:
     """The id of record `index` of a batch request."""
-    return f"{request_id}-{index}"
+    return f"{request_id}{_RECORD_SEPARATOR}{index}"
 
 
 def record_ids(request_ids: list[str], counts: np.ndarray) -> Any:
@@ -62,7 +63,7 @@ def record_ids(request_ids: list[str], counts: np.ndarray) -> Any:
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     indices = pa.array(np.arange(len(starts)) - starts).cast(pa.string())
     prefixes = pa.array(np.repeat(np.array(request_ids, dtype=object), counts), pa.string())
-    return pc.binary_join_element_wise(prefixes, indices, "-")
+    return pc.binary_join_element_wise(prefixes, indices, _RECORD_SEPARATOR)
 
 
 def label_records(request_id: str, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
