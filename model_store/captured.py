@@ -65,6 +65,7 @@ def feature_arrays(schema: ModelSchema, columns: np.ndarray) -> list[Any]:
     categories, NaN for null) -> one typed Arrow array per feature."""
     import pyarrow as pa
 
+    columns = np.ascontiguousarray(columns)  # each row contiguous: Arrow wraps it instead of copying it
     missing = np.isnan(columns)
     arrays = []
     for j, f in enumerate(schema.features):

@@ -17,6 +17,15 @@ the writer also scores the captured primary records with the candidate (role "sh
 request path. The worker's shutdown hook writes everything pending before the process exits, so
 an answered record is not lost on SIGTERM. A full queue or a failing sink drops records and counts
 them in xgb_capture_dropped_total{reason}; a request never waits for, or fails because of, capture.
+
+Memory: the queue holds each request's arrays until the next write, so without capture a request's
+memory is the previous one's, warm; with it, glibc's defaults hand the freed blocks back to the
+kernel after every write (trim) and map large ones afresh, and every request then page-faults its
+memory in again (kernel time that made capture's cost on /predict_batch twice the writer's own, see
+docs/capture.md). A worker that captures therefore tells glibc, through mallopt (its public
+tuning call), to keep freed memory for reuse, and has Arrow allocate through it (keep_freed_memory). Not on glibc, or if the call
+fails, the defaults stay: slower, not wrong. The worker's memory stays near its high-water mark,
+which the bounded queue bounds.
 """
 
 from __future__ import annotations
@@ -46,6 +55,11 @@ from .settings import Settings
 logger = logging.getLogger("xgb_service")
 
 MULTIPART_BYTES = 8 * 1024 * 1024
+# glibc's mallopt parameters (malloc.h) and what a capturing worker sets them to: blocks up to 32 MiB (the most glibc takes)
+# come from the heap (a write's columns are ~300 bytes per record), and up to 256 MiB freed at the
+# heap's top stays there. Setting them also turns off glibc's own adjustment of both.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, 256 << 20
 _ROLE_CODES = {role: code for code, role in enumerate(captured.ROLES)}
 # What the request path queued, by route: /predict's answer bytes, /predict_batch's model outputs, explanations
 _ANSWER, _SCORES, _EXPLANATIONS = "answer", "scores", "explanations"
@@ -78,10 +92,13 @@ def _answer_parsing(outputs: list[Any]) -> tuple[Any, Any]:
 
 def _parquet_options(schema: Any) -> dict[str, Any]:
     """Dictionary encoding only where the values repeat (roles, categories): tried on every float
-    column, it is most of the write's cost and then abandoned for distinct values."""
+    column, it is most of the write's cost and then abandoned for distinct values. Min/max
+    statistics only for the columns a reader selects records by (request_id, timestamp): on every
+    feature they are a sixth of the write, and nothing filters files by a feature's range."""
     import pyarrow as pa
 
-    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_dictionary(f.type)]}
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_dictionary(f.type)],
+            "write_statistics": ["request_id", "timestamp"]}
 
 
 class LocalSink:
@@ -207,6 +224,7 @@ class Capture:
     # -- the writer thread -------------------------------------------------------------------------
 
     def start(self) -> None:
+        keep_freed_memory()
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
@@ -401,17 +419,44 @@ class Capture:
 
 
 def _columns(rows_parts: Any) -> np.ndarray:
-    """Requests' encoded rows as one (features, records) array: each feature's values contiguous, as
-    Arrow takes them without a copy; each part transposed while it is in cache."""
-    return np.concatenate([rows.T for rows in rows_parts], axis=1)
+    """Requests' encoded rows as one (features, records) array in C order: each feature's values
+    contiguous, which Arrow wraps without a copy (a strided row it gathers value by value); each
+    part transposed while it is in cache. The order is asked for: numpy would keep the parts'
+    (transposed, so Fortran) order and the transpose would never happen."""
+    columns = np.empty((rows_parts[0].shape[1], sum(len(rows) for rows in rows_parts)))
+    return np.concatenate([rows.T for rows in rows_parts], axis=1, out=columns)
 
 
 def _parquet_bytes(table: Any, options: dict[str, Any]) -> bytes:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()  # Arrow's own: a Python file object would take the GIL for every write
     pq.write_table(table, buffer, **options)
-    return buffer.getvalue()
+    return buffer.getvalue().to_pybytes()
+
+
+def keep_freed_memory(library: str | None = "libc.so.6") -> bool:
+    """Ask glibc to keep freed memory in the process for reuse (see the module's docstring); False,
+    with a warning, where it cannot (not glibc, or mallopt refused), and the allocator's defaults stay.
+    Arrow's buffers are then malloc's too: its bundled mimalloc hands freed pages back within
+    milliseconds, which costs the same page faults for the writer's tables."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+
+    try:
+        mallopt = ctypes.CDLL(library).mallopt
+    except (OSError, AttributeError) as exc:
+        logger.warning("capture: cannot tune the allocator (%s); freed memory goes back to the system, which costs page faults", exc)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if not (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)):
+        logger.warning("capture: mallopt refused the thresholds; freed memory goes back to the system, which costs page faults")
+        return False
+    return True
 
 
 def start(settings: Settings, primary: ModelBundle, candidate: ModelBundle | None, mode: str | None) -> Capture | None:

@@ -62,7 +62,8 @@ def record_ids(request_ids: list[str], counts: np.ndarray) -> Any:
 
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     indices = pa.array(np.arange(len(starts)) - starts).cast(pa.string())
-    prefixes = pa.array(np.repeat(np.array(request_ids, dtype=object), counts), pa.string())
+    # each request's id repeated by Arrow's take: numpy would repeat Python objects, converted one by one
+    prefixes = pa.array(request_ids, pa.string()).take(pa.array(np.repeat(np.arange(len(request_ids)), counts)))
     return pc.binary_join_element_wise(prefixes, indices, _RECORD_SEPARATOR)
 
 

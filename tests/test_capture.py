@@ -89,6 +89,32 @@ def test_captured_records_are_typed_from_the_schema_and_partitioned(tmp_path):
     assert str(table.schema.field("plan").type) == "dictionary<values=string, indices=int16, ordered=0>"
 
 
+def test_the_writer_hands_arrow_each_feature_without_a_copy_and_keeps_statistics_for_selecting_records(tmp_path):
+    parts = [rows(), rows()[::-1]]
+    columns = capture._columns(parts)
+    assert columns.flags.c_contiguous and columns.shape == (SCHEMA.n_features, 6)
+    assert np.array_equal(columns, np.concatenate(parts).T, equal_nan=True)
+    amount = captured.feature_arrays(SCHEMA, columns)[0]
+    assert amount.buffers()[1].address == columns[0].ctypes.data, "the feature's values were copied"
+    writer = capture.Capture(settings(tmp_path), PRIMARY, None, None)
+    writer.record_scores("many", rows(), scores(3), "v1")
+    assert writer.flush() == 3
+    (path,) = (tmp_path / "capture").rglob("*.parquet")
+    group = pq.read_metadata(path).row_group(0)
+    with_statistics = {group.column(i).path_in_schema for i in range(group.num_columns) if group.column(i).is_stats_set}
+    assert with_statistics == {"request_id", "timestamp"}, with_statistics
+
+
+def test_a_capturing_worker_keeps_freed_memory_for_reuse_and_says_when_it_cannot(caplog):
+    import pyarrow as pa
+
+    assert capture.keep_freed_memory() is True  # glibc, as on this machine and in the image
+    assert pa.default_memory_pool().backend_name == "system", "Arrow's buffers come from the tuned malloc"
+    with caplog.at_level("WARNING", logger="xgb_service"):
+        assert capture.keep_freed_memory("libno-such-allocator.so") is False
+    assert "cannot tune the allocator" in caplog.text
+
+
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_every_route_captures_exactly_the_answer_it_sent(tmp_path, task):
     """/predict's answers are parsed back from their JSON, /predict_batch's rebuilt from the model's
